@@ -1,0 +1,133 @@
+//! Codec micro-benchmarks: a SEND_MESSAGE_V2 request with a 1 KiB body and a PULL response of 32
+//! stored 1 KiB records, in both header encodings.
+//!
+//! Run: `cargo bench -p ringmq-benches --bench protocol_codec`
+
+use std::hint::black_box;
+
+use bytes::BytesMut;
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use ringmq_benches::fixtures;
+use ringmq_protocol::header::{PullMessageResponseHeader, SendMessageRequestHeader};
+use ringmq_protocol::message::RecordIter;
+use ringmq_protocol::{
+    CommandHead, FrameCodec, RequestCode, ResponseCode, SerializeType, encode_frame,
+    encode_frame_head,
+};
+
+const ENCODINGS: [(SerializeType, &str); 2] = [
+    (SerializeType::RocketMq, "binary"),
+    (SerializeType::Json, "json"),
+];
+
+fn send_v2(c: &mut Criterion) {
+    let codec = FrameCodec::default();
+    let header = fixtures::send_header();
+    let body = fixtures::body();
+    let mut group = c.benchmark_group("send_v2_1KiB");
+    group.throughput(Throughput::Elements(1));
+    for (serialize_type, name) in ENCODINGS {
+        let frame = fixtures::send_v2_frame(serialize_type);
+        group.bench_function(format!("encode/{name}"), |b| {
+            let mut out = BytesMut::with_capacity(4096);
+            b.iter(|| {
+                out.clear();
+                let head = CommandHead::request(RequestCode::SendMessageV2, 42, serialize_type);
+                encode_frame(&head, &header.v2(), black_box(&body), &mut out);
+                black_box(out.len());
+            });
+        });
+        group.bench_function(format!("decode/{name}"), |b| {
+            b.iter_batched_ref(
+                || BytesMut::from(&frame[..]),
+                |buffer| {
+                    let command = codec
+                        .decode(buffer)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_else(|| unreachable!());
+                    let header = SendMessageRequestHeader::from_command(&command)
+                        .unwrap_or_else(|_| unreachable!());
+                    black_box((header.queue_id, command.body.len()));
+                },
+                BatchSize::SmallInput,
+            );
+        });
+        group.bench_function(format!("round_trip/{name}"), |b| {
+            let mut out = BytesMut::with_capacity(4096);
+            b.iter(|| {
+                let head = CommandHead::request(RequestCode::SendMessageV2, 42, serialize_type);
+                encode_frame(&head, &header.v2(), black_box(&body), &mut out);
+                let command = codec
+                    .decode(&mut out)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| unreachable!());
+                let decoded = SendMessageRequestHeader::from_command(&command)
+                    .unwrap_or_else(|_| unreachable!());
+                black_box((decoded.queue_id, command.body.len()));
+                drop(command);
+                out.clear();
+            });
+        });
+    }
+    group.finish();
+}
+
+fn pull_response(c: &mut Criterion) {
+    let codec = FrameCodec::default();
+    let body = fixtures::pull_body();
+    let header = PullMessageResponseHeader {
+        suggest_which_broker_id: 0,
+        next_begin_offset: 32,
+        min_offset: 0,
+        max_offset: 1000,
+    };
+    let mut group = c.benchmark_group("pull_response_32x1KiB");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    for (serialize_type, name) in ENCODINGS {
+        let mut request = ringmq_protocol::Command::request(RequestCode::PullMessage, 43);
+        request.serialize_type = serialize_type;
+        let head = CommandHead::response_to(&request, ResponseCode::Success).with_remark("FOUND");
+        let mut frame = BytesMut::new();
+        encode_frame(&head, &header, &body, &mut frame);
+        let frame = frame.freeze();
+        group.bench_function(format!("encode_head_only/{name}"), |b| {
+            let mut out = BytesMut::with_capacity(512);
+            b.iter(|| {
+                out.clear();
+                encode_frame_head(&head, &header, black_box(body.len()), &mut out);
+                black_box(out.len());
+            });
+        });
+        group.bench_function(format!("encode_with_body_copy/{name}"), |b| {
+            let mut out = BytesMut::with_capacity(body.len() + 512);
+            b.iter(|| {
+                out.clear();
+                encode_frame(&head, &header, black_box(&body), &mut out);
+                black_box(out.len());
+            });
+        });
+        group.bench_function(format!("decode_and_iterate/{name}"), |b| {
+            b.iter_batched_ref(
+                || BytesMut::from(&frame[..]),
+                |buffer| {
+                    let command = codec
+                        .decode(buffer)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_else(|| unreachable!());
+                    let header: PullMessageResponseHeader =
+                        command.header().unwrap_or_else(|_| unreachable!());
+                    let records = RecordIter::new(&command.body).filter(Result::is_ok).count();
+                    black_box((header.next_begin_offset, records));
+                },
+                BatchSize::SmallInput,
+            );
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, send_v2, pull_response);
+criterion_main!(benches);

@@ -1,0 +1,7 @@
+//! # ringmq-tools
+//!
+//! Command-line tools (DESIGN.md §2): `ringmq-admin` (mqadmin-like cluster operations),
+//! `ringmq-bench` (produce/consume/end-to-end load against any RocketMQ-protocol broker) and
+//! `ringmq-inspect` (offline store verification and dumps).
+//!
+//! Nothing is implemented yet: this crate is a placeholder so the workspace has its final shape.
