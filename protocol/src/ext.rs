@@ -76,6 +76,12 @@ impl ExtFields {
         }
     }
 
+    /// Attaches the bytes that the spans pushed so far point into (a JSON header is scanned while
+    /// still mutable and frozen only at the end).
+    pub(crate) fn set_shared(&mut self, shared: Bytes) {
+        self.shared = shared;
+    }
+
     /// Stores `text` in the side buffer and returns its span (used for unescaped JSON strings).
     pub(crate) fn push_owned(&mut self, text: &str) -> TextSpan {
         let start = self.owned.len();

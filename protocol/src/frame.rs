@@ -142,10 +142,10 @@ impl FrameCodec {
         let Some(layout) = self.check(buf)? else {
             return Ok(None);
         };
-        let mut frame = buf.split_to(layout.frame_bytes).freeze();
-        frame.advance(FrameLayout::HEADER_OFFSET);
-        let body = frame.split_off(layout.header_bytes);
-        let command = command::decode_header(layout.serialize_type, frame, body)?;
+        let mut header = buf.split_to(layout.frame_bytes);
+        header.advance(FrameLayout::HEADER_OFFSET);
+        let body = header.split_off(layout.header_bytes).freeze();
+        let command = command::decode_header(layout.serialize_type, header, body)?;
         Ok(Some(command))
     }
 }

@@ -5,9 +5,11 @@
 //! The header is one JSON object. The decoder is a small hand-written scanner rather than
 //! `serde_json` because it must hand out *spans*: ext values arrive as JSON strings, numbers or
 //! booleans (ali-ons sends `"queueId":0`), and with a scanner the text of each is already in the
-//! header bytes, so nothing is copied. `serde_json` would give us numbers as `i64`/`f64` to be
-//! re-formatted, and strings only as copies once escapes are involved. The scanner accepts exactly
-//! RFC 8259 JSON (a property test checks it against `serde_json`).
+//! header bytes, so nothing is copied. Strings with escapes are the common case, not the rare one
+//! (every properties string carries `\u0001` and `\u0002`), so they are unescaped *in place* in
+//! the frame's own bytes; decoding a JSON header allocates nothing. `serde_json` would give us
+//! numbers as `i64`/`f64` to be re-formatted and escaped strings only as fresh copies. The scanner
+//! accepts exactly RFC 8259 JSON (a property test checks it against `serde_json`).
 //!
 //! Tolerance follows Java's fastjson: missing keys take defaults, unknown keys are skipped, a
 //! duplicate key's last value wins, `null` values are absent, and numeric header values may also
@@ -19,7 +21,7 @@
 //! (`code`, `flag`, `language`, `opaque`, `serializeTypeCurrentRPC`, `version`), `remark` and
 //! `extFields` only when non-empty, ext values always as strings.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 
 use super::{CommandHead, DecodedFields};
 use crate::ext::{EncodeExt, ExtFields, ExtWriter, TextSpan};
@@ -28,14 +30,14 @@ use crate::{HeaderError, LanguageCode};
 /// Nesting limit when skipping unknown values: bounds recursion on hostile input.
 const MAX_DEPTH: usize = 64;
 
-pub(super) fn decode(header: Bytes) -> Result<(DecodedFields, ExtFields), HeaderError> {
+pub(super) fn decode(mut header: BytesMut) -> Result<(DecodedFields, ExtFields), HeaderError> {
     if std::str::from_utf8(&header).is_err() {
         return Err(HeaderError::InvalidUtf8 { field: "header" });
     }
-    let mut ext = ExtFields::with_shared(header.clone());
+    let mut ext = ExtFields::new();
     let mut fields = DecodedFields::default();
     let mut scanner = Scanner {
-        bytes: &header,
+        bytes: &mut header,
         pos: 0,
     };
     scanner.skip_whitespace();
@@ -50,20 +52,20 @@ pub(super) fn decode(header: Bytes) -> Result<(DecodedFields, ExtFields), Header
             scanner.skip_whitespace();
             scanner.expect(b':', "expected ':' after key")?;
             scanner.skip_whitespace();
-            match key.as_str(&header) {
+            match scanner.text(key) {
                 "code" => fields.code = scanner.int_field("code")?,
                 "version" => fields.version = scanner.int_field("version")?,
                 "opaque" => fields.opaque = scanner.int_field("opaque")?,
                 "flag" => fields.flag = scanner.int_field("flag")?,
                 "language" => {
                     if let Some(name) = scanner.nullable_string()? {
-                        fields.language = LanguageCode::from_name(name.as_str(&header));
+                        fields.language = LanguageCode::from_name(scanner.text(name));
                     }
                 }
                 "remark" => {
-                    fields.remark = scanner
-                        .nullable_string()?
-                        .map(|text| text.as_str(&header).to_owned())
+                    if let Some(remark) = scanner.nullable_string()? {
+                        fields.remark = Some(scanner.text(remark).to_owned());
+                    }
                 }
                 "extFields" => scanner.ext_fields(&mut ext)?,
                 // Informational only: the frame marker is authoritative (PROTOCOL.md §2.1).
@@ -78,37 +80,39 @@ pub(super) fn decode(header: Bytes) -> Result<(DecodedFields, ExtFields), Header
         }
     }
     scanner.skip_whitespace();
-    if scanner.pos != header.len() {
+    if scanner.pos != scanner.bytes.len() {
         return Err(scanner.error("trailing characters after header object"));
     }
+    ext.set_shared(header.freeze());
     Ok((fields, ext))
 }
 
-/// A decoded JSON string: a span of the input when it had no escapes, else its unescaped text.
-enum JsonText {
-    Span { start: usize, end: usize },
-    Unescaped(String),
+/// A decoded string or raw value: a span of the (possibly unescaped-in-place) header bytes.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: usize,
+    end: usize,
 }
 
-impl JsonText {
-    fn as_str<'a>(&'a self, input: &'a [u8]) -> &'a str {
-        match self {
-            // The whole input was validated as UTF-8 and spans end at ASCII quotes, so the slice
-            // is on character boundaries; `unwrap_or_default` is unreachable.
-            Self::Span { start, end } => {
-                std::str::from_utf8(&input[*start..*end]).unwrap_or_default()
-            }
-            Self::Unescaped(text) => text,
-        }
-    }
-}
-
+/// Scans a JSON header and unescapes strings in place.
+///
+/// Unescaping never makes text longer (`\u0001` is six bytes in, one out; a surrogate pair is
+/// twelve in, four out), so the unescaped text is written over the escaped text, starting where
+/// the string starts, and never overtakes the read position. The bytes between the end of the
+/// unescaped text and the closing quote become garbage nobody refers to. Every span therefore
+/// holds valid UTF-8: the header was valid UTF-8, runs are copied whole, and escapes are written
+/// as encoded chars.
 struct Scanner<'a> {
-    bytes: &'a [u8],
+    bytes: &'a mut [u8],
     pos: usize,
 }
 
 impl Scanner<'_> {
+    fn text(&self, span: Span) -> &str {
+        // Spans are valid UTF-8 (see the type doc); `unwrap_or_default` is unreachable.
+        std::str::from_utf8(&self.bytes[span.start..span.end]).unwrap_or_default()
+    }
+
     fn error(&self, reason: &'static str) -> HeaderError {
         HeaderError::InvalidJson {
             offset: self.pos,
@@ -157,68 +161,36 @@ impl Scanner<'_> {
         }
     }
 
-    /// Reads a string starting at its opening quote.
-    fn string(&mut self) -> Result<JsonText, HeaderError> {
+    /// Reads a string starting at its opening quote; escapes are resolved in place.
+    fn string(&mut self) -> Result<Span, HeaderError> {
         self.expect(b'"', "expected string")?;
         let start = self.pos;
+        let mut write = start;
         loop {
             match self.next_byte() {
-                Some(b'"') => {
-                    return Ok(JsonText::Span {
-                        start,
-                        end: self.pos - 1,
-                    });
-                }
+                Some(b'"') => return Ok(Span { start, end: write }),
                 Some(b'\\') => {
-                    let mut text = String::new();
-                    self.pos -= 1;
-                    text.push_str(
-                        std::str::from_utf8(&self.bytes[start..self.pos]).unwrap_or_default(),
-                    );
-                    self.unescape_rest(&mut text)?;
-                    return Ok(JsonText::Unescaped(text));
-                }
-                Some(0x00..=0x1F) => return Err(self.error_before("control character in string")),
-                Some(_) => {}
-                None => return Err(self.error("unterminated string")),
-            }
-        }
-    }
-
-    /// Continues a string at its first backslash, appending the unescaped text to `out`.
-    fn unescape_rest(&mut self, out: &mut String) -> Result<(), HeaderError> {
-        let mut run_start = self.pos;
-        loop {
-            match self.next_byte() {
-                Some(b'"') => {
-                    out.push_str(
-                        std::str::from_utf8(&self.bytes[run_start..self.pos - 1])
-                            .unwrap_or_default(),
-                    );
-                    return Ok(());
-                }
-                Some(b'\\') => {
-                    out.push_str(
-                        std::str::from_utf8(&self.bytes[run_start..self.pos - 1])
-                            .unwrap_or_default(),
-                    );
-                    let escaped = match self.next_byte() {
-                        Some(b'"') => '"',
-                        Some(b'\\') => '\\',
-                        Some(b'/') => '/',
-                        Some(b'b') => '\u{8}',
-                        Some(b'f') => '\u{c}',
-                        Some(b'n') => '\n',
-                        Some(b'r') => '\r',
-                        Some(b't') => '\t',
-                        Some(b'u') => self.unicode_escape()?,
+                    let mut encoded = [0u8; 4];
+                    let escaped: &[u8] = match self.next_byte() {
+                        Some(b'"') => b"\"",
+                        Some(b'\\') => b"\\",
+                        Some(b'/') => b"/",
+                        Some(b'b') => b"\x08",
+                        Some(b'f') => b"\x0c",
+                        Some(b'n') => b"\n",
+                        Some(b'r') => b"\r",
+                        Some(b't') => b"\t",
+                        Some(b'u') => self.unicode_escape()?.encode_utf8(&mut encoded).as_bytes(),
                         _ => return Err(self.error_before("invalid escape sequence")),
                     };
-                    out.push(escaped);
-                    run_start = self.pos;
+                    self.bytes[write..write + escaped.len()].copy_from_slice(escaped);
+                    write += escaped.len();
                 }
                 Some(0x00..=0x1F) => return Err(self.error_before("control character in string")),
-                Some(_) => {}
+                Some(byte) => {
+                    self.bytes[write] = byte;
+                    write += 1;
+                }
                 None => return Err(self.error("unterminated string")),
             }
         }
@@ -261,7 +233,7 @@ impl Scanner<'_> {
         char::from_u32(code_point).ok_or_else(|| self.error("invalid \\u escape"))
     }
 
-    fn nullable_string(&mut self) -> Result<Option<JsonText>, HeaderError> {
+    fn nullable_string(&mut self) -> Result<Option<Span>, HeaderError> {
         if self.peek() == Some(b'n') {
             self.literal(b"null")?;
             Ok(None)
@@ -271,7 +243,7 @@ impl Scanner<'_> {
     }
 
     /// Reads a number token and returns its span; validates the RFC 8259 grammar.
-    fn number(&mut self) -> Result<(usize, usize), HeaderError> {
+    fn number(&mut self) -> Result<Span, HeaderError> {
         let start = self.pos;
         if self.peek() == Some(b'-') {
             self.pos += 1;
@@ -292,7 +264,10 @@ impl Scanner<'_> {
             }
             self.required_digits()?;
         }
-        Ok((start, self.pos))
+        Ok(Span {
+            start,
+            end: self.pos,
+        })
     }
 
     fn digits(&mut self) {
@@ -311,26 +286,21 @@ impl Scanner<'_> {
 
     /// Reads an `i32` header value: a JSON integer, a string holding one, or `null` (= 0).
     fn int_field(&mut self, field: &'static str) -> Result<i32, HeaderError> {
-        let parsed = match self.peek() {
-            Some(b'"') => {
-                let text = self.string()?;
-                text.as_str(self.bytes).trim().parse::<i32>().ok()
-            }
+        let span = match self.peek() {
+            Some(b'"') => self.string()?,
             Some(b'n') => {
                 self.literal(b"null")?;
                 return Ok(0);
             }
-            _ => {
-                let (start, end) = self.number()?;
-                std::str::from_utf8(&self.bytes[start..end])
-                    .ok()
-                    .and_then(|text| text.parse::<i32>().ok())
-            }
+            _ => self.number()?,
         };
-        parsed.ok_or(HeaderError::InvalidValue {
-            field,
-            reason: "not a 32-bit integer",
-        })
+        self.text(span)
+            .trim()
+            .parse::<i32>()
+            .map_err(|_| HeaderError::InvalidValue {
+                field,
+                reason: "not a 32-bit integer",
+            })
     }
 
     /// Skips any JSON value (used for unknown keys and to find the extent of nested values).
@@ -339,7 +309,7 @@ impl Scanner<'_> {
             return Err(self.error("nesting too deep"));
         }
         match self.peek() {
-            Some(b'"') => self.string().map(drop),
+            Some(b'"') => self.skip_string(),
             Some(b'{') => self.skip_container(b'}', depth, true),
             Some(b'[') => self.skip_container(b']', depth, false),
             Some(b't') => self.literal(b"true"),
@@ -347,6 +317,24 @@ impl Scanner<'_> {
             Some(b'n') => self.literal(b"null"),
             Some(b'-' | b'0'..=b'9') => self.number().map(drop),
             _ => Err(self.error("expected a value")),
+        }
+    }
+
+    /// Validates a string without rewriting it, so skipped nested values keep their JSON text.
+    fn skip_string(&mut self) -> Result<(), HeaderError> {
+        self.expect(b'"', "expected string")?;
+        loop {
+            match self.next_byte() {
+                Some(b'"') => return Ok(()),
+                Some(b'\\') => match self.next_byte() {
+                    Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {}
+                    Some(b'u') => drop(self.unicode_escape()?),
+                    _ => return Err(self.error_before("invalid escape sequence")),
+                },
+                Some(0x00..=0x1F) => return Err(self.error_before("control character in string")),
+                Some(_) => {}
+                None => return Err(self.error("unterminated string")),
+            }
         }
     }
 
@@ -365,7 +353,7 @@ impl Scanner<'_> {
         loop {
             self.skip_whitespace();
             if is_object {
-                self.string()?;
+                self.skip_string()?;
                 self.skip_whitespace();
                 self.expect(b':', "expected ':' after key")?;
                 self.skip_whitespace();
@@ -408,16 +396,17 @@ impl Scanner<'_> {
                 _ => {
                     let start = self.pos;
                     self.skip_value(1)?;
-                    Some(JsonText::Span {
+                    Some(Span {
                         start,
                         end: self.pos,
                     })
                 }
             };
             if let Some(value) = value {
-                let key = store(ext, key);
-                let value = store(ext, value);
-                ext.push_span(key, value)?;
+                ext.push_span(
+                    TextSpan::shared(key.start, key.end - key.start),
+                    TextSpan::shared(value.start, value.end - value.start),
+                )?;
             }
             self.skip_whitespace();
             match self.next_byte() {
@@ -426,13 +415,6 @@ impl Scanner<'_> {
                 _ => return Err(self.error_before("expected ',' or '}' in extFields")),
             }
         }
-    }
-}
-
-fn store(ext: &mut ExtFields, text: JsonText) -> TextSpan {
-    match text {
-        JsonText::Span { start, end } => TextSpan::shared(start, end - start),
-        JsonText::Unescaped(text) => ext.push_owned(&text),
     }
 }
 

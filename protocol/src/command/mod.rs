@@ -219,12 +219,12 @@ struct DecodedFields {
 /// Decodes a header of the given type; `header` and `body` are slices of one received frame.
 pub(crate) fn decode_header(
     serialize_type: SerializeType,
-    header: Bytes,
+    header: BytesMut,
     body: Bytes,
 ) -> Result<Command, HeaderError> {
     let (fields, ext) = match serialize_type {
         SerializeType::Json => json::decode(header)?,
-        SerializeType::RocketMq => binary::decode(header)?,
+        SerializeType::RocketMq => binary::decode(header.freeze())?,
     };
     Ok(Command {
         code: fields.code,
