@@ -71,7 +71,41 @@ fn send_v2(c: &mut Criterion) {
             });
         });
     }
+    // Baseline in the same run: what a straightforward implementation does with the JSON header,
+    // parse it with serde_json into a map of owned strings (`HashMap<String, String>` ext fields),
+    // plus the same body slice. The frame is identical to the `json` cases above.
+    let frame = fixtures::send_v2_frame(SerializeType::Json);
+    let header_bytes = u32::from_be_bytes([0, frame[5], frame[6], frame[7]]) as usize;
+    group.bench_function("decode/json_serde_hashmap_baseline", |b| {
+        b.iter(|| {
+            let header = &black_box(&frame)[8..8 + header_bytes];
+            let parsed: BaselineHeader = serde_json::from_slice(header).unwrap_or_else(|_| unreachable!());
+            let queue_id: i32 = parsed.ext_fields.get("e").and_then(|value| value.parse().ok()).unwrap_or_default();
+            let body = frame.slice(8 + header_bytes..);
+            black_box((parsed.code, queue_id, body.len()));
+        });
+    });
     group.finish();
+}
+
+/// The baseline's header shape: Java's `RemotingCommand` fields with a `HashMap` of ext fields.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+struct BaselineHeader {
+    code: i32,
+    #[serde(default)]
+    language: String,
+    #[serde(default)]
+    version: i32,
+    #[serde(default)]
+    opaque: i32,
+    #[serde(default)]
+    flag: i32,
+    #[serde(default)]
+    remark: Option<String>,
+    #[serde(default)]
+    ext_fields: std::collections::HashMap<String, String>,
 }
 
 fn pull_response(c: &mut Criterion) {
@@ -119,7 +153,7 @@ fn pull_response(c: &mut Criterion) {
                         .unwrap_or_else(|| unreachable!());
                     let header: PullMessageResponseHeader =
                         command.header().unwrap_or_else(|_| unreachable!());
-                    let records = RecordIter::new(&command.body).filter(Result::is_ok).count();
+                    let records = RecordIter::new(&command.body).flatten().count();
                     black_box((header.next_begin_offset, records));
                 },
                 BatchSize::SmallInput,

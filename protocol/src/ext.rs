@@ -67,15 +67,6 @@ impl ExtFields {
         Self::default()
     }
 
-    /// A map whose spans will point into `shared`, which must be the header the spans come from.
-    pub(crate) fn with_shared(shared: Bytes) -> Self {
-        Self {
-            shared,
-            owned: String::new(),
-            entries: SmallVec::new(),
-        }
-    }
-
     /// Attaches the bytes that the spans pushed so far point into (a JSON header is scanned while
     /// still mutable and frozen only at the end).
     pub(crate) fn set_shared(&mut self, shared: Bytes) {

@@ -28,7 +28,7 @@ fn decode_error(bytes: &[u8]) -> DecodeError {
 fn json_error(header: &str) -> HeaderError {
     match decode_error(&frame(0, header.as_bytes(), b"")) {
         DecodeError::Header(error) => error,
-        other => panic!("expected a header error, got {other:?}"),
+        other @ DecodeError::Frame(_) => panic!("expected a header error, got {other:?}"),
     }
 }
 
@@ -174,7 +174,7 @@ fn binary_header(entries: &[(&[u8], &[u8])]) -> Vec<u8> {
 fn binary_error(header: &[u8]) -> HeaderError {
     match decode_error(&frame(1, header, b"")) {
         DecodeError::Header(error) => error,
-        other => panic!("expected a header error, got {other:?}"),
+        other @ DecodeError::Frame(_) => panic!("expected a header error, got {other:?}"),
     }
 }
 

@@ -226,7 +226,7 @@ proptest! {
 fn decode_everything(bytes: &[u8]) {
     let codec = FrameCodec::new(64 * 1024);
     let mut buffer = BytesMut::from(bytes);
-    for _ in 0..bytes.len() + 1 {
+    for _ in 0..=bytes.len() {
         match codec.decode(&mut buffer) {
             Ok(Some(command)) => {
                 let _ = command.header::<ringmq_protocol::header::PullMessageRequestHeader<'_>>();

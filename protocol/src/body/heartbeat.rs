@@ -144,7 +144,7 @@ impl SubscriptionData {
         if expression.is_empty() || expression == Self::SUB_ALL {
             return data;
         }
-        data.sub_string = expression.to_owned();
+        expression.clone_into(&mut data.sub_string);
         for tag in expression
             .split("||")
             .map(str::trim)

@@ -111,7 +111,7 @@ pub(super) fn decode(header: Bytes) -> Result<(DecodedFields, ExtFields), Header
             need: ext_bytes,
             have: header.len() - cursor.pos,
         })?;
-    let mut ext = ExtFields::with_shared(header.clone());
+    let mut ext = ExtFields::new();
     let mut entries = Cursor {
         bytes: &header[..ext_end],
         pos: cursor.pos,
@@ -132,6 +132,7 @@ pub(super) fn decode(header: Bytes) -> Result<(DecodedFields, ExtFields), Header
             count: header.len() - ext_end,
         });
     }
+    ext.set_shared(header);
     Ok((fields, ext))
 }
 
