@@ -79,8 +79,13 @@ fn send_v2(c: &mut Criterion) {
     group.bench_function("decode/json_serde_hashmap_baseline", |b| {
         b.iter(|| {
             let header = &black_box(&frame)[8..8 + header_bytes];
-            let parsed: BaselineHeader = serde_json::from_slice(header).unwrap_or_else(|_| unreachable!());
-            let queue_id: i32 = parsed.ext_fields.get("e").and_then(|value| value.parse().ok()).unwrap_or_default();
+            let parsed: BaselineHeader =
+                serde_json::from_slice(header).unwrap_or_else(|_| unreachable!());
+            let queue_id: i32 = parsed
+                .ext_fields
+                .get("e")
+                .and_then(|value| value.parse().ok())
+                .unwrap_or_default();
             let body = frame.slice(8 + header_bytes..);
             black_box((parsed.code, queue_id, body.len()));
         });

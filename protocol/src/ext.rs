@@ -118,7 +118,7 @@ impl ExtFields {
         self.entries
             .iter()
             .rev()
-            .find(|entry| self.text(entry.key) == key)
+            .find(|entry| entry.key.len as usize == key.len() && self.text(entry.key) == key)
             .map(|entry| self.text(entry.value))
     }
 

@@ -146,9 +146,17 @@ macro_rules! ext_header {
         }
 
         impl<'a> $crate::header::FromExt<'a> for $name $(<$lt>)? {
+            /// One pass over the entries (a later duplicate wins), then one conversion per field.
             fn from_ext(ext: &'a $crate::ExtFields) -> Result<Self, $crate::FieldError> {
+                $( let mut $field: Option<&'a str> = None; )*
+                for (key, value) in ext.iter() {
+                    match key {
+                        $( $key => $field = Some(value), )*
+                        _ => {}
+                    }
+                }
                 Ok(Self {
-                    $( $field: $crate::header::HeaderField::decode(ext.get($key), $key)?, )*
+                    $( $field: $crate::header::HeaderField::decode($field, $key)?, )*
                 })
             }
         }

@@ -72,10 +72,17 @@ pub struct SendMessageRequestHeader<'a> {
 }
 
 impl<'a> SendMessageRequestHeader<'a> {
-    /// Reads the header under the given key set.
+    /// Reads the header under the given key set, in one pass over the entries (a later duplicate
+    /// wins, as in Java's map).
     pub fn from_ext_with(ext: &'a ExtFields, keys: SendKeys) -> Result<Self, FieldError> {
         let names = key_set(keys);
-        let field = |index: usize| ext.get(names[index]);
+        let mut raw: [Option<&'a str>; KEYS.len()] = [None; KEYS.len()];
+        for (key, value) in ext.iter() {
+            if let Some(index) = field_index(key, keys) {
+                raw[index] = Some(value);
+            }
+        }
+        let field = |index: usize| raw[index];
         Ok(Self {
             producer_group: HeaderField::decode(field(0), names[0])?,
             topic: HeaderField::decode(field(1), names[1])?,
@@ -131,6 +138,18 @@ impl<'a> SendMessageRequestHeader<'a> {
     /// Whether the body is a batch.
     pub fn is_batch(&self) -> bool {
         self.batch == Some(true)
+    }
+}
+
+/// The field index of `key` in the given key set. V2 names are the letters `a`..`n`, so their
+/// index is arithmetic; long names are matched.
+fn field_index(key: &str, keys: SendKeys) -> Option<usize> {
+    match keys {
+        SendKeys::V2 => match key.as_bytes() {
+            [letter @ b'a'..=b'n'] => Some(usize::from(letter - b'a')),
+            _ => None,
+        },
+        SendKeys::Long => KEYS.iter().position(|pair| pair[0] == key),
     }
 }
 
