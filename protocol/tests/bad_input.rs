@@ -310,11 +310,9 @@ fn missing_and_malformed_required_fields_are_named() {
     );
 }
 
-#[test]
-fn oversized_topic_and_properties_are_refused_by_the_record_encoder() {
-    let long_topic = "t".repeat(128);
-    let properties = "p".repeat(40_000);
-    let mut record = StoredRecord {
+/// A record with loopback hosts and zeroed numbers: only the variable parts matter to these tests.
+fn minimal_record<'a>(body: &'a [u8], topic: &'a str) -> StoredRecord<'a> {
+    StoredRecord {
         magic: MessageMagic::V1,
         body_crc: 0,
         queue_id: 0,
@@ -328,10 +326,17 @@ fn oversized_topic_and_properties_are_refused_by_the_record_encoder() {
         store_host: "127.0.0.1:2".parse().unwrap(),
         reconsume_times: 0,
         prepared_transaction_offset: 0,
-        body: b"",
-        topic: &long_topic,
+        body,
+        topic,
         properties: "",
-    };
+    }
+}
+
+#[test]
+fn oversized_topic_and_properties_are_refused_by_the_record_encoder() {
+    let long_topic = "t".repeat(128);
+    let properties = "p".repeat(40_000);
+    let mut record = minimal_record(b"", &long_topic);
     let mut out = Vec::new();
     assert!(matches!(
         record.encode(&mut out),
@@ -353,24 +358,7 @@ fn oversized_topic_and_properties_are_refused_by_the_record_encoder() {
 #[test]
 fn malformed_records_and_batches_are_typed_errors() {
     let mut out = Vec::new();
-    let record = StoredRecord {
-        magic: MessageMagic::V1,
-        body_crc: 0,
-        queue_id: 0,
-        flag: 0,
-        queue_offset: 0,
-        physical_offset: 0,
-        sys_flag: 0,
-        born_timestamp_ms: 0,
-        born_host: "127.0.0.1:1".parse().unwrap(),
-        store_timestamp_ms: 0,
-        store_host: "127.0.0.1:2".parse().unwrap(),
-        reconsume_times: 0,
-        prepared_transaction_offset: 0,
-        body: b"abc",
-        topic: "t",
-        properties: "",
-    };
+    let record = minimal_record(b"abc", "t");
     record.encode(&mut out).unwrap();
     let mut bigger = out.clone();
     bigger[..4].copy_from_slice(&((out.len() + 4) as i32).to_be_bytes());
