@@ -1,13 +1,51 @@
 //! # ringmq-storage
 //!
-//! The broker's message store (DESIGN.md §4-§5). It will own:
+//! The broker's message store (DESIGN.md §4-§5): one [`MessageStore`] per shard, holding a
+//! segmented, append-only commit log of RocketMQ stored-message records, the consume queues
+//! that index it by (topic, queue, offset), a checkpoint that bounds recovery, and retention.
+//! Metadata (topic configs, consumer offsets) lives in [`metadata`].
 //!
-//! - the storage I/O seam (open, read_at, write_at, sync_data, allocate, truncate, remove) with an
-//!   io_uring implementation through compio and an in-memory, fault-injecting twin for tests;
-//! - the per-shard segmented, append-only commit log of RocketMQ stored-message records
-//!   (`ringmq_protocol::message::record`), with group commit (batched fdatasync);
-//! - consume queues (20-byte entries per topic/queue), checkpoint and crash recovery;
-//! - retention by age and disk watermarks, and the topic-config / consumer-offset metadata files.
+//! All file access goes through the I/O seam of [`io`]: [`io::UringStorage`] in production
+//! (compio over io_uring, or its polling driver), [`io::MemStorage`] in crash tests.
 //!
-//! Nothing is implemented yet: this crate is a placeholder so the workspace has its final shape.
-//! The durability contract will be stated here once the store exists.
+//! ## Durability contract
+//!
+//! - **SYNC_FLUSH** ([`FlushMode::Sync`]): [`MessageStore::append_batch`] resolves only after an
+//!   fdatasync that covers the records has succeeded. Such records survive any crash (process
+//!   or power) and are served intact after [`MessageStore::open`].
+//! - **ASYNC_FLUSH** ([`FlushMode::Async`]): an append resolves once its records are written to
+//!   the segment file (the page cache); they survive a process crash, and an fdatasync every
+//!   [`StoreConfig::flush_interval`] (500 ms) bounds what a power loss can take.
+//! - **Group commit**: while an fdatasync is in flight, appends collect in the next chunk and are
+//!   written; when it completes, the next fdatasync, covering everything written so far, starts
+//!   at once. One fsync thus acknowledges many appends.
+//! - **Failure is sticky**: after a failed write or fdatasync the store refuses every further
+//!   append with [`StoreError::WritesDisabled`] (the kernel may have dropped the dirty pages, so
+//!   a retry could acknowledge data that is not on disk). Reopening recovers from what is on disk.
+//! - **Visibility**: readers see exactly the acknowledged records: durable ones under
+//!   SYNC_FLUSH, written ones under ASYNC_FLUSH. A consumer never reads a message that a crash
+//!   could take back under SYNC_FLUSH.
+//! - **Integrity**: the commit log is a run of chunks, each with a CRC32C over its records and a
+//!   header CRC bound to its position (storage/FORMAT.md). Recovery verifies every chunk past the
+//!   checkpoint and cuts the log at the first one that fails; reads check each record's framing
+//!   against its consume-queue entry and never return garbage.
+//! - **Disk full**: segments are preallocated, so a full disk shows up when a segment is
+//!   created, not in the middle of one. Above the hard watermark appends fail with
+//!   [`StoreError::DiskFull`], reads go on, and appends resume by themselves once usage falls.
+
+mod commitlog;
+mod config;
+mod consume_queue;
+mod error;
+pub mod format;
+pub mod io;
+pub mod metadata;
+mod recovery;
+mod retention;
+mod signal;
+mod store;
+
+pub use config::{FlushMode, MAX_SHARD, SHARD_SHIFT, StoreConfig};
+pub use error::StoreError;
+pub use retention::{DEFAULT_RETENTION_CHECK, RetentionReport};
+pub use store::{AppendResult, MessageStore, QueueOffsets, ReadRequest, ReadResult, ReadStatus};

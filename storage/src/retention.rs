@@ -1,0 +1,199 @@
+//! Retention: whole old segments go, by age and by disk-usage watermarks; above the hard
+//! watermark appends are refused until usage falls again.
+
+use std::time::Duration;
+
+use ringmq_protocol::message::record::StoredRecord;
+
+use crate::{
+    MessageStore, StoreError,
+    format::{CHUNK_HEADER_BYTES, CqEntry, segment_name},
+    io::Storage,
+    store::now_ms,
+};
+
+/// What one retention pass did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RetentionReport {
+    /// Commit-log segments removed (their start offsets).
+    pub removed_segments: Vec<u64>,
+    /// Disk usage measured at the end of the pass, percent.
+    pub used_percent: f64,
+    /// Whether appends are refused for lack of space.
+    pub disk_full: bool,
+}
+
+impl<S: Storage> MessageStore<S> {
+    pub(crate) async fn run_retention(self) {
+        loop {
+            let stop = self.inner.stop.listen();
+            if self.inner.state.borrow().closing {
+                return;
+            }
+            if let Err(err) = self.enforce_retention().await {
+                tracing::warn!(%err, "retention pass failed");
+            }
+            if compio::time::timeout(self.inner.config.retention_check_interval, stop)
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Measures disk usage, updates the disk-full state and removes the segments that are too
+    /// old or must go to get under the high watermark. The active segment is never removed.
+    pub async fn enforce_retention(&self) -> Result<RetentionReport, StoreError> {
+        let inner = &self.inner;
+        let config = &inner.config;
+        let mut report = RetentionReport::default();
+        let mut used = self.measure_usage()?;
+        let expire_before_ms = now_ms() - i64::try_from(config.retention.as_millis()).unwrap_or(i64::MAX);
+        loop {
+            let (oldest, next_start) = {
+                let state = inner.state.borrow();
+                let segments = &state.log.segments;
+                if segments.len() < 2 {
+                    break;
+                }
+                (segments[0].start, segments[1].start)
+            };
+            let over_high = used >= f64::from(config.high_watermark_percent);
+            // A segment is as old as the newest record in it, which is older than the first
+            // record of the next segment.
+            let expired = match self.first_store_time(next_start).await {
+                Some(next_first_ms) => next_first_ms < expire_before_ms,
+                None => false,
+            };
+            if !over_high && !expired {
+                break;
+            }
+            self.remove_oldest_segment().await?;
+            tracing::info!(segment = %segment_name(oldest), over_high, expired, "removed commit-log segment");
+            report.removed_segments.push(oldest);
+            used = self.measure_usage()?;
+        }
+        report.used_percent = used;
+        report.disk_full = self.inner.state.borrow().disk_full.is_some();
+        Ok(report)
+    }
+
+    /// Reads disk usage and sets or clears the disk-full state; waiting appenders are woken
+    /// when space comes back.
+    fn measure_usage(&self) -> Result<f64, StoreError> {
+        let inner = &self.inner;
+        let usage = inner
+            .storage
+            .disk_usage(&inner.config.dir)
+            .map_err(|e| StoreError::io("statvfs", &inner.config.dir, e))?;
+        let used = usage.used_percent();
+        let full = used >= f64::from(inner.config.hard_watermark_percent);
+        let mut state = inner.state.borrow_mut();
+        let was_full = state.disk_full.is_some();
+        state.disk_full = full.then_some(used);
+        drop(state);
+        if full && !was_full {
+            tracing::error!(used_percent = used, "disk above the hard watermark; refusing appends");
+        } else if was_full && !full {
+            tracing::info!(used_percent = used, "disk usage back under the hard watermark; accepting appends");
+            inner.progress.notify();
+        }
+        Ok(used)
+    }
+
+    /// Store time of the first record of the segment starting at `start`, if it has one.
+    async fn first_store_time(&self, start: u64) -> Option<i64> {
+        let position = start + CHUNK_HEADER_BYTES as u64;
+        let record = self.read_message_at(position).await.ok()?;
+        StoredRecord::decode(&record)
+            .ok()
+            .map(|(record, _)| record.store_timestamp_ms)
+    }
+
+    /// Removes the oldest segment and moves every queue's min offset past its records.
+    async fn remove_oldest_segment(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let Some(segment) = inner.state.borrow_mut().log.pop_oldest() else {
+            return Ok(());
+        };
+        let min_physical = segment.start + inner.config.segment_bytes;
+        // Queues first: once the segment is gone, nothing may point into it.
+        let queues = self.queues();
+        for (topic, queue_id) in queues {
+            self.advance_queue_min(&topic, queue_id, min_physical).await?;
+        }
+        inner
+            .storage
+            .remove(&segment.path)
+            .await
+            .map_err(|e| StoreError::io("remove segment", &segment.path, e))?;
+        let dir = inner.config.dir.join("commitlog");
+        inner
+            .storage
+            .sync_dir(&dir)
+            .await
+            .map_err(|e| StoreError::io("sync directory", &dir, e))
+    }
+
+    /// Moves a queue's min offset to its first entry at or past `min_physical` and removes the
+    /// queue files that lie wholly below it.
+    async fn advance_queue_min(
+        &self,
+        topic: &str,
+        queue_id: i32,
+        min_physical: u64,
+    ) -> Result<(), StoreError> {
+        let Some((mut low, mut high)) = self
+            .inner
+            .state
+            .borrow()
+            .queue(topic, queue_id)
+            .map(|q| (q.min_offset, q.next_offset()))
+        else {
+            return Ok(());
+        };
+        // Binary search: the first entry whose record is at or past min_physical.
+        let mut entries: Vec<CqEntry> = Vec::with_capacity(1);
+        while low < high {
+            let mid = low + (high - low) / 2;
+            entries.clear();
+            self.cq_entries(topic, queue_id, mid, mid + 1, &mut entries)
+                .await?;
+            match entries.first() {
+                Some(entry) if entry.physical_offset < min_physical => low = mid + 1,
+                _ => high = mid,
+            }
+        }
+        let (remove, dir) = {
+            let mut state = self.inner.state.borrow_mut();
+            let Some(queue) = state.queue_mut(topic, queue_id) else {
+                return Ok(());
+            };
+            queue.min_offset = queue.min_offset.max(low);
+            let per_file = queue.entries_per_file;
+            let doomed: Vec<u64> = queue
+                .files
+                .keys()
+                .copied()
+                .filter(|start| start + per_file <= low)
+                .collect();
+            for start in &doomed {
+                queue.files.remove(start);
+            }
+            (doomed, queue.dir.clone())
+        };
+        for start in remove {
+            let path = dir.join(segment_name(start));
+            match self.inner.storage.remove(&path).await {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(StoreError::io("remove consume queue", &path, err)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Default retention check period, exposed for the broker's configuration docs.
+pub const DEFAULT_RETENTION_CHECK: Duration = Duration::from_secs(10);
