@@ -28,7 +28,9 @@ pub enum StoreError {
     },
     /// Disk usage is above the hard watermark; reads keep working and writes resume by
     /// themselves once retention or the operator frees space.
-    #[error("disk full: {used_percent:.1}% used on the store's filesystem (hard limit {limit_percent}%)")]
+    #[error(
+        "disk full: {used_percent:.1}% used on the store's filesystem (hard limit {limit_percent}%)"
+    )]
     DiskFull {
         /// Usage when last measured.
         used_percent: f64,

@@ -62,7 +62,6 @@ enum ScanEnd {
     Corrupt,
 }
 
-
 impl<S: Storage> MessageStore<S> {
     /// Opens (or creates) the store in `config.dir`, recovers it and starts its background
     /// tasks on the current compio runtime.
@@ -75,80 +74,8 @@ impl<S: Storage> MessageStore<S> {
                 .await
                 .map_err(|e| StoreError::io("create directory", path, e))?;
         }
-        let mut checkpoint_file = MetadataFile::new(storage.clone(), dir.join("checkpoint"));
-        let checkpoint: Option<Checkpoint> = match checkpoint_file.load().await {
-            Ok(found) => found,
-            Err(MetadataError::Corrupt { path, reason }) => {
-                tracing::warn!(path = %path.display(), %reason,
-                    "checkpoint unreadable; rebuilding consume queues from the whole commit log");
-                None
-            }
-            Err(err) => return Err(err.into()),
-        };
-        if let Some(found) = &checkpoint {
-            if found.shard != config.shard
-                || found.segment_bytes != config.segment_bytes
-                || found.cq_entries_per_file != config.cq_entries_per_file
-            {
-                return Err(StoreError::ConfigMismatch(format!(
-                    "{} was created with shard {}, segment size {} and {} entries per consume-queue file; \
-                     opened with shard {}, segment size {} and {}",
-                    dir.display(),
-                    found.shard,
-                    found.segment_bytes,
-                    found.cq_entries_per_file,
-                    config.shard,
-                    config.segment_bytes,
-                    config.cq_entries_per_file
-                )));
-            }
-            if !found.clean_shutdown {
-                tracing::warn!(dir = %dir.display(), log_offset = found.log_offset,
-                    "unclean shutdown detected; recovering the commit-log tail");
-            }
-        }
-
-        // Segments.
-        let names = storage
-            .list_dir(&log_dir)
-            .await
-            .map_err(|e| StoreError::io("list", &log_dir, e))?;
-        let mut segments = VecDeque::new();
-        for name in names {
-            let Some(start) = parse_segment_name(&name) else {
-                continue;
-            };
-            let path = log_dir.join(&name);
-            if start < config.base_offset()
-                || (start - config.base_offset()) % config.segment_bytes != 0
-            {
-                return Err(StoreError::ConfigMismatch(format!(
-                    "segment {} does not belong to shard {} with segment size {}",
-                    path.display(),
-                    config.shard,
-                    config.segment_bytes
-                )));
-            }
-            let file = storage
-                .open(&path, false)
-                .await
-                .map_err(|e| StoreError::io("open segment", &path, e))?;
-            segments.push_back(Rc::new(Segment { start, file, path }));
-        }
-        // Keep only a contiguous run: a gap means the later files are leftovers.
-        let mut contiguous = segments.len().min(1);
-        while contiguous < segments.len()
-            && segments[contiguous].start
-                == segments[contiguous - 1].start + config.segment_bytes
-        {
-            contiguous += 1;
-        }
-        let leftovers: Vec<_> = segments.drain(contiguous..).collect();
-        for segment in leftovers {
-            tracing::warn!(path = %segment.path.display(), "removing commit-log segment after a gap");
-            remove(&storage, &segment.path).await?;
-        }
-
+        let checkpoint = load_checkpoint(&storage, &config).await?;
+        let mut segments = load_segments(&storage, &config).await?;
         let clean = checkpoint.as_ref().is_some_and(|c| c.clean_shutdown);
         let first_segment = segments.front().map(|s| s.start);
         let scan_from = match (&checkpoint, first_segment) {
@@ -196,7 +123,9 @@ impl<S: Storage> MessageStore<S> {
             }),
         };
         if store.inner.state.borrow().log.segments.is_empty() {
-            let segment = store.create_segment(store.inner.config.base_offset()).await?;
+            let segment = store
+                .create_segment(store.inner.config.base_offset())
+                .await?;
             store
                 .inner
                 .state
@@ -301,7 +230,9 @@ impl<S: Storage> MessageStore<S> {
                 }
             };
             for (file_start, first_offset, bytes) in work {
-                let file = self.cq_file(&queue.topic, queue.queue_id, file_start).await?;
+                let file = self
+                    .cq_file(&queue.topic, queue.queue_id, file_start)
+                    .await?;
                 let path = cq_dir(&inner.config.dir, &queue.topic, queue.queue_id)
                     .join(segment_name(file_start));
                 let at = (first_offset - file_start) * CQ_ENTRY_BYTES as u64;
@@ -334,7 +265,8 @@ impl<S: Storage> MessageStore<S> {
             log_offset,
             queues: snapshot,
         };
-        let mut file = MetadataFile::new(inner.storage.clone(), inner.config.dir.join("checkpoint"));
+        let mut file =
+            MetadataFile::new(inner.storage.clone(), inner.config.dir.join("checkpoint"));
         file.store(&checkpoint).await.map_err(StoreError::from)
     }
 
@@ -392,6 +324,98 @@ impl<S: Storage> MessageStore<S> {
         }
         result
     }
+}
+
+/// Reads the checkpoint; `None` when there is none or it is unreadable (then the whole log is
+/// scanned). Refuses a store created with another layout.
+async fn load_checkpoint<S: Storage>(
+    storage: &S,
+    config: &StoreConfig,
+) -> Result<Option<Checkpoint>, StoreError> {
+    let dir = &config.dir;
+    let mut checkpoint_file = MetadataFile::new(storage.clone(), dir.join("checkpoint"));
+    let checkpoint: Option<Checkpoint> = match checkpoint_file.load().await {
+        Ok(found) => found,
+        Err(MetadataError::Corrupt { path, reason }) => {
+            tracing::warn!(path = %path.display(), %reason,
+                    "checkpoint unreadable; rebuilding consume queues from the whole commit log");
+            None
+        }
+        Err(err) => return Err(err.into()),
+    };
+    if let Some(found) = &checkpoint {
+        if found.shard != config.shard
+            || found.segment_bytes != config.segment_bytes
+            || found.cq_entries_per_file != config.cq_entries_per_file
+        {
+            return Err(StoreError::ConfigMismatch(format!(
+                "{} was created with shard {}, segment size {} and {} entries per consume-queue file; \
+                     opened with shard {}, segment size {} and {}",
+                dir.display(),
+                found.shard,
+                found.segment_bytes,
+                found.cq_entries_per_file,
+                config.shard,
+                config.segment_bytes,
+                config.cq_entries_per_file
+            )));
+        }
+        if !found.clean_shutdown {
+            tracing::warn!(dir = %dir.display(), log_offset = found.log_offset,
+                    "unclean shutdown detected; recovering the commit-log tail");
+        }
+    }
+
+    Ok(checkpoint)
+}
+
+/// Opens the commit-log segments: a contiguous run from the oldest; files after a gap are
+/// leftovers and removed.
+async fn load_segments<S: Storage>(
+    storage: &S,
+    config: &StoreConfig,
+) -> Result<VecDeque<Rc<Segment<S::File>>>, StoreError> {
+    let log_dir = config.dir.join("commitlog");
+    let names = storage
+        .list_dir(&log_dir)
+        .await
+        .map_err(|e| StoreError::io("list", &log_dir, e))?;
+    let mut segments = VecDeque::new();
+    for name in names {
+        let Some(start) = parse_segment_name(&name) else {
+            continue;
+        };
+        let path = log_dir.join(&name);
+        if start < config.base_offset()
+            || (start - config.base_offset()) % config.segment_bytes != 0
+        {
+            return Err(StoreError::ConfigMismatch(format!(
+                "segment {} does not belong to shard {} with segment size {}",
+                path.display(),
+                config.shard,
+                config.segment_bytes
+            )));
+        }
+        let file = storage
+            .open(&path, false)
+            .await
+            .map_err(|e| StoreError::io("open segment", &path, e))?;
+        segments.push_back(Rc::new(Segment { start, file, path }));
+    }
+    // Keep only a contiguous run: a gap means the later files are leftovers.
+    let mut contiguous = segments.len().min(1);
+    while contiguous < segments.len()
+        && segments[contiguous].start == segments[contiguous - 1].start + config.segment_bytes
+    {
+        contiguous += 1;
+    }
+    let leftovers: Vec<_> = segments.drain(contiguous..).collect();
+    for segment in leftovers {
+        tracing::warn!(path = %segment.path.display(), "removing commit-log segment after a gap");
+        remove(storage, &segment.path).await?;
+    }
+
+    Ok(segments)
 }
 
 async fn remove<S: Storage>(storage: &S, path: &Path) -> Result<(), StoreError> {
@@ -484,7 +508,10 @@ async fn scan_tail<S: Storage>(
     queues: &mut QueueMap<S::File>,
 ) -> Result<u64, StoreError> {
     let _ = storage;
-    let Some(first) = segments.iter().position(|s| from < s.start + config.segment_bytes) else {
+    let Some(first) = segments
+        .iter()
+        .position(|s| from < s.start + config.segment_bytes)
+    else {
         return Ok(from);
     };
     let mut position = from.max(segments[first].start);
@@ -522,7 +549,7 @@ async fn scan_tail<S: Storage>(
                 ChunkHeader::Records {
                     payload_bytes,
                     payload_crc,
-                } => (payload_bytes as u64, payload_crc),
+                } => (u64::from(payload_bytes), payload_crc),
             };
             let chunk_end = position + CHUNK_HEADER_BYTES as u64 + payload_bytes;
             if chunk_end > segment_end {
@@ -531,14 +558,20 @@ async fn scan_tail<S: Storage>(
             if chunk_end > block_start + block.len() as u64 {
                 block_start = position;
                 let len = (chunk_end - position) as usize;
-                block = read_block(segment, position, len.max(SCAN_BLOCK_BYTES), segment_end).await?;
+                block =
+                    read_block(segment, position, len.max(SCAN_BLOCK_BYTES), segment_end).await?;
             }
             let at = (position - block_start) as usize + CHUNK_HEADER_BYTES;
             let payload = &block[at..at + payload_bytes as usize];
             if crc32c::crc32c(payload) != payload_crc {
                 break Some(ScanEnd::Corrupt);
             }
-            if !dispatch_chunk(payload, position + CHUNK_HEADER_BYTES as u64, config, queues) {
+            if !dispatch_chunk(
+                payload,
+                position + CHUNK_HEADER_BYTES as u64,
+                config,
+                queues,
+            ) {
                 break Some(ScanEnd::Corrupt);
             }
             scanned_bytes += chunk_end - position;
@@ -560,7 +593,12 @@ async fn scan_tail<S: Storage>(
             }
         }
     }
-    tracing::info!(from, to = position, scanned_bytes, "commit-log tail recovered");
+    tracing::info!(
+        from,
+        to = position,
+        scanned_bytes,
+        "commit-log tail recovered"
+    );
     Ok(position)
 }
 
@@ -572,7 +610,10 @@ async fn read_block<F: StorageFile>(
 ) -> Result<BytesMut, StoreError> {
     let len = len.min((segment_end - position) as usize);
     let buf = BytesMut::with_capacity(len);
-    let (result, buf) = segment.file.read_exact_at(buf, position - segment.start).await;
+    let (result, buf) = segment
+        .file
+        .read_exact_at(buf, position - segment.start)
+        .await;
     result.map_err(|e| StoreError::io("read commit log", &segment.path, e))?;
     Ok(buf)
 }
@@ -609,9 +650,13 @@ fn dispatch_chunk<F: Clone>(
             if queue.next_offset() == queue.min_offset && queue.files.is_empty() {
                 queue.restart_at(queue_offset);
             } else {
-                tracing::warn!(topic = record.topic, queue_id = record.queue_id,
-                    expected = queue.next_offset(), found = queue_offset,
-                    "record does not continue its consume queue");
+                tracing::warn!(
+                    topic = record.topic,
+                    queue_id = record.queue_id,
+                    expected = queue.next_offset(),
+                    found = queue_offset,
+                    "record does not continue its consume queue"
+                );
                 return false;
             }
         }
@@ -660,9 +705,7 @@ async fn truncate_after<S: Storage>(
     end: u64,
     clean: bool,
 ) -> Result<(), StoreError> {
-    while segments.len() > 1
-        && segments.back().is_some_and(|s| s.start > end)
-    {
+    while segments.len() > 1 && segments.back().is_some_and(|s| s.start > end) {
         if let Some(segment) = segments.pop_back() {
             remove(storage, &segment.path).await?;
         }

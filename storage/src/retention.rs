@@ -49,7 +49,8 @@ impl<S: Storage> MessageStore<S> {
         let config = &inner.config;
         let mut report = RetentionReport::default();
         let mut used = self.measure_usage()?;
-        let expire_before_ms = now_ms() - i64::try_from(config.retention.as_millis()).unwrap_or(i64::MAX);
+        let expire_before_ms =
+            now_ms() - i64::try_from(config.retention.as_millis()).unwrap_or(i64::MAX);
         loop {
             let (oldest, next_start) = {
                 let state = inner.state.borrow();
@@ -94,9 +95,15 @@ impl<S: Storage> MessageStore<S> {
         state.disk_full = full.then_some(used);
         drop(state);
         if full && !was_full {
-            tracing::error!(used_percent = used, "disk above the hard watermark; refusing appends");
+            tracing::error!(
+                used_percent = used,
+                "disk above the hard watermark; refusing appends"
+            );
         } else if was_full && !full {
-            tracing::info!(used_percent = used, "disk usage back under the hard watermark; accepting appends");
+            tracing::info!(
+                used_percent = used,
+                "disk usage back under the hard watermark; accepting appends"
+            );
             inner.progress.notify();
         }
         Ok(used)
@@ -121,7 +128,8 @@ impl<S: Storage> MessageStore<S> {
         // Queues first: once the segment is gone, nothing may point into it.
         let queues = self.queues();
         for (topic, queue_id) in queues {
-            self.advance_queue_min(&topic, queue_id, min_physical).await?;
+            self.advance_queue_min(&topic, queue_id, min_physical)
+                .await?;
         }
         inner
             .storage

@@ -231,7 +231,9 @@ fn validate_topic(topic: &str) -> Result<(), StoreError> {
 }
 
 pub(crate) fn cq_dir(root: &Path, topic: &str, queue_id: i32) -> PathBuf {
-    root.join("consumequeue").join(topic).join(queue_id.to_string())
+    root.join("consumequeue")
+        .join(topic)
+        .join(queue_id.to_string())
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -319,13 +321,14 @@ impl<S: Storage> MessageStore<S> {
         let (result, end) = loop {
             // Backpressure: wait while the writer is behind by more than the limit.
             loop {
-                let state = inner.state.borrow();
-                state.check_writable(inner.config.hard_watermark_percent)?;
-                if state.log.pending_bytes < inner.config.max_pending_bytes {
-                    break;
-                }
-                let progress = inner.progress.listen();
-                drop(state);
+                let progress = {
+                    let state = inner.state.borrow();
+                    state.check_writable(inner.config.hard_watermark_percent)?;
+                    if state.log.pending_bytes < inner.config.max_pending_bytes {
+                        break;
+                    }
+                    inner.progress.listen()
+                };
                 progress.await;
             }
             match self.try_append(records, total) {
@@ -359,7 +362,12 @@ impl<S: Storage> MessageStore<S> {
         }
         let first = &records[0];
         let queue = state
-            .queue_or_create(first.topic, first.queue_id, &config.dir, config.cq_entries_per_file)
+            .queue_or_create(
+                first.topic,
+                first.queue_id,
+                &config.dir,
+                config.cq_entries_per_file,
+            )
             .map_err(AppendRetry::Failed)?;
         let first_queue_offset = queue.next_offset();
         let position = match state.log.reserve(total) {
@@ -368,12 +376,11 @@ impl<S: Storage> MessageStore<S> {
         };
         let store_timestamp_ms = now_ms();
         let mut physical_offset = position;
-        let mut queue_offset = first_queue_offset;
         let Some(buf) = state.log.chunk_buf() else {
             return Err(AppendRetry::Failed(StoreError::Closed));
         };
         let queue_index = first.queue_id as usize;
-        for record in records {
+        for (queue_offset, record) in (first_queue_offset..).zip(records) {
             let mut stored = *record;
             stored.queue_offset = queue_offset as i64;
             stored.physical_offset = physical_offset as i64;
@@ -396,7 +403,6 @@ impl<S: Storage> MessageStore<S> {
                 });
             }
             physical_offset += size as u64;
-            queue_offset += 1;
         }
         Ok((
             AppendResult {
@@ -414,17 +420,18 @@ impl<S: Storage> MessageStore<S> {
     async fn wait_confirmed(&self, end: u64) -> Result<(), StoreError> {
         let inner = &self.inner;
         loop {
-            let state = inner.state.borrow();
-            if state.confirmed(inner.config.flush_mode) >= end {
-                return Ok(());
-            }
-            if let Some(reason) = &state.failure {
-                return Err(StoreError::WritesDisabled {
-                    reason: reason.clone(),
-                });
-            }
-            let progress = inner.progress.listen();
-            drop(state);
+            let progress = {
+                let state = inner.state.borrow();
+                if state.confirmed(inner.config.flush_mode) >= end {
+                    return Ok(());
+                }
+                if let Some(reason) = &state.failure {
+                    return Err(StoreError::WritesDisabled {
+                        reason: reason.clone(),
+                    });
+                }
+                inner.progress.listen()
+            };
             if inner.config.flush_mode == FlushMode::Sync {
                 inner.flush_request.notify();
             }
@@ -441,13 +448,16 @@ impl<S: Storage> MessageStore<S> {
                 return Ok(());
             }
             if state.log.preparing_segment {
-                let progress = inner.progress.listen();
-                drop(state);
-                progress.await;
-                return Ok(());
+                None
+            } else {
+                state.log.preparing_segment = true;
+                Some(state.log.next_segment_start())
             }
-            state.log.preparing_segment = true;
-            state.log.next_segment_start()
+        };
+        let Some(start) = start else {
+            // Another task is creating it: wait for its outcome, then let the caller retry.
+            inner.progress.listen().await;
+            return Ok(());
         };
         let result = self.create_segment(start).await;
         let mut state = inner.state.borrow_mut();
@@ -639,18 +649,18 @@ impl<S: Storage> MessageStore<S> {
         };
         inner.work.notify();
         loop {
-            let state = inner.state.borrow();
-            if state.log.durable >= target {
-                return Ok(());
-            }
-            if let Some(reason) = &state.failure {
-                return Err(StoreError::WritesDisabled {
-                    reason: reason.clone(),
-                });
-            }
-            let progress = inner.progress.listen();
-            let ready = state.log.written >= target;
-            drop(state);
+            let (progress, ready) = {
+                let state = inner.state.borrow();
+                if state.log.durable >= target {
+                    return Ok(());
+                }
+                if let Some(reason) = &state.failure {
+                    return Err(StoreError::WritesDisabled {
+                        reason: reason.clone(),
+                    });
+                }
+                (inner.progress.listen(), state.log.written >= target)
+            };
             if ready {
                 inner.flush_request.notify();
             }
@@ -696,7 +706,12 @@ impl<S: Storage> MessageStore<S> {
             return Err(StoreError::NoSuchMessage(physical_offset));
         }
         let record = self.read_log(physical_offset, size as usize).await?;
-        check_record(&record, physical_offset, size as u32, &self.inner.config.dir)?;
+        check_record(
+            &record,
+            physical_offset,
+            size as u32,
+            &self.inner.config.dir,
+        )?;
         Ok(record)
     }
 
@@ -746,7 +761,7 @@ impl<S: Storage> MessageStore<S> {
         upto: u64,
         out: &mut Vec<CqEntry>,
     ) -> Result<(), StoreError> {
-        let (file_read, mem_from) = {
+        let (file_start, file_end, handle, path) = {
             let state = self.inner.state.borrow();
             let Some(queue) = state.queue(topic, queue_id) else {
                 return Ok(());
@@ -761,27 +776,27 @@ impl<S: Storage> MessageStore<S> {
                 return Ok(());
             }
             let file_start = queue.file_start(from);
-            let file_end = (file_start + queue.entries_per_file).min(mem_start).min(upto);
+            let file_end = (file_start + queue.entries_per_file)
+                .min(mem_start)
+                .min(upto);
             let handle = queue.files.get(&file_start).cloned();
             let path = queue.dir.join(segment_name(file_start));
-            ((file_start, file_end, handle, path), mem_start)
+            (file_start, file_end, handle, path)
         };
-        let (file_start, file_end, handle, path) = file_read;
-        let file = match handle {
-            Some(Some(file)) => file,
-            _ => {
-                let file = self
-                    .inner
-                    .storage
-                    .open(&path, false)
-                    .await
-                    .map_err(|e| StoreError::io("open consume queue", &path, e))?;
-                let mut state = self.inner.state.borrow_mut();
-                if let Some(queue) = state.queue_mut(topic, queue_id) {
-                    queue.files.insert(file_start, Some(file.clone()));
-                }
-                file
+        let file = if let Some(Some(file)) = handle {
+            file
+        } else {
+            let file = self
+                .inner
+                .storage
+                .open(&path, false)
+                .await
+                .map_err(|e| StoreError::io("open consume queue", &path, e))?;
+            let mut state = self.inner.state.borrow_mut();
+            if let Some(queue) = state.queue_mut(topic, queue_id) {
+                queue.files.insert(file_start, Some(file.clone()));
             }
+            file
         };
         let count = (file_end - from) as usize;
         let buf = BytesMut::with_capacity(count * CQ_ENTRY_BYTES);
@@ -802,7 +817,6 @@ impl<S: Storage> MessageStore<S> {
                 }
             }
         }
-        let _ = mem_from;
         Ok(())
     }
 
@@ -935,9 +949,7 @@ impl<S: Storage> MessageStore<S> {
         let mut entries = Vec::with_capacity(1);
         self.cq_entries(topic, queue_id, offset, offset + 1, &mut entries)
             .await?;
-        let entry = entries
-            .first()
-            .ok_or(StoreError::NoSuchMessage(offset))?;
+        let entry = entries.first().ok_or(StoreError::NoSuchMessage(offset))?;
         let record = self.read_message_at(entry.physical_offset).await?;
         let (decoded, _) = StoredRecord::decode(&record).map_err(|e| StoreError::Corrupt {
             path: self.inner.config.dir.clone(),

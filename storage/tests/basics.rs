@@ -23,7 +23,9 @@ fn append_read_roll_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let config = small_config(dir.path(), FlushMode::Sync);
     runtime().block_on(async {
-        let store = MessageStore::open(UringStorage, config.clone()).await.unwrap();
+        let store = MessageStore::open(UringStorage, config.clone())
+            .await
+            .unwrap();
         // ~300 KiB over 64 KiB segments: several rolls.
         for sequence in 0..300u64 {
             let queue_id = (sequence % 3) as i32;
@@ -53,7 +55,9 @@ fn append_read_roll_and_reopen() {
         }
         store.close().await.unwrap();
 
-        let store = MessageStore::open(UringStorage, config.clone()).await.unwrap();
+        let store = MessageStore::open(UringStorage, config.clone())
+            .await
+            .unwrap();
         let offsets = store.queue_offsets("TopicA", 2).unwrap();
         assert_eq!((offsets.min_offset, offsets.max_offset), (0, 100));
         // Old entries come from the consume-queue files now.
@@ -68,7 +72,9 @@ fn append_read_roll_and_reopen() {
         assert_eq!(next.queue_offset, 100);
         store.close().await.unwrap();
     });
-    let segments = std::fs::read_dir(dir.path().join("commitlog")).unwrap().count();
+    let segments = std::fs::read_dir(dir.path().join("commitlog"))
+        .unwrap()
+        .count();
     assert!(segments >= 4, "expected several segments, found {segments}");
 }
 
@@ -90,7 +96,11 @@ fn statuses_tags_batches_and_time_search() {
                     "Tagged",
                     0,
                     body,
-                    if i % 2 == 0 { "TAGS\u{1}even\u{2}" } else { "TAGS\u{1}odd\u{2}" },
+                    if i % 2 == 0 {
+                        "TAGS\u{1}even\u{2}"
+                    } else {
+                        "TAGS\u{1}odd\u{2}"
+                    },
                 )
             })
             .collect();
@@ -148,8 +158,25 @@ fn statuses_tags_batches_and_time_search() {
             })
             .await
             .unwrap();
-        assert_eq!(one.records.len(), 1, "at least one record even over max_bytes");
+        assert_eq!(
+            one.records.len(),
+            1,
+            "at least one record even over max_bytes"
+        );
 
+        store.close().await.unwrap();
+    });
+}
+
+#[test]
+fn time_search_and_earliest_store_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(dir.path(), FlushMode::Async);
+    runtime().block_on(async {
+        let store = MessageStore::open(UringStorage, config).await.unwrap();
+        let bodies: Vec<Vec<u8>> = (0..10).map(|i| body_for(0, i, 100)).collect();
+        let batch: Vec<_> = bodies.iter().map(|b| record("Tagged", 0, b, "")).collect();
+        let result = store.append_batch(&batch).await.unwrap();
         // Time search: a second append later than the batch.
         let before_ms = result.store_timestamp_ms;
         let mut later = result.store_timestamp_ms;
@@ -161,11 +188,32 @@ fn statuses_tags_batches_and_time_search() {
                 .store_timestamp_ms;
         }
         let max = store.queue_offsets("Tagged", 0).unwrap().max_offset;
-        assert_eq!(store.search_offset_by_time("Tagged", 0, 0).await.unwrap(), Some(0));
-        assert_eq!(store.search_offset_by_time("Tagged", 0, later).await.unwrap(), Some(max - 1));
-        assert_eq!(store.search_offset_by_time("Tagged", 0, later + 1).await.unwrap(), Some(max));
-        assert_eq!(store.search_offset_by_time("Nope", 0, 0).await.unwrap(), None);
-        assert_eq!(store.earliest_store_time("Tagged", 0).await.unwrap(), Some(before_ms));
+        assert_eq!(
+            store.search_offset_by_time("Tagged", 0, 0).await.unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            store
+                .search_offset_by_time("Tagged", 0, later)
+                .await
+                .unwrap(),
+            Some(max - 1)
+        );
+        assert_eq!(
+            store
+                .search_offset_by_time("Tagged", 0, later + 1)
+                .await
+                .unwrap(),
+            Some(max)
+        );
+        assert_eq!(
+            store.search_offset_by_time("Nope", 0, 0).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            store.earliest_store_time("Tagged", 0).await.unwrap(),
+            Some(before_ms)
+        );
         store.close().await.unwrap();
     });
 }

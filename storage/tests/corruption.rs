@@ -109,11 +109,17 @@ fn reopen_and_check(dir: &Path, written: &[Written], intact_below: u64) -> usize
                     assert_eq!(read.status, ReadStatus::Found);
                     let (decoded, _) = StoredRecord::decode(&read.records[0]).unwrap();
                     decoded.verify_body_crc().unwrap();
-                    assert_eq!(decoded.body, body_for(queue_id, w.sequence, 1000).as_slice());
+                    assert_eq!(
+                        decoded.body,
+                        body_for(queue_id, w.sequence, 1000).as_slice()
+                    );
                     assert_eq!(decoded.physical_offset as u64, w.physical_offset);
                     survived += 1;
                 } else {
-                    assert!(read.records.is_empty(), "garbage served past the recovered end");
+                    assert!(
+                        read.records.is_empty(),
+                        "garbage served past the recovered end"
+                    );
                     assert!(
                         w.physical_offset >= intact_below,
                         "record at {} lost although it precedes the damage at {intact_below}",
@@ -151,14 +157,24 @@ fn flipped_byte_in_the_last_record_truncates_its_chunk_only() {
     let written = fill(dir.path(), 200);
     let last = *written.last().unwrap();
     let (path, at) = segment_path(dir.path(), last.physical_offset);
-    let file = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
     let mut byte = [0u8; 1];
     file.read_exact_at(&mut byte, at + 120).unwrap();
     file.write_all_at(&[byte[0] ^ 0x40], at + 120).unwrap();
     drop(file);
     let survived = reopen_and_check(dir.path(), &written, last.physical_offset - 16 * 1024);
-    assert!(survived < written.len(), "the damaged record must not survive");
-    assert!(survived >= written.len() - 16, "only the last chunk may go: {survived} left");
+    assert!(
+        survived < written.len(),
+        "the damaged record must not survive"
+    );
+    assert!(
+        survived >= written.len() - 16,
+        "only the last chunk may go: {survived} left"
+    );
 }
 
 #[test]
@@ -188,7 +204,10 @@ fn zeroed_page_in_the_middle_of_the_last_segment_cuts_the_log_there() {
     // follows are gone.
     let damage = middle - (at - page) - 8 * 1024;
     let survived = reopen_and_check(dir.path(), &written, damage);
-    assert!(survived < written.len() * 3 / 4, "records after the zeroed page must be cut");
+    assert!(
+        survived < written.len() * 3 / 4,
+        "records after the zeroed page must be cut"
+    );
     assert!(survived > written.len() / 4);
 }
 
@@ -198,7 +217,9 @@ fn corrupt_checkpoint_rebuilds_consume_queues_from_the_log() {
     let written = fill(dir.path(), 120);
     // A clean close writes a checkpoint past everything; then damage it.
     runtime().block_on(async {
-        let store = MessageStore::open(UringStorage, config(dir.path())).await.unwrap();
+        let store = MessageStore::open(UringStorage, config(dir.path()))
+            .await
+            .unwrap();
         store.close().await.unwrap();
     });
     let checkpoint = dir.path().join("checkpoint");

@@ -14,7 +14,7 @@ use std::{cell::RefCell, path::Path, rc::Rc, time::Duration};
 use common::{body_for, record, runtime, small_config};
 use ringmq_protocol::message::record::StoredRecord;
 use ringmq_storage::{
-    FlushMode, MessageStore, ReadRequest, ReadStatus,
+    FlushMode, MessageStore, ReadRequest, ReadStatus, StoreConfig,
     io::{CrashMode, FaultPlan, MemStorage},
 };
 
@@ -94,13 +94,23 @@ fn run_seed(seed: u64) -> Result<usize, String> {
         }
     });
 
+    let acked = acked.borrow().clone();
+    verify(seed, &storage, config, &acked)
+}
+
+/// Reopens on what a power loss leaves and checks the queues against the acknowledgements.
+fn verify(
+    seed: u64,
+    storage: &MemStorage,
+    config: StoreConfig,
+    acked: &[Acked],
+) -> Result<usize, String> {
     let mode = if seed % 2 == 0 {
         CrashMode::TornPrefix
     } else {
         CrashMode::LoseUnsynced
     };
     let image = storage.crash_image(mode);
-    let acked = acked.borrow().clone();
     runtime().block_on(async {
         let store = MessageStore::open(image, config)
             .await
@@ -169,9 +179,13 @@ fn run_seed(seed: u64) -> Result<usize, String> {
                     })
                     .await
                     .map_err(|e| format!("read acked: {e}"))?;
-                let (decoded, _) = StoredRecord::decode(&read.records[0]).map_err(|e| e.to_string())?;
+                let (decoded, _) =
+                    StoredRecord::decode(&read.records[0]).map_err(|e| e.to_string())?;
                 if decoded.body != body(ack.appender, ack.sequence, seed).as_slice() {
-                    return Err(format!("acknowledged q{queue_id}@{} has another body", ack.queue_offset));
+                    return Err(format!(
+                        "acknowledged q{queue_id}@{} has another body",
+                        ack.queue_offset
+                    ));
                 }
             }
         }
@@ -194,15 +208,14 @@ fn parse_body(text: &str) -> Option<(usize, u64)> {
 
 #[test]
 fn acknowledged_sync_appends_survive_crashes_at_random_points() {
-    let seeds: Vec<u64> = match std::env::var("RINGMQ_CRASH_SEED") {
-        Ok(one) => vec![one.parse().expect("RINGMQ_CRASH_SEED is a number")],
-        Err(_) => {
-            let count = std::env::var("RINGMQ_CRASH_SEEDS")
-                .ok()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(200u64);
-            (0..count).collect()
-        }
+    let seeds: Vec<u64> = if let Ok(one) = std::env::var("RINGMQ_CRASH_SEED") {
+        vec![one.parse().expect("RINGMQ_CRASH_SEED is a number")]
+    } else {
+        let count = std::env::var("RINGMQ_CRASH_SEEDS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(200u64);
+        (0..count).collect()
     };
     let runs = seeds.len();
     let mut failures = Vec::new();
@@ -216,9 +229,14 @@ fn acknowledged_sync_appends_survive_crashes_at_random_points() {
             Err(reason) => failures.push(format!("seed {seed}: {reason}")),
         }
     }
-    eprintln!("{runs} crash runs, {runs_with_acks} crashed after acknowledgements, {total_acked} acknowledged records checked");
+    eprintln!(
+        "{runs} crash runs, {runs_with_acks} crashed after acknowledgements, {total_acked} acknowledged records checked"
+    );
     // The runs must test something: most crash points fall after some acknowledgements.
-    assert!(runs < 10 || runs_with_acks * 2 > runs, "crash points too early to test anything");
+    assert!(
+        runs < 10 || runs_with_acks * 2 > runs,
+        "crash points too early to test anything"
+    );
     assert!(
         failures.is_empty(),
         "{} crash runs failed (rerun one with RINGMQ_CRASH_SEED=<seed>):\n{}",

@@ -33,7 +33,11 @@ fn config(dir: PathBuf) -> ringmq_storage::StoreConfig {
 }
 
 fn body(appender: usize, sequence: u64) -> Vec<u8> {
-    body_for(appender as i32, sequence, 100 + (sequence as usize * 37 + appender * 11) % 900)
+    body_for(
+        appender as i32,
+        sequence,
+        100 + (sequence as usize * 37 + appender * 11) % 900,
+    )
 }
 
 /// The child's side: not a test of its own. The parent runs this binary with `--ignored` and
@@ -88,7 +92,13 @@ fn sigkill_during_sync_appends_loses_no_acknowledged_record() {
     let kill_after_acks = 2000 + seed % 20_000;
     eprintln!("kill9: seed {seed}, SIGKILL after {kill_after_acks} acknowledgements");
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "kill9_child_appender", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "kill9_child_appender",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_DIR_ENV, dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -168,7 +168,10 @@ fn above_the_hard_watermark_appends_fail_reads_work_and_writes_resume_by_themsel
             .await
             .unwrap();
         assert_eq!(result.queue_offset, 40);
-        assert!(store.failure().is_none(), "disk full is not a sticky failure");
+        assert!(
+            store.failure().is_none(),
+            "disk full is not a sticky failure"
+        );
         store.close().await.unwrap();
     });
 }
@@ -262,7 +265,10 @@ fn real_tmpfs_fills_refuses_appends_and_recovers_when_space_is_freed() {
         wait_until("space back", || store.disk_full().is_none()).await;
         let deadline = Instant::now() + DEADLINE;
         loop {
-            match store.append(&record("Retained", 0, b"after freeing", "")).await {
+            match store
+                .append(&record("Retained", 0, b"after freeing", ""))
+                .await
+            {
                 Ok(result) => {
                     assert_eq!(result.queue_offset, appended);
                     break;

@@ -33,7 +33,9 @@ impl DiskUsage {
             return 0.0;
         }
         let used = self.total_bytes.saturating_sub(self.available_bytes);
-        used as f64 * 100.0 / self.total_bytes as f64
+        // Percent with two decimals, computed in integers: exact for any disk size.
+        let basis_points = u128::from(used) * 10_000 / u128::from(self.total_bytes);
+        f64::from(basis_points as u32) / 100.0
     }
 }
 
@@ -41,7 +43,10 @@ impl DiskUsage {
 ///
 /// Namespace operations (create, rename, remove) are durable only after
 /// [`Storage::sync_dir`] on the parent; file contents only after [`StorageFile::sync_data`].
-#[allow(async_fn_in_trait, reason = "the store is single-threaded per shard: futures are !Send by design")]
+#[allow(
+    async_fn_in_trait,
+    reason = "the store is single-threaded per shard: futures are !Send by design"
+)]
 pub trait Storage: Clone + std::fmt::Debug + 'static {
     /// An open file.
     type File: StorageFile;
@@ -63,7 +68,14 @@ pub trait Storage: Clone + std::fmt::Debug + 'static {
 }
 
 /// An open file with positional I/O.
-#[allow(async_fn_in_trait, reason = "the store is single-threaded per shard: futures are !Send by design")]
+#[allow(
+    async_fn_in_trait,
+    reason = "the store is single-threaded per shard: futures are !Send by design"
+)]
+#[allow(
+    clippy::len_without_is_empty,
+    reason = "a file length, not a collection"
+)]
 pub trait StorageFile: Clone + std::fmt::Debug + 'static {
     /// Fills `buf`'s spare capacity (from `buf.len()` to `buf.capacity()`) from `pos`.
     /// `UnexpectedEof` when the file ends first.
@@ -77,5 +89,9 @@ pub trait StorageFile: Clone + std::fmt::Debug + 'static {
     /// Sets the file length.
     async fn truncate(&self, len: u64) -> io::Result<()>;
     /// Current file length.
+    #[allow(
+        clippy::len_without_is_empty,
+        reason = "an async length is not a collection's len"
+    )]
     async fn len(&self) -> io::Result<u64>;
 }

@@ -9,12 +9,16 @@ use std::{
 use ringmq_protocol::message::record::{MessageMagic, StoredRecord};
 use ringmq_storage::{FlushMode, StoreConfig};
 
-pub const BORN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 40000));
-pub const STORE: SocketAddr =
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 10911));
+pub const BORN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 40000));
+pub const STORE: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 10911));
 
 /// A record to append; the store fills in offsets, timestamp and CRC.
-pub fn record<'a>(topic: &'a str, queue_id: i32, body: &'a [u8], properties: &'a str) -> StoredRecord<'a> {
+pub fn record<'a>(
+    topic: &'a str,
+    queue_id: i32,
+    body: &'a [u8],
+    properties: &'a str,
+) -> StoredRecord<'a> {
     StoredRecord {
         magic: MessageMagic::V1,
         body_crc: 0,
