@@ -48,31 +48,41 @@ pub fn send_v2_frame(serialize_type: SerializeType) -> Bytes {
     out.freeze()
 }
 
+/// A stored record as a Java producer's message reaches the store: tagged and keyed, store
+/// fields left for the store to fill in.
+pub fn stored_record_template<'a>(topic: &'a str, body: &'a [u8]) -> StoredRecord<'a> {
+    let born_host: SocketAddr = "10.0.0.5:50000".parse().unwrap_or_else(|_| unreachable!());
+    let store_host: SocketAddr = "10.0.0.10:10911".parse().unwrap_or_else(|_| unreachable!());
+    StoredRecord {
+        magic: MessageMagic::V1,
+        body_crc: 0,
+        queue_id: 3,
+        flag: 0,
+        queue_offset: 0,
+        physical_offset: 0,
+        sys_flag: 0,
+        born_timestamp_ms: 1_700_000_000_000,
+        born_host,
+        store_timestamp_ms: 0,
+        store_host,
+        reconsume_times: 0,
+        prepared_transaction_offset: 0,
+        body,
+        topic,
+        properties: PROPERTIES,
+    }
+}
+
 /// The body of a PULL response: 32 stored records of 1 KiB each.
 pub fn pull_body() -> Bytes {
     let body = body();
-    let born_host: SocketAddr = "10.0.0.5:50000".parse().unwrap_or_else(|_| unreachable!());
-    let store_host: SocketAddr = "10.0.0.10:10911".parse().unwrap_or_else(|_| unreachable!());
     let mut out = BytesMut::new();
     for index in 0..PULL_RECORDS {
-        let record = StoredRecord {
-            magic: MessageMagic::V1,
-            body_crc: body_crc(&body),
-            queue_id: 3,
-            flag: 0,
-            queue_offset: index as i64,
-            physical_offset: (out.len()) as i64,
-            sys_flag: 0,
-            born_timestamp_ms: 1_700_000_000_000,
-            born_host,
-            store_timestamp_ms: 1_700_000_000_001,
-            store_host,
-            reconsume_times: 0,
-            prepared_transaction_offset: 0,
-            body: &body,
-            topic: "BenchmarkTest",
-            properties: PROPERTIES,
-        };
+        let mut record = stored_record_template("BenchmarkTest", &body);
+        record.body_crc = body_crc(&body);
+        record.queue_offset = index as i64;
+        record.physical_offset = out.len() as i64;
+        record.store_timestamp_ms = 1_700_000_000_001;
         if record.encode(&mut out).is_err() {
             unreachable!("benchmark record is within limits");
         }
