@@ -74,6 +74,9 @@ pub(crate) struct LogState<F> {
     pub durable: u64,
     /// Segments written since the last fdatasync.
     dirty: Vec<Rc<Segment<F>>>,
+    /// Writes issued to the files, in position order; `Some` once completed. `written` only
+    /// moves over a completed prefix, so writes may complete in any order.
+    in_flight: VecDeque<(u64, Option<PendingWrite<F>>)>,
     cache: VecDeque<(u64, Bytes)>,
     cache_bytes: usize,
     cache_limit_bytes: usize,
@@ -102,6 +105,7 @@ impl<F> LogState<F> {
             written: end,
             durable: end,
             dirty: Vec::new(),
+            in_flight: VecDeque::new(),
             cache: VecDeque::new(),
             cache_bytes: 0,
             cache_limit_bytes,
@@ -243,9 +247,39 @@ impl<F> LogState<F> {
         out.extend(self.sealed.drain(..));
     }
 
+    /// Writes issued and not yet applied.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Records that a write at `position` was issued (call in position order).
+    pub fn start_write(&mut self, position: u64) {
+        self.in_flight.push_back((position, None));
+    }
+
+    /// Records that a write completed; applies every completed write at the front, in order.
+    /// Returns whether `written` advanced.
+    pub fn complete_write(&mut self, write: PendingWrite<F>) -> bool {
+        if let Some(slot) = self
+            .in_flight
+            .iter_mut()
+            .find(|(position, _)| *position == write.position)
+        {
+            slot.1 = Some(write);
+        }
+        let mut advanced = false;
+        while self.in_flight.front().is_some_and(|(_, done)| done.is_some()) {
+            if let Some((_, Some(done))) = self.in_flight.pop_front() {
+                self.wrote(done);
+                advanced = true;
+            }
+        }
+        advanced
+    }
+
     /// Records that `write` reached its file: advances `written` and keeps the bytes for tail
     /// reads.
-    pub fn wrote(&mut self, write: PendingWrite<F>) {
+    fn wrote(&mut self, write: PendingWrite<F>) {
         self.written = write.end();
         self.pending_bytes = self.pending_bytes.saturating_sub(write.bytes.len());
         if !self.dirty.iter().any(|s| Rc::ptr_eq(s, &write.segment)) {

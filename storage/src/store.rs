@@ -31,6 +31,9 @@ use crate::{
 /// messages returns early with the offset it reached).
 const MAX_SCAN_ENTRIES: u64 = 2048;
 
+/// Commit-log writes issued at once.
+pub(crate) const MAX_WRITES_IN_FLIGHT: usize = 4;
+
 /// Where an append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendResult {
@@ -513,8 +516,10 @@ impl<S: Storage> MessageStore<S> {
         self.inner.progress.notify();
     }
 
-    /// The writer task: writes pending chunks in order, one `write` per chunk, while appends
-    /// keep filling the next chunk.
+    /// The writer task: issues pending chunks as writes, up to [`MAX_WRITES_IN_FLIGHT`] at a
+    /// time, while appends keep filling the next chunk. Keeping several writes queued lets the
+    /// kernel copy one chunk while the shard prepares the next (buffered writes to ext4 are
+    /// served by an io_uring worker thread, and a queue of one would idle it between writes).
     pub(crate) async fn run_writer(self) {
         let inner = &self.inner;
         let mut writes: Vec<PendingWrite<S::File>> = Vec::new();
@@ -524,10 +529,14 @@ impl<S: Storage> MessageStore<S> {
                 if state.failure.is_some() {
                     return;
                 }
-                if state.log.has_pending() {
+                let in_flight = state.log.in_flight();
+                if state.log.has_pending() && in_flight < MAX_WRITES_IN_FLIGHT {
                     state.log.take_writes(&mut writes);
+                    for write in &writes {
+                        state.log.start_write(write.position);
+                    }
                     None
-                } else if state.closing {
+                } else if state.closing && !state.log.has_pending() && in_flight == 0 {
                     return;
                 } else {
                     Some(inner.work.listen())
@@ -538,36 +547,47 @@ impl<S: Storage> MessageStore<S> {
                 continue;
             }
             for write in writes.drain(..) {
-                let at = write.position - write.segment.start;
-                let file = write.segment.file.clone();
-                let (result, bytes) = file.write_all_at(write.bytes, at).await;
-                if let Err(err) = result {
-                    self.fail(format!(
-                        "write of {} bytes at {} to {} failed: {err}",
-                        bytes.len(),
-                        write.position,
-                        write.segment.path.display()
-                    ));
-                    return;
-                }
-                let mut state = inner.state.borrow_mut();
-                state.log.wrote(PendingWrite {
-                    segment: write.segment,
-                    position: write.position,
-                    bytes,
-                });
-                let wants_spare = state.log.wants_spare();
-                drop(state);
-                if wants_spare {
-                    let store = self.clone();
-                    compio::runtime::spawn(async move {
-                        if let Err(err) = store.prepare_segment().await {
-                            tracing::warn!(%err, "could not create the next commit-log segment");
-                        }
-                    })
-                    .detach();
-                }
+                compio::runtime::spawn(self.clone().write_chunk(write)).detach();
             }
+        }
+    }
+
+    /// Writes one chunk and applies its completion.
+    async fn write_chunk(self, write: PendingWrite<S::File>) {
+        let inner = &self.inner;
+        let at = write.position - write.segment.start;
+        let file = write.segment.file.clone();
+        let (result, bytes) = file.write_all_at(write.bytes, at).await;
+        if let Err(err) = result {
+            self.fail(format!(
+                "write of {} bytes at {} to {} failed: {err}",
+                bytes.len(),
+                write.position,
+                write.segment.path.display()
+            ));
+            inner.work.notify();
+            return;
+        }
+        let (advanced, wants_spare) = {
+            let mut state = inner.state.borrow_mut();
+            let advanced = state.log.complete_write(PendingWrite {
+                segment: write.segment,
+                position: write.position,
+                bytes,
+            });
+            (advanced, state.log.wants_spare())
+        };
+        if wants_spare {
+            let store = self.clone();
+            compio::runtime::spawn(async move {
+                if let Err(err) = store.prepare_segment().await {
+                    tracing::warn!(%err, "could not create the next commit-log segment");
+                }
+            })
+            .detach();
+        }
+        inner.work.notify();
+        if advanced {
             match inner.config.flush_mode {
                 FlushMode::Async => inner.progress.notify(),
                 FlushMode::Sync => inner.flush_request.notify(),
