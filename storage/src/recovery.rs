@@ -119,6 +119,7 @@ impl<S: Storage> MessageStore<S> {
                 flush_request: Signal::default(),
                 stop: Signal::default(),
                 tasks: RefCell::new(Vec::new()),
+                acks: crate::ack::AckQueue::default(),
                 checkpoint_busy: std::cell::Cell::new(false),
             }),
         };
@@ -318,6 +319,7 @@ impl<S: Storage> MessageStore<S> {
         self.inner.work.notify();
         self.inner.flush_request.notify();
         self.inner.progress.notify();
+        self.inner.acks.wake_all();
         let tasks: Vec<_> = self.inner.tasks.borrow_mut().drain(..).collect();
         for task in tasks {
             let _ = task.await;

@@ -6,6 +6,7 @@ use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     rc::Rc,
+    task::Poll,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -267,6 +268,8 @@ pub(crate) struct Inner<S: Storage> {
     /// Stops the periodic tasks.
     pub stop: Signal,
     pub tasks: RefCell<Vec<JoinHandle<()>>>,
+    /// Appenders waiting for acknowledgement.
+    pub acks: crate::ack::AckQueue,
     /// A checkpoint is being written (they must not overlap: one temporary file).
     pub checkpoint_busy: std::cell::Cell<bool>,
 }
@@ -422,24 +425,37 @@ impl<S: Storage> MessageStore<S> {
     /// Waits until `end` is acknowledged, or fails if the log failed before getting there.
     async fn wait_confirmed(&self, end: u64) -> Result<(), StoreError> {
         let inner = &self.inner;
-        loop {
-            let progress = {
+        std::future::poll_fn(|cx| {
+            {
                 let state = inner.state.borrow();
                 if state.confirmed(inner.config.flush_mode) >= end {
-                    return Ok(());
+                    return Poll::Ready(Ok(()));
                 }
                 if let Some(reason) = &state.failure {
-                    return Err(StoreError::WritesDisabled {
+                    return Poll::Ready(Err(StoreError::WritesDisabled {
                         reason: reason.clone(),
-                    });
+                    }));
                 }
-                inner.progress.listen()
-            };
+            }
+            // Woken only by the ack queue (which removed the entry) or spuriously: register
+            // again either way; a duplicate entry costs one extra wake.
+            inner.acks.register(end, cx.waker().clone());
             if inner.config.flush_mode == FlushMode::Sync {
                 inner.flush_request.notify();
             }
-            progress.await;
-        }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Wakes the appenders whose records are now acknowledged.
+    pub(crate) fn wake_acknowledged(&self) {
+        let confirmed = self
+            .inner
+            .state
+            .borrow()
+            .confirmed(self.inner.config.flush_mode);
+        self.inner.acks.wake_up_to(confirmed);
     }
 
     /// Creates the next segment (or waits for the task already creating it).
@@ -514,6 +530,7 @@ impl<S: Storage> MessageStore<S> {
         }
         drop(state);
         self.inner.progress.notify();
+        self.inner.acks.wake_all();
     }
 
     /// The writer task: issues pending chunks as writes, up to [`MAX_WRITES_IN_FLIGHT`] at a
@@ -589,7 +606,10 @@ impl<S: Storage> MessageStore<S> {
         inner.work.notify();
         if advanced {
             match inner.config.flush_mode {
-                FlushMode::Async => inner.progress.notify(),
+                FlushMode::Async => {
+                    self.wake_acknowledged();
+                    inner.progress.notify();
+                }
                 FlushMode::Sync => inner.flush_request.notify(),
             }
         }
@@ -621,6 +641,7 @@ impl<S: Storage> MessageStore<S> {
         let mut state = inner.state.borrow_mut();
         state.log.durable = state.log.durable.max(target);
         drop(state);
+        self.wake_acknowledged();
         inner.progress.notify();
         true
     }
