@@ -436,7 +436,7 @@ async fn load_queues<S: Storage>(
     checkpoint: Option<&Checkpoint>,
     scan_from: u64,
 ) -> Result<QueueMap<S::File>, StoreError> {
-    let mut queues: QueueMap<S::File> = QueueMap::new();
+    let mut queues: QueueMap<S::File> = QueueMap::default();
     let per_file = config.cq_entries_per_file;
     if let Some(found) = checkpoint.filter(|c| c.log_offset == scan_from) {
         for queue in &found.queues {

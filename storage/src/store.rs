@@ -14,7 +14,6 @@ use bytes::{Bytes, BytesMut};
 use compio::runtime::JoinHandle;
 use ringmq_protocol::message::{
     body_crc,
-    properties::{Properties, keys},
     record::{MAGIC_V1, MAGIC_V2, MIN_RECORD_BYTES, StoredRecord},
     tags_hash,
 };
@@ -127,7 +126,32 @@ pub struct QueueOffsets {
     pub max_offset: u64,
 }
 
-pub(crate) type QueueMap<F> = HashMap<Box<str>, Vec<Option<ConsumeQueue<F>>>>;
+/// Topics by name. FNV-1a instead of SipHash: names come from the broker's validated topic
+/// table, not from an attacker choosing collisions, and the lookup runs on every append.
+pub(crate) type QueueMap<F> =
+    HashMap<Box<str>, Vec<Option<ConsumeQueue<F>>>, std::hash::BuildHasherDefault<Fnv1a>>;
+
+/// 64-bit FNV-1a.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Self(0xCBF2_9CE4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0100_0000_01B3);
+        }
+    }
+}
 
 /// Mutable state of a store. Only touched in synchronous sections: never borrowed across an
 /// `.await`.
@@ -247,10 +271,27 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 /// The tags hash of a record's properties (0 without TAGS), as the consume queue stores it.
+///
+/// A byte scan for `TAGS\u{1}` at a field start (the hot path runs this once per append); the
+/// last occurrence wins, as in Java's map. Agrees with `Properties::get(TAGS)` (tested).
 pub(crate) fn record_tags_hash(properties: &str) -> i64 {
-    Properties::new(properties)
-        .get(keys::TAGS)
-        .map_or(0, tags_hash)
+    const NAME: &[u8] = b"TAGS\x01";
+    let bytes = properties.as_bytes();
+    let mut found: Option<&str> = None;
+    let mut field_start = 0;
+    while field_start < bytes.len() {
+        let field_end = bytes[field_start..]
+            .iter()
+            .position(|&b| b == 2)
+            .map_or(bytes.len(), |at| field_start + at);
+        let field = &bytes[field_start..field_end];
+        if field.len() > NAME.len() && field.starts_with(NAME) {
+            // Both ends are ASCII separators, so the slice is on char boundaries.
+            found = properties.get(field_start + NAME.len()..field_end);
+        }
+        field_start = field_end + 1;
+    }
+    found.map_or(0, tags_hash)
 }
 
 /// Shared by the store handle and its background tasks.
@@ -1081,4 +1122,31 @@ fn check_record(record: &[u8], position: u64, size: u32, dir: &Path) -> Result<(
 enum AppendRetry {
     NeedSegment,
     Failed(StoreError),
+}
+
+#[cfg(test)]
+mod tests {
+    use ringmq_protocol::message::properties::{Properties, keys};
+
+    use super::record_tags_hash;
+
+    #[test]
+    fn tags_hash_scan_agrees_with_the_properties_parser() {
+        for text in [
+            "",
+            "TAGS\u{1}TagA",
+            "KEYS\u{1}k\u{2}TAGS\u{1}TagA\u{2}WAIT\u{1}true\u{2}",
+            "TAGS\u{1}first\u{2}TAGS\u{1}second",
+            "XTAGS\u{1}no\u{2}",
+            "TAGS\u{1}\u{2}",
+            "TAGS",
+            "KEYS\u{1}TAGS\u{1}x",
+            "TAGS\u{1}标签\u{2}",
+        ] {
+            let expected = Properties::new(text)
+                .get(keys::TAGS)
+                .map_or(0, ringmq_protocol::message::tags_hash);
+            assert_eq!(record_tags_hash(text), expected, "{text:?}");
+        }
+    }
 }
