@@ -39,7 +39,7 @@ fn timed_appends(mode: FlushMode, body_bytes: usize, total: u64) -> Duration {
     let dir = tempfile::tempdir_in(bench_dir()).expect("temp dir");
     let body = Rc::new(vec![b'x'; body_bytes]);
     runtime().block_on(async move {
-        let store = MessageStore::open(UringStorage, store_config(dir.path(), mode))
+        let store = MessageStore::open(UringStorage::new(), store_config(dir.path(), mode))
             .await
             .expect("open");
         let per_task = total.div_ceil(APPENDERS);
@@ -69,9 +69,13 @@ fn appends(c: &mut Criterion) {
     let mut group = c.benchmark_group("storage_append");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(8));
-    for (mode, name) in [(FlushMode::Async, "async_flush"), (FlushMode::Sync, "sync_flush")] {
+    for (mode, name) in [
+        (FlushMode::Async, "async_flush"),
+        (FlushMode::Sync, "sync_flush"),
+    ] {
         for body_bytes in [1024usize, 128] {
-            let record_bytes = stored_record_template("BenchTopic", &vec![0; body_bytes]).encoded_len();
+            let record_bytes =
+                stored_record_template("BenchTopic", &vec![0; body_bytes]).encoded_len();
             group.throughput(Throughput::Bytes(record_bytes as u64));
             group.bench_with_input(
                 BenchmarkId::new(name, format!("{body_bytes}B_x64")),
@@ -89,7 +93,7 @@ fn appends(c: &mut Criterion) {
 fn build_store(dir: &Path, bytes: u64) -> u64 {
     let body = vec![b'r'; 1024];
     runtime().block_on(async {
-        let store = MessageStore::open(UringStorage, store_config(dir, FlushMode::Async))
+        let store = MessageStore::open(UringStorage::new(), store_config(dir, FlushMode::Async))
             .await
             .expect("open");
         let mut record = stored_record_template("ReadTopic", &body);
@@ -120,10 +124,12 @@ fn catch_up_reads(c: &mut Criterion) {
     group.bench_function("catch_up_32x1KiB", |b| {
         b.iter_custom(|iters| {
             runtime().block_on(async {
-                let store =
-                    MessageStore::open(UringStorage, store_config(dir.path(), FlushMode::Async))
-                        .await
-                        .expect("open");
+                let store = MessageStore::open(
+                    UringStorage::new(),
+                    store_config(dir.path(), FlushMode::Async),
+                )
+                .await
+                .expect("open");
                 let start = Instant::now();
                 let mut offset = 0;
                 for i in 0..iters {
@@ -168,10 +174,12 @@ fn reopen(c: &mut Criterion) {
             for _ in 0..iters {
                 runtime().block_on(async {
                     let start = Instant::now();
-                    let store =
-                        MessageStore::open(UringStorage, store_config(dir.path(), FlushMode::Async))
-                            .await
-                            .expect("open");
+                    let store = MessageStore::open(
+                        UringStorage::new(),
+                        store_config(dir.path(), FlushMode::Async),
+                    )
+                    .await
+                    .expect("open");
                     total += start.elapsed();
                     store.close().await.expect("close");
                 });
@@ -189,7 +197,7 @@ fn reopen(c: &mut Criterion) {
                 let rt = runtime();
                 rt.block_on(async {
                     let store = MessageStore::open(
-                        UringStorage,
+                        UringStorage::new(),
                         store_config(dir.path(), FlushMode::Async),
                     )
                     .await
@@ -204,10 +212,12 @@ fn reopen(c: &mut Criterion) {
                 drop(rt);
                 runtime().block_on(async {
                     let start = Instant::now();
-                    let store =
-                        MessageStore::open(UringStorage, store_config(dir.path(), FlushMode::Async))
-                            .await
-                            .expect("open");
+                    let store = MessageStore::open(
+                        UringStorage::new(),
+                        store_config(dir.path(), FlushMode::Async),
+                    )
+                    .await
+                    .expect("open");
                     total += start.elapsed();
                     store.close().await.expect("close");
                 });

@@ -6,6 +6,11 @@
 //! median of three. `RINGMQ_BENCH_DIR` picks the filesystem; `RINGMQ_BENCH_SECONDS` the length
 //! of each run (default 4).
 
+#![allow(
+    clippy::cast_precision_loss,
+    reason = "rates and percentiles for display"
+)]
+
 use std::{
     cell::RefCell,
     fs::OpenOptions,
@@ -29,6 +34,8 @@ fn appenders() -> usize {
         .unwrap_or(64)
 }
 const RUNS: usize = 3;
+const RING: UringStorage = UringStorage::new();
+const INLINE: UringStorage = UringStorage::inline_writes();
 
 #[derive(Debug, Clone, Copy)]
 struct RunResult {
@@ -68,14 +75,14 @@ fn summarize(histogram: &Histogram<u64>, bytes: u64, elapsed: Duration) -> RunRe
 }
 
 /// 64 appenders append `body_bytes` messages for the run time; latency per append in ns.
-fn store_run(mode: FlushMode, body_bytes: usize) -> RunResult {
+fn store_run(storage: UringStorage, mode: FlushMode, body_bytes: usize) -> RunResult {
     let dir = tempfile::tempdir_in(bench_dir()).expect("temp dir");
     let mut config = StoreConfig::new(dir.path());
     config.flush_mode = mode;
     let body = Rc::new(vec![b'l'; body_bytes]);
     let runtime = compio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async move {
-        let store = MessageStore::open(UringStorage, config).await.expect("open");
+        let store = MessageStore::open(storage, config).await.expect("open");
         let histogram = Rc::new(RefCell::new(histogram()));
         let bytes = Rc::new(RefCell::new(0u64));
         let start = Instant::now();
@@ -108,8 +115,7 @@ fn store_run(mode: FlushMode, body_bytes: usize) -> RunResult {
         }
         let elapsed = start.elapsed();
         store.close().await.expect("close");
-        let result = summarize(&histogram.borrow(), *bytes.borrow(), elapsed);
-        result
+        summarize(&histogram.borrow(), *bytes.borrow(), elapsed)
     })
 }
 
@@ -157,20 +163,53 @@ fn report(name: &str, result: &RunResult) {
     );
 }
 
+type Case = (&'static str, Box<dyn Fn() -> RunResult>);
+
 fn main() {
     // `cargo test --benches` runs bench targets with --bench absent; only run when benchmarking.
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    type Case = (&'static str, Box<dyn Fn() -> RunResult>);
     let cases: Vec<Case> = vec![
         ("fdatasync 4KiB (baseline)", Box::new(fdatasync_run)),
-        ("async_flush 1KiB", Box::new(|| store_run(FlushMode::Async, 1024))),
-        ("sync_flush 1KiB", Box::new(|| store_run(FlushMode::Sync, 1024))),
-        ("async_flush 128B", Box::new(|| store_run(FlushMode::Async, 128))),
-        ("sync_flush 128B", Box::new(|| store_run(FlushMode::Sync, 128))),
+        (
+            "async_flush 1KiB ring",
+            Box::new(|| store_run(RING, FlushMode::Async, 1024)),
+        ),
+        (
+            "sync_flush 1KiB ring",
+            Box::new(|| store_run(RING, FlushMode::Sync, 1024)),
+        ),
+        (
+            "async_flush 128B ring",
+            Box::new(|| store_run(RING, FlushMode::Async, 128)),
+        ),
+        (
+            "sync_flush 128B ring",
+            Box::new(|| store_run(RING, FlushMode::Sync, 128)),
+        ),
+        (
+            "async_flush 1KiB inline",
+            Box::new(|| store_run(INLINE, FlushMode::Async, 1024)),
+        ),
+        (
+            "sync_flush 1KiB inline",
+            Box::new(|| store_run(INLINE, FlushMode::Sync, 1024)),
+        ),
+        (
+            "async_flush 128B inline",
+            Box::new(|| store_run(INLINE, FlushMode::Async, 128)),
+        ),
+        (
+            "sync_flush 128B inline",
+            Box::new(|| store_run(INLINE, FlushMode::Sync, 128)),
+        ),
     ];
-    println!("{} appenders, {} s per run", appenders(), run_seconds().as_secs());
+    println!(
+        "{} appenders, {} s per run",
+        appenders(),
+        run_seconds().as_secs()
+    );
     // `RINGMQ_BENCH_CASE=<substring>` runs only the matching cases (for profiling).
     let only = std::env::var("RINGMQ_BENCH_CASE").unwrap_or_default();
     let mut medians = Vec::new();
@@ -189,14 +228,13 @@ fn main() {
     if medians.len() < cases.len() {
         return;
     }
-    println!(
-        "sync/async throughput 1KiB: {:.0}%   128B: {:.0}%",
-        medians[2].mib_per_s / medians[1].mib_per_s * 100.0,
-        medians[4].mib_per_s / medians[3].mib_per_s * 100.0
-    );
-    println!(
-        "sync_flush 1KiB p99 / fdatasync p99: {:.2}x",
-        medians[2].p99_us / medians[0].p99_us
-    );
+    for (path, at) in [("ring", 1), ("inline", 5)] {
+        println!(
+            "{path:>6}: sync/async throughput 1KiB {:.0}%, 128B {:.0}%; sync_flush 1KiB p99 / fdatasync p99 {:.2}x",
+            medians[at + 1].mib_per_s / medians[at].mib_per_s * 100.0,
+            medians[at + 3].mib_per_s / medians[at + 2].mib_per_s * 100.0,
+            medians[at + 1].p99_us / medians[0].p99_us
+        );
+    }
     let _ = std::io::stdout().flush();
 }

@@ -268,7 +268,11 @@ impl<F> LogState<F> {
             slot.1 = Some(write);
         }
         let mut advanced = false;
-        while self.in_flight.front().is_some_and(|(_, done)| done.is_some()) {
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|(_, done)| done.is_some())
+        {
             if let Some((_, Some(done))) = self.in_flight.pop_front() {
                 self.wrote(done);
                 advanced = true;

@@ -648,7 +648,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("topics.json");
         run(async {
-            let mut table = TopicConfigTable::open(UringStorage, &path).await.unwrap();
+            let mut table = TopicConfigTable::open(UringStorage::new(), &path)
+                .await
+                .unwrap();
             assert!(table.is_empty());
             assert_eq!(table.data_version(), DataVersion::default());
             table.upsert(topic("TopicTest", 4)).await.unwrap();
@@ -663,7 +665,9 @@ mod tests {
             let wrapper = table.to_wrapper();
             drop(table);
 
-            let table = TopicConfigTable::open(UringStorage, &path).await.unwrap();
+            let table = TopicConfigTable::open(UringStorage::new(), &path)
+                .await
+                .unwrap();
             assert_eq!(table.to_wrapper(), wrapper);
             assert_eq!(table.len(), 2);
             assert_eq!(table.get("TopicTest"), Some(&topic("TopicTest", 4)));
@@ -690,7 +694,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("consumerOffset.json");
         run(async {
-            let mut table = ConsumerOffsetTable::open(UringStorage, &path)
+            let mut table = ConsumerOffsetTable::open(UringStorage::new(), &path)
                 .await
                 .unwrap();
             assert!(!table.is_dirty());
@@ -712,7 +716,7 @@ mod tests {
             let body = table.to_body();
             drop(table);
 
-            let mut table = ConsumerOffsetTable::open(UringStorage, &path)
+            let mut table = ConsumerOffsetTable::open(UringStorage::new(), &path)
                 .await
                 .unwrap();
             assert_eq!(table.to_body(), body);
@@ -723,7 +727,7 @@ mod tests {
             table.persist().await.unwrap();
             drop(table);
 
-            let table = ConsumerOffsetTable::open(UringStorage, &path)
+            let table = ConsumerOffsetTable::open(UringStorage::new(), &path)
                 .await
                 .unwrap();
             assert_eq!(table.groups_of_topic("t1"), ["g2"]);
@@ -741,14 +745,17 @@ mod tests {
     fn missing_file_is_an_empty_table() {
         let dir = tempfile::tempdir().unwrap();
         run(async {
-            let topics = TopicConfigTable::open(UringStorage, dir.path().join("topics.json"))
-                .await
-                .unwrap();
-            assert!(topics.is_empty());
-            let mut offsets =
-                ConsumerOffsetTable::open(UringStorage, dir.path().join("consumerOffset.json"))
+            let topics =
+                TopicConfigTable::open(UringStorage::new(), dir.path().join("topics.json"))
                     .await
                     .unwrap();
+            assert!(topics.is_empty());
+            let mut offsets = ConsumerOffsetTable::open(
+                UringStorage::new(),
+                dir.path().join("consumerOffset.json"),
+            )
+            .await
+            .unwrap();
             assert_eq!(offsets.query("g", "t", 0), None);
             // Nothing changed, so nothing is written.
             offsets.persist().await.unwrap();
@@ -761,7 +768,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("topics.json");
         let good = run(async {
-            let mut table = TopicConfigTable::open(UringStorage, &path).await.unwrap();
+            let mut table = TopicConfigTable::open(UringStorage::new(), &path)
+                .await
+                .unwrap();
             table.upsert(topic("TopicTest", 4)).await.unwrap();
             std::fs::read(&path).unwrap()
         });
@@ -807,13 +816,13 @@ mod tests {
         ];
         for (name, image, needle) in cases {
             std::fs::write(&path, image).unwrap();
-            let result = run(TopicConfigTable::open(UringStorage, &path));
+            let result = run(TopicConfigTable::open(UringStorage::new(), &path));
             eprintln!("case: {name}");
             assert_corrupt(result, &path, needle);
         }
         std::fs::write(&path, &oversized).unwrap();
         assert_corrupt(
-            run(TopicConfigTable::open(UringStorage, &path)),
+            run(TopicConfigTable::open(UringStorage::new(), &path)),
             &path,
             "cap",
         );
@@ -822,7 +831,10 @@ mod tests {
         let offsets_path = dir.path().join("consumerOffset.json");
         std::fs::write(&offsets_path, framed(br#"{"offsetTable":5}"#)).unwrap();
         assert_corrupt(
-            run(ConsumerOffsetTable::open(UringStorage, &offsets_path)),
+            run(ConsumerOffsetTable::open(
+                UringStorage::new(),
+                &offsets_path,
+            )),
             &offsets_path,
             "does not decode",
         );
@@ -834,7 +846,7 @@ mod tests {
         let path = dir.path().join("consumerOffset.json");
         let tmp_path = dir.path().join("consumerOffset.json.tmp");
         run(async {
-            let mut table = ConsumerOffsetTable::open(UringStorage, &path)
+            let mut table = ConsumerOffsetTable::open(UringStorage::new(), &path)
                 .await
                 .unwrap();
             table.commit("g", "t", 0, 5);
@@ -843,7 +855,7 @@ mod tests {
         // An unfinished save: half a document, and a longer one than the next save writes.
         std::fs::write(&tmp_path, vec![b'x'; 4096]).unwrap();
         run(async {
-            let mut table = ConsumerOffsetTable::open(UringStorage, &path)
+            let mut table = ConsumerOffsetTable::open(UringStorage::new(), &path)
                 .await
                 .unwrap();
             assert_eq!(table.query("g", "t", 0), Some(5));
@@ -854,7 +866,7 @@ mod tests {
             table.persist().await.unwrap();
         });
         assert!(!tmp_path.exists());
-        let table = run(ConsumerOffsetTable::open(UringStorage, &path)).unwrap();
+        let table = run(ConsumerOffsetTable::open(UringStorage::new(), &path)).unwrap();
         assert_eq!(table.query("g", "t", 0), Some(6));
     }
 
@@ -987,10 +999,10 @@ mod tests {
 
     #[test]
     fn tmp_path_appends_to_the_file_name() {
-        let file = MetadataFile::new(UringStorage, "/store/config/topics.json");
+        let file = MetadataFile::new(UringStorage::new(), "/store/config/topics.json");
         assert_eq!(file.tmp_path, Path::new("/store/config/topics.json.tmp"));
         assert_eq!(file.dir_path, Path::new("/store/config"));
-        let bare = MetadataFile::new(UringStorage, "topics.json");
+        let bare = MetadataFile::new(UringStorage::new(), "topics.json");
         assert_eq!(bare.dir_path, Path::new("."));
     }
 

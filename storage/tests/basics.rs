@@ -20,12 +20,19 @@ fn request(topic: &str, queue_id: i32, offset: u64) -> ReadRequest<'_> {
 
 #[test]
 fn append_read_roll_and_reopen() {
+    append_read_roll_and_reopen_with(UringStorage::new());
+}
+
+#[test]
+fn append_read_roll_and_reopen_with_inline_writes() {
+    append_read_roll_and_reopen_with(UringStorage::inline_writes());
+}
+
+fn append_read_roll_and_reopen_with(storage: UringStorage) {
     let dir = tempfile::tempdir().unwrap();
     let config = small_config(dir.path(), FlushMode::Sync);
     runtime().block_on(async {
-        let store = MessageStore::open(UringStorage, config.clone())
-            .await
-            .unwrap();
+        let store = MessageStore::open(storage, config.clone()).await.unwrap();
         // ~300 KiB over 64 KiB segments: several rolls.
         for sequence in 0..300u64 {
             let queue_id = (sequence % 3) as i32;
@@ -55,9 +62,7 @@ fn append_read_roll_and_reopen() {
         }
         store.close().await.unwrap();
 
-        let store = MessageStore::open(UringStorage, config.clone())
-            .await
-            .unwrap();
+        let store = MessageStore::open(storage, config.clone()).await.unwrap();
         let offsets = store.queue_offsets("TopicA", 2).unwrap();
         assert_eq!((offsets.min_offset, offsets.max_offset), (0, 100));
         // Old entries come from the consume-queue files now.
@@ -83,7 +88,9 @@ fn statuses_tags_batches_and_time_search() {
     let dir = tempfile::tempdir().unwrap();
     let config = small_config(dir.path(), FlushMode::Async);
     runtime().block_on(async {
-        let store = MessageStore::open(UringStorage, config).await.unwrap();
+        let store = MessageStore::open(UringStorage::new(), config)
+            .await
+            .unwrap();
         let missing = store.read(&request("Nope", 0, 0)).await.unwrap();
         assert_eq!(missing.status, ReadStatus::NoSuchQueue);
 
@@ -173,7 +180,9 @@ fn time_search_and_earliest_store_time() {
     let dir = tempfile::tempdir().unwrap();
     let config = small_config(dir.path(), FlushMode::Async);
     runtime().block_on(async {
-        let store = MessageStore::open(UringStorage, config).await.unwrap();
+        let store = MessageStore::open(UringStorage::new(), config)
+            .await
+            .unwrap();
         let bodies: Vec<Vec<u8>> = (0..10).map(|i| body_for(0, i, 100)).collect();
         let batch: Vec<_> = bodies.iter().map(|b| record("Tagged", 0, b, "")).collect();
         let result = store.append_batch(&batch).await.unwrap();

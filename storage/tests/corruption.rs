@@ -42,7 +42,9 @@ fn fill(dir: &Path, count: u64) -> Vec<Written> {
     let written = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
     let rt = runtime();
     rt.block_on(async {
-        let store = MessageStore::open(UringStorage, config(dir)).await.unwrap();
+        let store = MessageStore::open(UringStorage::new(), config(dir))
+            .await
+            .unwrap();
         let mut tasks = Vec::new();
         for appender in 0..4u64 {
             let store = store.clone();
@@ -87,7 +89,9 @@ fn segment_path(dir: &Path, physical_offset: u64) -> (PathBuf, u64) {
 /// (a physical offset) all survived; returns how many survived.
 fn reopen_and_check(dir: &Path, written: &[Written], intact_below: u64) -> usize {
     runtime().block_on(async {
-        let store = MessageStore::open(UringStorage, config(dir)).await.unwrap();
+        let store = MessageStore::open(UringStorage::new(), config(dir))
+            .await
+            .unwrap();
         let mut survived = 0;
         for queue_id in 0..QUEUES {
             let max = store
@@ -217,7 +221,7 @@ fn corrupt_checkpoint_rebuilds_consume_queues_from_the_log() {
     let written = fill(dir.path(), 120);
     // A clean close writes a checkpoint past everything; then damage it.
     runtime().block_on(async {
-        let store = MessageStore::open(UringStorage, config(dir.path()))
+        let store = MessageStore::open(UringStorage::new(), config(dir.path()))
             .await
             .unwrap();
         store.close().await.unwrap();

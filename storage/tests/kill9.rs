@@ -17,6 +17,7 @@ use ringmq_protocol::message::record::StoredRecord;
 use ringmq_storage::{FlushMode, MessageStore, ReadRequest, io::UringStorage};
 
 const CHILD_DIR_ENV: &str = "RINGMQ_KILL9_CHILD_DIR";
+const INLINE_ENV: &str = "RINGMQ_KILL9_INLINE_WRITES";
 const APPENDERS: usize = 16;
 const QUEUES: i32 = 4;
 /// The child stops by itself after this many messages per appender or this long.
@@ -51,7 +52,13 @@ fn kill9_child_appender() {
     };
     let dir = PathBuf::from(dir);
     runtime().block_on(async move {
-        let store = MessageStore::open(UringStorage, config(dir)).await.unwrap();
+        // The parent alternates the write path between runs.
+        let storage = if std::env::var_os(INLINE_ENV).is_some() {
+            UringStorage::inline_writes()
+        } else {
+            UringStorage::new()
+        };
+        let store = MessageStore::open(storage, config(dir)).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(CHILD_MAX_SECONDS);
         let mut tasks = Vec::new();
         for appender in 0..APPENDERS {
@@ -90,8 +97,15 @@ fn sigkill_during_sync_appends_loses_no_acknowledged_record() {
         .unwrap()
         .as_nanos() as u64;
     let kill_after_acks = 2000 + seed % 20_000;
-    eprintln!("kill9: seed {seed}, SIGKILL after {kill_after_acks} acknowledgements");
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    let inline = seed % 2 == 1;
+    eprintln!(
+        "kill9: seed {seed}, SIGKILL after {kill_after_acks} acknowledgements, inline writes {inline}"
+    );
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    if inline {
+        command.env(INLINE_ENV, "1");
+    }
+    let mut child = command
         .args([
             "--ignored",
             "--exact",
@@ -131,7 +145,7 @@ fn sigkill_during_sync_appends_loses_no_acknowledged_record() {
     assert!(!status.success());
 
     runtime().block_on(async {
-        let store = MessageStore::open(UringStorage, config(dir.path().to_path_buf()))
+        let store = MessageStore::open(UringStorage::new(), config(dir.path().to_path_buf()))
             .await
             .unwrap();
         for (queue_id, queue_offset, appender, sequence) in &acked {

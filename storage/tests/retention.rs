@@ -247,7 +247,9 @@ fn real_tmpfs_fills_refuses_appends_and_recovers_when_space_is_freed() {
     config.retention_check_interval = Duration::from_millis(10);
     config.checkpoint_interval = Duration::from_secs(3600);
     runtime().block_on(async {
-        let store = MessageStore::open(UringStorage, config).await.unwrap();
+        let store = MessageStore::open(UringStorage::new(), config)
+            .await
+            .unwrap();
         let mut appended = 0u64;
         let err = loop {
             let body = body_for(0, appended, 1000);

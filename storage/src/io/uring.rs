@@ -18,13 +18,46 @@ use compio::{
 use super::{DiskUsage, Storage, StorageFile};
 
 /// Real files through compio.
+///
+/// Writes take one of two paths ([`UringStorage::inline_writes`]):
+///
+/// - **ring** (the default): an io_uring write. On ext4 a buffered write cannot be issued
+///   without blocking, so the kernel hands it to an io_uring worker thread that copies the data
+///   into the page cache; the shard never blocks, but every write pays a hand-off to that
+///   thread and back (measured at tens of microseconds on the development VM).
+/// - **inline**: `pwrite` on the shard thread. The same copy, done by the shard itself: no
+///   hand-off, so small appends are acknowledged sooner (1.6x the ASYNC_FLUSH throughput with 64
+///   appenders in the README's benchmark), at the price that a write the kernel throttles
+///   (dirty-page limits) stalls the shard instead of a worker.
+///
+/// Reads, fdatasync and everything else always go through the ring.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct UringStorage;
+pub struct UringStorage {
+    inline_writes: bool,
+}
+
+impl UringStorage {
+    /// Writes through io_uring.
+    pub const fn new() -> Self {
+        Self {
+            inline_writes: false,
+        }
+    }
+
+    /// Writes with `pwrite` on the calling (shard) thread; see the type's docs.
+    pub const fn inline_writes() -> Self {
+        Self {
+            inline_writes: true,
+        }
+    }
+}
 
 /// A compio file.
 #[derive(Debug, Clone)]
 pub struct UringFile {
     file: File,
+    /// A duplicate descriptor for inline `pwrite`, when that path is chosen.
+    inline: Option<std::rc::Rc<std::fs::File>>,
 }
 
 fn from_errno(err: rustix::io::Errno) -> io::Error {
@@ -51,7 +84,13 @@ impl Storage for UringStorage {
             .create(create)
             .open(path)
             .await?;
-        Ok(UringFile { file })
+        let inline = if self.inline_writes {
+            let fd = file.as_fd().try_clone_to_owned()?;
+            Some(std::rc::Rc::new(std::fs::File::from(fd)))
+        } else {
+            None
+        };
+        Ok(UringFile { file, inline })
     }
 
     async fn remove(&self, path: &Path) -> io::Result<()> {
@@ -106,6 +145,10 @@ impl StorageFile for UringFile {
     }
 
     async fn write_all_at(&self, buf: Bytes, pos: u64) -> (io::Result<()>, Bytes) {
+        if let Some(file) = &self.inline {
+            let result = std::os::unix::fs::FileExt::write_all_at(&**file, &buf, pos);
+            return (result, buf);
+        }
         let mut writer = &self.file;
         let BufResult(result, buf) = writer.write_all_at(buf, pos).await;
         (result, buf)
