@@ -981,15 +981,34 @@ impl<S: Storage> MessageStore<S> {
         Ok(result)
     }
 
-    /// Reads the records of `entries`, coalescing neighbours into one read.
+    /// Reads the records of `entries`: each from the cache of recent chunks when it is there
+    /// (no copy, no I/O), the others with one read per run of neighbours in one segment.
     async fn fetch_records(
         &self,
         entries: &[CqEntry],
         out: &mut Vec<Bytes>,
     ) -> Result<(), StoreError> {
+        let dir = &self.inner.config.dir;
         let segment_bytes = self.inner.config.segment_bytes;
         let mut index = 0;
         while index < entries.len() {
+            let cached = self
+                .inner
+                .state
+                .borrow()
+                .log
+                .cached(entries[index].physical_offset, entries[index].size as usize);
+            if let Some(record) = cached {
+                check_record(
+                    &record,
+                    entries[index].physical_offset,
+                    entries[index].size,
+                    dir,
+                )?;
+                out.push(record);
+                index += 1;
+                continue;
+            }
             let run_start = entries[index].physical_offset;
             let segment_end = run_start - run_start % segment_bytes + segment_bytes;
             let mut run_end = entries[index].end();
@@ -1008,12 +1027,7 @@ impl<S: Storage> MessageStore<S> {
             for entry in &entries[index..last] {
                 let from = (entry.physical_offset - run_start) as usize;
                 let record = run.slice(from..from + entry.size as usize);
-                check_record(
-                    &record,
-                    entry.physical_offset,
-                    entry.size,
-                    &self.inner.config.dir,
-                )?;
+                check_record(&record, entry.physical_offset, entry.size, dir)?;
                 out.push(record);
             }
             index = last;

@@ -436,6 +436,11 @@ impl MemStorage {
         self.shared.borrow().ops
     }
 
+    /// sync_data calls so far (the number `fail_sync_at` is compared with).
+    pub fn sync_calls(&self) -> u64 {
+        self.shared.borrow().sync_calls
+    }
+
     /// A new storage holding what a power loss right now would leave on disk: every file and
     /// directory in the namespace, with contents chosen by `mode` (random choices are seeded by
     /// the plan's seed, so the same seed gives the same image). The new storage has no faults,
