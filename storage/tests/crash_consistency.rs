@@ -3,7 +3,7 @@
 //! loss leaves and every acknowledged record must be there, intact, with contiguous queue
 //! offsets and consume queues that agree with the commit log.
 //!
-//! `RINGMQ_CRASH_SEEDS` sets the number of seeds (default 200); a failure names its seed, and
+//! `RINGMQ_CRASH_SEEDS` sets the number of seeds (default 500); a failure names its seed, and
 //! `RINGMQ_CRASH_SEED=<n>` reruns just that one.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -214,7 +214,7 @@ fn acknowledged_sync_appends_survive_crashes_at_random_points() {
         let count = std::env::var("RINGMQ_CRASH_SEEDS")
             .ok()
             .and_then(|n| n.parse().ok())
-            .unwrap_or(200u64);
+            .unwrap_or(500u64);
         (0..count).collect()
     };
     let runs = seeds.len();
