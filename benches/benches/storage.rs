@@ -159,6 +159,19 @@ fn catch_up_reads(c: &mut Criterion) {
     group.finish();
 }
 
+/// Time to open (and recover) the store in `dir`; the store is closed afterwards, untimed.
+fn timed_open(dir: &Path) -> Duration {
+    runtime().block_on(async {
+        let start = Instant::now();
+        let store = MessageStore::open(UringStorage::new(), store_config(dir, FlushMode::Async))
+            .await
+            .expect("open");
+        let elapsed = start.elapsed();
+        store.close().await.expect("close");
+        elapsed
+    })
+}
+
 fn reopen(c: &mut Criterion) {
     let gib: u64 = std::env::var("RINGMQ_BENCH_REOPEN_GIB")
         .ok()
@@ -172,17 +185,7 @@ fn reopen(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                runtime().block_on(async {
-                    let start = Instant::now();
-                    let store = MessageStore::open(
-                        UringStorage::new(),
-                        store_config(dir.path(), FlushMode::Async),
-                    )
-                    .await
-                    .expect("open");
-                    total += start.elapsed();
-                    store.close().await.expect("close");
-                });
+                total += timed_open(dir.path());
             }
             total
         });
@@ -210,17 +213,7 @@ fn reopen(c: &mut Criterion) {
                     }
                 });
                 drop(rt);
-                runtime().block_on(async {
-                    let start = Instant::now();
-                    let store = MessageStore::open(
-                        UringStorage::new(),
-                        store_config(dir.path(), FlushMode::Async),
-                    )
-                    .await
-                    .expect("open");
-                    total += start.elapsed();
-                    store.close().await.expect("close");
-                });
+                total += timed_open(dir.path());
             }
             total
         });

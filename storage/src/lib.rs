@@ -48,5 +48,5 @@ mod store;
 
 pub use config::{FlushMode, MAX_SHARD, SHARD_SHIFT, StoreConfig};
 pub use error::StoreError;
-pub use retention::{DEFAULT_RETENTION_CHECK, RetentionReport};
+pub use retention::RetentionReport;
 pub use store::{AppendResult, MessageStore, QueueOffsets, ReadRequest, ReadResult, ReadStatus};

@@ -1,8 +1,6 @@
 //! Retention: whole old segments go, by age and by disk-usage watermarks; above the hard
 //! watermark appends are refused until usage falls again.
 
-use std::time::Duration;
-
 use ringmq_protocol::message::record::StoredRecord;
 
 use crate::{
@@ -202,6 +200,3 @@ impl<S: Storage> MessageStore<S> {
         Ok(())
     }
 }
-
-/// Default retention check period, exposed for the broker's configuration docs.
-pub const DEFAULT_RETENTION_CHECK: Duration = Duration::from_secs(10);

@@ -48,6 +48,16 @@ fn request(offset: u64) -> ReadRequest<'static> {
     }
 }
 
+/// Bytes the store's files take on the in-memory disk.
+fn used_bytes(storage: &MemStorage) -> u64 {
+    storage
+        .file_names()
+        .iter()
+        .filter_map(|p| storage.file_contents(p))
+        .map(|c| c.len() as u64)
+        .sum()
+}
+
 /// Polls `condition` every few milliseconds until it holds or the deadline passes.
 async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;
@@ -114,12 +124,7 @@ fn usage_above_the_high_watermark_removes_oldest_segments() {
         let store = MessageStore::open(storage.clone(), config).await.unwrap();
         fill(&store, 0, 150).await;
         store.flush().await.unwrap();
-        let used_bytes: u64 = storage
-            .file_names()
-            .iter()
-            .filter_map(|p| storage.file_contents(p))
-            .map(|c| c.len() as u64)
-            .sum();
+        let used_bytes = used_bytes(&storage);
         // Shrink the "disk" so that the store sits at ~95%.
         storage.set_capacity(Some(used_bytes * 100 / 95));
         let report = store.enforce_retention().await.unwrap();
@@ -143,12 +148,7 @@ fn above_the_hard_watermark_appends_fail_reads_work_and_writes_resume_by_themsel
         let store = MessageStore::open(storage.clone(), config).await.unwrap();
         fill(&store, 0, 40).await;
         store.flush().await.unwrap();
-        let used_bytes: u64 = storage
-            .file_names()
-            .iter()
-            .filter_map(|p| storage.file_contents(p))
-            .map(|c| c.len() as u64)
-            .sum();
+        let used_bytes = used_bytes(&storage);
         storage.set_capacity(Some(used_bytes * 100 / 93));
         wait_until("disk full", || store.disk_full().is_some()).await;
         let err = store
@@ -185,12 +185,7 @@ fn enospc_creating_a_segment_is_reported_and_not_sticky() {
     runtime().block_on(async {
         let store = MessageStore::open(storage.clone(), config).await.unwrap();
         store.flush().await.unwrap();
-        let used_bytes: u64 = storage
-            .file_names()
-            .iter()
-            .filter_map(|p| storage.file_contents(p))
-            .map(|c| c.len() as u64)
-            .sum();
+        let used_bytes = used_bytes(&storage);
         // Room for what exists plus a little: the next segment cannot be allocated.
         storage.set_capacity(Some(used_bytes + (8 << 10)));
         let mut appended = 0u64;
