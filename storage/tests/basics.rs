@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{body_for, record, runtime, small_config};
+use common::{body_for, poll_runtime, record, runtime, small_config};
 use ringmq_protocol::message::{record::StoredRecord, tags_hash};
 use ringmq_storage::{FlushMode, MessageStore, ReadRequest, ReadStatus, io::UringStorage};
 
@@ -28,10 +28,19 @@ fn append_read_roll_and_reopen_with_inline_writes() {
     append_read_roll_and_reopen_with(UringStorage::inline_writes());
 }
 
+#[test]
+fn append_read_roll_and_reopen_on_the_polling_driver() {
+    append_read_roll_and_reopen_on(UringStorage::new(), &poll_runtime());
+}
+
 fn append_read_roll_and_reopen_with(storage: UringStorage) {
+    append_read_roll_and_reopen_on(storage, &runtime());
+}
+
+fn append_read_roll_and_reopen_on(storage: UringStorage, runtime: &compio::runtime::Runtime) {
     let dir = tempfile::tempdir().unwrap();
     let config = small_config(dir.path(), FlushMode::Sync);
-    runtime().block_on(async {
+    runtime.block_on(async {
         let store = MessageStore::open(storage, config.clone()).await.unwrap();
         // ~300 KiB over 64 KiB segments: several rolls.
         for sequence in 0..300u64 {

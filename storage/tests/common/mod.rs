@@ -71,3 +71,15 @@ pub fn small_config(dir: impl Into<std::path::PathBuf>, mode: FlushMode) -> Stor
 pub fn runtime() -> compio::runtime::Runtime {
     compio::runtime::Runtime::new().expect("compio runtime")
 }
+
+/// A runtime on compio's polling (epoll) driver, as where io_uring is unavailable.
+pub fn poll_runtime() -> compio::runtime::Runtime {
+    let mut proactor = compio::driver::ProactorBuilder::new();
+    proactor.driver_type(compio::driver::DriverType::Poll);
+    let runtime = compio::runtime::RuntimeBuilder::new()
+        .with_proactor(proactor)
+        .build()
+        .expect("compio runtime on the polling driver");
+    assert_eq!(runtime.driver_type(), compio::driver::DriverType::Poll);
+    runtime
+}
