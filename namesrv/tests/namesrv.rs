@@ -292,7 +292,7 @@ fn kv_config_and_topic_deletion() {
     // REGISTER_BROKER answers with the ORDER_TOPIC_CONFIG table.
     let broker = FakeBroker::new("broker-a", "127.0.0.1:14011", 0, &["Doomed", "Staying"]);
     let response = broker.register(&mut conn);
-    let table: ringmq_protocol::body::KvTable = body::decode(&response.body, "KVTable").unwrap();
+    let table: body::KvTable = body::decode(&response.body, "KVTable").unwrap();
     assert_eq!(table.table["Ordered"], "broker-a:4");
 
     let delete = DeleteTopicFromNamesrvRequestHeader {

@@ -114,7 +114,7 @@ impl Client {
             if let Some(command) = self.codec.decode(&mut self.input).unwrap() {
                 return Some(command);
             }
-            let mut chunk = [0u8; 64 << 10];
+            let mut chunk = [0u8; 16 << 10];
             match self.stream.read(&mut chunk) {
                 Ok(0) | Err(_) => return None,
                 Ok(n) => self.input.extend_from_slice(&chunk[..n]),
