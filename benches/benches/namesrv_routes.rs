@@ -1,0 +1,226 @@
+//! GET_ROUTEINFO_BY_TOPIC throughput of the NameServer (issue 4): 10,000 topics registered,
+//! many client connections, requests pipelined. The server runs in-process on loopback with its
+//! default two worker threads; the load generator shares the same two cores.
+//!
+//! `cargo bench -p ringmq-benches --bench namesrv_routes`: three runs of 4 s, median printed.
+//! `RINGMQ_BENCH_CONNECTIONS` (default 16) and `RINGMQ_BENCH_PIPELINE` (default 64) shape the load.
+
+#![allow(clippy::cast_precision_loss, reason = "a rate for display")]
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use bytes::BytesMut;
+use ringmq_namesrv::{NameServer, NamesrvConfig};
+use ringmq_protocol::{
+    CommandHead, FrameCodec, RequestCode, ResponseCode, SerializeType,
+    body::{self, DataVersion, RegisterBrokerBody, TopicConfig, TopicConfigSerializeWrapper},
+    encode_frame,
+    header::{GetRouteInfoRequestHeader, RegisterBrokerRequestHeader},
+};
+
+const TOPICS: usize = 10_000;
+const RUNS: usize = 3;
+const CLIENT_THREADS: usize = 2;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn topic(i: usize) -> String {
+    format!("BenchTopic-{i:05}")
+}
+
+/// Registers two brokers (a master/slave pair) hosting every topic.
+fn register(addr: SocketAddr) -> TcpStream {
+    let table: BTreeMap<String, TopicConfig> = (0..TOPICS)
+        .map(|i| {
+            (
+                topic(i),
+                TopicConfig {
+                    topic_name: topic(i),
+                    read_queue_nums: 8,
+                    write_queue_nums: 8,
+                    perm: 6,
+                    ..TopicConfig::default()
+                },
+            )
+        })
+        .collect();
+    let body = body::to_vec(&RegisterBrokerBody {
+        filter_server_list: Vec::new(),
+        topic_config_serialize_wrapper: TopicConfigSerializeWrapper {
+            data_version: DataVersion {
+                counter: 1,
+                timestamp: 1,
+            },
+            topic_config_table: table,
+        },
+    });
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    for (id, broker_addr) in [(0, "127.0.0.1:10911"), (1, "127.0.0.1:10921")] {
+        let header = RegisterBrokerRequestHeader {
+            broker_name: "broker-a",
+            broker_addr,
+            cluster_name: "DefaultCluster",
+            ha_server_addr: "127.0.0.1:10912",
+            broker_id: id,
+            compressed: None,
+            body_crc32: None,
+        };
+        let mut out = BytesMut::new();
+        encode_frame(
+            &CommandHead::request(RequestCode::RegisterBroker, id as i32, SerializeType::Json),
+            &header,
+            &body,
+            &mut out,
+        );
+        stream.write_all(&out).expect("register");
+        let codec = FrameCodec::default();
+        let mut input = BytesMut::new();
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).expect("read");
+            assert!(n > 0, "NameServer closed the connection");
+            input.extend_from_slice(&chunk[..n]);
+            if let Some(response) = codec.decode(&mut input).expect("decode") {
+                assert_eq!(response.response_code(), ResponseCode::Success);
+                break;
+            }
+        }
+    }
+    stream
+}
+
+/// One client thread: `connections` connections, each sending `pipeline` requests and reading
+/// their responses, over and over until `until`. Returns the responses received.
+fn client(
+    addr: SocketAddr,
+    connections: usize,
+    pipeline: usize,
+    seed: usize,
+    until: Instant,
+) -> u64 {
+    let codec = FrameCodec::default();
+    let mut streams: Vec<TcpStream> = (0..connections)
+        .map(|_| {
+            let stream = TcpStream::connect(addr).expect("connect");
+            stream.set_nodelay(true).expect("nodelay");
+            stream
+        })
+        .collect();
+    // A batch of requests for different topics, encoded once (the binary header encoding).
+    let mut batch = BytesMut::new();
+    for i in 0..pipeline {
+        let name = topic((seed * 7919 + i * 104_729) % TOPICS);
+        let header = GetRouteInfoRequestHeader {
+            topic: &name,
+            accept_standard_json_only: None,
+        };
+        encode_frame(
+            &CommandHead::request(
+                RequestCode::GetRouteinfoByTopic,
+                i as i32,
+                SerializeType::RocketMq,
+            ),
+            &header,
+            &[],
+            &mut batch,
+        );
+    }
+    verify(addr, &batch, pipeline);
+    let mut received = 0u64;
+    let mut input = vec![0u8; 1 << 20];
+    // Bounded by time, and by count as a safety net.
+    for _ in 0..100_000_000u64 {
+        if Instant::now() >= until {
+            break;
+        }
+        for stream in &mut streams {
+            stream.write_all(&batch).expect("send");
+        }
+        for stream in &mut streams {
+            let mut frames = 0;
+            let mut filled = 0;
+            while frames < pipeline {
+                let n = stream.read(&mut input[filled..]).expect("read");
+                assert!(n > 0, "NameServer closed the connection");
+                filled += n;
+                let mut at = 0;
+                while let Ok(Some(layout)) = codec.check(&input[at..filled]) {
+                    at += layout.frame_bytes;
+                    frames += 1;
+                }
+                input.copy_within(at..filled, 0);
+                filled -= at;
+            }
+            received += frames as u64;
+        }
+    }
+    received
+}
+
+/// Sends `batch` once and checks every answer is a route (not TOPIC_NOT_EXIST): the timed loop
+/// only counts frames.
+fn verify(addr: SocketAddr, batch: &[u8], pipeline: usize) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.write_all(batch).expect("send");
+    let codec = FrameCodec::default();
+    let mut input = BytesMut::new();
+    let mut answered = 0;
+    while answered < pipeline {
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).expect("read");
+        assert!(n > 0, "NameServer closed the connection");
+        input.extend_from_slice(&chunk[..n]);
+        while let Some(response) = codec.decode(&mut input).expect("decode") {
+            assert_eq!(response.response_code(), ResponseCode::Success);
+            assert!(response.body.len() > 100, "a route body");
+            answered += 1;
+        }
+    }
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let connections = env_or("RINGMQ_BENCH_CONNECTIONS", 16);
+    let pipeline = env_or("RINGMQ_BENCH_PIPELINE", 64);
+    let server = NameServer::start(NamesrvConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..NamesrvConfig::default()
+    })
+    .expect("start NameServer");
+    let _registration = register(server.local_addr());
+    println!(
+        "{TOPICS} topics, {connections} connections x {pipeline} pipelined requests, {CLIENT_THREADS} client threads"
+    );
+    let mut rates = Vec::new();
+    for run in 1..=RUNS {
+        let start = Instant::now();
+        let until = start + Duration::from_secs(4);
+        let addr = server.local_addr();
+        let threads: Vec<_> = (0..CLIENT_THREADS)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    client(addr, connections / CLIENT_THREADS, pipeline, t, until)
+                })
+            })
+            .collect();
+        let total: u64 = threads.into_iter().map(|t| t.join().expect("client")).sum();
+        let rate = total as f64 / start.elapsed().as_secs_f64();
+        println!("run {run}: {rate:>10.0} route queries/s");
+        rates.push(rate);
+    }
+    rates.sort_by(f64::total_cmp);
+    println!("median: {:>10.0} route queries/s", rates[RUNS / 2]);
+    server.shutdown();
+}
