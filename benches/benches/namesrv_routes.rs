@@ -23,7 +23,6 @@ use ringmq_protocol::{
     header::{GetRouteInfoRequestHeader, RegisterBrokerRequestHeader},
 };
 
-const TOPICS: usize = 10_000;
 const RUNS: usize = 3;
 const CLIENT_THREADS: usize = 2;
 
@@ -34,13 +33,18 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Topics registered (`RINGMQ_BENCH_TOPICS`, default 10,000).
+fn topics() -> usize {
+    env_or("RINGMQ_BENCH_TOPICS", 10_000)
+}
+
 fn topic(i: usize) -> String {
     format!("BenchTopic-{i:05}")
 }
 
 /// Registers two brokers (a master/slave pair) hosting every topic.
 fn register(addr: SocketAddr) -> TcpStream {
-    let table: BTreeMap<String, TopicConfig> = (0..TOPICS)
+    let table: BTreeMap<String, TopicConfig> = (0..topics())
         .map(|i| {
             (
                 topic(i),
@@ -119,7 +123,7 @@ fn client(
     // A batch of requests for different topics, encoded once (the binary header encoding).
     let mut batch = BytesMut::new();
     for i in 0..pipeline {
-        let name = topic((seed * 7919 + i * 104_729) % TOPICS);
+        let name = topic((seed * 7919 + i * 104_729) % topics());
         let header = GetRouteInfoRequestHeader {
             topic: &name,
             accept_standard_json_only: None,
@@ -201,7 +205,8 @@ fn main() {
     .expect("start NameServer");
     let _registration = register(server.local_addr());
     println!(
-        "{TOPICS} topics, {connections} connections x {pipeline} pipelined requests, {CLIENT_THREADS} client threads"
+        "{} topics, {connections} connections x {pipeline} pipelined requests, {CLIENT_THREADS} client threads",
+        topics()
     );
     let mut rates = Vec::new();
     for run in 1..=RUNS {

@@ -354,3 +354,147 @@ impl Registry {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ringmq_protocol::body::TopicConfig;
+
+    use super::*;
+
+    fn wrapper(counter: i64, topics: &[(&str, i32)]) -> TopicConfigSerializeWrapper {
+        TopicConfigSerializeWrapper {
+            data_version: DataVersion {
+                counter,
+                timestamp: 1,
+            },
+            topic_config_table: topics
+                .iter()
+                .map(|(name, queues)| {
+                    (
+                        (*name).to_owned(),
+                        TopicConfig {
+                            topic_name: (*name).to_owned(),
+                            read_queue_nums: *queues,
+                            write_queue_nums: *queues,
+                            perm: 6,
+                            ..TopicConfig::default()
+                        },
+                    )
+                })
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    fn registration<'a>(
+        name: &'a str,
+        addr: &'a str,
+        id: i64,
+        topics: Option<&'a TopicConfigSerializeWrapper>,
+    ) -> Registration<'a> {
+        Registration {
+            cluster: "C",
+            broker_name: name,
+            broker_addr: addr,
+            broker_id: id,
+            ha_server_addr: "ha",
+            topics,
+            connection: 7,
+        }
+    }
+
+    #[test]
+    fn topics_change_only_with_the_data_version_and_only_from_masters() {
+        let mut registry = Registry::default();
+        let now = Instant::now();
+        let v1 = wrapper(1, &[("T", 4)]);
+        let (_, changed) = registry.register(&registration("b", "a:1", 0, Some(&v1)), now);
+        assert!(changed.contains("T"));
+        // Same version again (a heartbeat): no route change even if the body differs.
+        let same_version_other_body = wrapper(1, &[("T", 8)]);
+        let (_, changed) = registry.register(
+            &registration("b", "a:1", 0, Some(&same_version_other_body)),
+            now,
+        );
+        assert!(changed.is_empty());
+        assert_eq!(
+            registry.route("T").unwrap().queue_datas[0].write_queue_nums,
+            4
+        );
+        // A new version applies.
+        let v2 = wrapper(2, &[("T", 8)]);
+        let (_, changed) = registry.register(&registration("b", "a:1", 0, Some(&v2)), now);
+        assert!(changed.contains("T"));
+        assert_eq!(
+            registry.route("T").unwrap().queue_datas[0].write_queue_nums,
+            8
+        );
+        // A slave's topics are not registered as queue data.
+        let slave_topics = wrapper(5, &[("SlaveOnly", 4)]);
+        registry.register(&registration("b", "a:2", 1, Some(&slave_topics)), now);
+        assert!(registry.route("SlaveOnly").is_none());
+    }
+
+    #[test]
+    fn an_address_moving_to_another_id_leaves_the_old_one() {
+        let mut registry = Registry::default();
+        let now = Instant::now();
+        let topics = wrapper(1, &[("T", 4)]);
+        registry.register(&registration("b", "a:1", 0, Some(&topics)), now);
+        registry.register(&registration("b", "a:2", 1, None), now);
+        // The slave is promoted: it now registers as id 0 with the same address.
+        registry.register(&registration("b", "a:2", 0, Some(&topics)), now);
+        let addrs = &registry.route("T").unwrap().broker_datas[0].broker_addrs;
+        assert_eq!(addrs.len(), 1);
+        assert_eq!(addrs[&0], "a:2");
+    }
+
+    #[test]
+    fn expiry_and_connection_close_remove_brokers() {
+        let mut registry = Registry::default();
+        let start = Instant::now();
+        let topics = wrapper(1, &[("T", 4)]);
+        registry.register(&registration("b", "a:1", 0, Some(&topics)), start);
+        let (removed, changed) =
+            registry.expire(start + Duration::from_secs(1), Duration::from_secs(2));
+        assert!(removed.is_empty() && changed.is_empty());
+        let (removed, changed) =
+            registry.expire(start + Duration::from_secs(3), Duration::from_secs(2));
+        assert_eq!(removed, ["a:1"]);
+        assert!(changed.contains("T"));
+        assert!(registry.route("T").is_none());
+        assert!(registry.cluster_info().cluster_addr_table.is_empty());
+
+        registry.register(&registration("b", "a:1", 0, Some(&topics)), start);
+        let (removed, _) = registry.connection_closed(8);
+        assert!(
+            removed.is_empty(),
+            "another connection's close removes nothing"
+        );
+        let (removed, _) = registry.connection_closed(7);
+        assert_eq!(removed, ["a:1"]);
+        assert_eq!(registry.live_brokers(), 0);
+    }
+
+    #[test]
+    fn query_data_version_refreshes_liveness_only_when_unchanged() {
+        let mut registry = Registry::default();
+        let start = Instant::now();
+        let topics = wrapper(3, &[("T", 4)]);
+        registry.register(&registration("b", "a:1", 0, Some(&topics)), start);
+        let later = start + Duration::from_secs(100);
+        let (changed, held) = registry.query_data_version("a:1", topics.data_version, later);
+        assert!(!changed);
+        assert_eq!(held, Some(topics.data_version));
+        // Refreshed at `later`: not expired 100 s after `start` with a 120 s expiry + 50 s.
+        let (removed, _) =
+            registry.expire(start + Duration::from_secs(170), Duration::from_secs(120));
+        assert!(removed.is_empty());
+        let (changed, _) = registry.query_data_version("a:1", DataVersion::default(), later);
+        assert!(changed);
+        let (changed, held) =
+            registry.query_data_version("unknown:1", DataVersion::default(), later);
+        assert!(changed && held.is_none());
+    }
+}
