@@ -53,6 +53,25 @@ pub(crate) struct QueueCheckpoint {
     pub next_offset: u64,
 }
 
+/// Marks a checkpoint in progress; clears the mark and wakes waiters when dropped.
+struct CheckpointGuard<'a, S: Storage> {
+    inner: &'a Inner<S>,
+}
+
+impl<'a, S: Storage> CheckpointGuard<'a, S> {
+    fn take(inner: &'a Inner<S>) -> Self {
+        inner.checkpoint_busy.set(true);
+        Self { inner }
+    }
+}
+
+impl<S: Storage> Drop for CheckpointGuard<'_, S> {
+    fn drop(&mut self) {
+        self.inner.checkpoint_busy.set(false);
+        self.inner.progress.notify();
+    }
+}
+
 /// How a scan of the commit-log tail ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ScanEnd {
@@ -98,9 +117,13 @@ impl<S: Storage> MessageStore<S> {
             closing: false,
             segment_error: None,
         };
-        let end = scan_tail(&storage, &config, &segments, scan_from, &mut state.queues).await?;
+        let (end, how) = scan_tail(&config, &segments, scan_from, &mut state.queues).await?;
         if !segments.is_empty() {
-            truncate_after(&storage, &config, &mut segments, end, clean).await?;
+            // After a clean shutdown the log ends in zeros; anything else (an unclean shutdown,
+            // or damage found even after a clean one) is cut so no stale byte past the end can
+            // ever be read as a chunk.
+            let cut = !clean || how == ScanEnd::Corrupt;
+            truncate_after(&storage, &config, &mut segments, end, cut).await?;
         }
         state.log = LogState::new(
             config.segment_bytes,
@@ -195,11 +218,9 @@ impl<S: Storage> MessageStore<S> {
         while inner.checkpoint_busy.get() {
             inner.progress.listen().await;
         }
-        inner.checkpoint_busy.set(true);
-        let result = self.checkpoint_now(clean_shutdown).await;
-        inner.checkpoint_busy.set(false);
-        inner.progress.notify();
-        result
+        // Released on every exit, including the future being dropped mid-checkpoint.
+        let _busy = CheckpointGuard::take(inner);
+        self.checkpoint_now(clean_shutdown).await
     }
 
     async fn checkpoint_now(&self, clean_shutdown: bool) -> Result<(), StoreError> {
@@ -502,20 +523,19 @@ async fn load_queues<S: Storage>(
 
 /// Scans chunks from `from` to the end of the log, verifying CRCs and dispatching records to
 /// the consume queues. Returns the end of the last valid chunk.
-async fn scan_tail<S: Storage>(
-    storage: &S,
+async fn scan_tail<F: StorageFile>(
     config: &StoreConfig,
-    segments: &VecDeque<Rc<Segment<S::File>>>,
+    segments: &VecDeque<Rc<Segment<F>>>,
     from: u64,
-    queues: &mut QueueMap<S::File>,
-) -> Result<u64, StoreError> {
-    let _ = storage;
+    queues: &mut QueueMap<F>,
+) -> Result<(u64, ScanEnd), StoreError> {
     let Some(first) = segments
         .iter()
         .position(|s| from < s.start + config.segment_bytes)
     else {
-        return Ok(from);
+        return Ok((from, ScanEnd::Clean));
     };
+    let mut how = ScanEnd::Clean;
     let mut position = from.max(segments[first].start);
     let mut scanned_bytes = 0u64;
     for (index, segment) in segments.iter().enumerate().skip(first) {
@@ -591,6 +611,7 @@ async fn scan_tail<S: Storage>(
                     tracing::warn!(path = %segment.path.display(), position,
                         "torn or corrupt commit-log tail; truncating it");
                 }
+                how = end;
                 break;
             }
         }
@@ -601,7 +622,7 @@ async fn scan_tail<S: Storage>(
         scanned_bytes,
         "commit-log tail recovered"
     );
-    Ok(position)
+    Ok((position, how))
 }
 
 async fn read_block<F: StorageFile>(
@@ -698,14 +719,15 @@ impl<F: Clone> StateQueues<'_, F> {
     }
 }
 
-/// Cuts the log at `end`: the segment holding it is truncated there (and re-reserved) and
-/// later segments are removed, so no stale bytes past the end can ever be read as chunks.
+/// Cuts the log at `end`: later segments are removed and, when `cut`, the segment holding the
+/// end is truncated there (and re-reserved), so no stale bytes past the end can be read as
+/// chunks.
 async fn truncate_after<S: Storage>(
     storage: &S,
     config: &StoreConfig,
     segments: &mut VecDeque<Rc<Segment<S::File>>>,
     end: u64,
-    clean: bool,
+    cut: bool,
 ) -> Result<(), StoreError> {
     while segments.len() > 1 && segments.back().is_some_and(|s| s.start > end) {
         if let Some(segment) = segments.pop_back() {
@@ -718,7 +740,7 @@ async fn truncate_after<S: Storage>(
     {
         return Ok(());
     }
-    if clean {
+    if !cut {
         return Ok(());
     }
     if let Some(last) = segments.back() {
