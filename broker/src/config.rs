@@ -1,0 +1,494 @@
+//! Broker configuration: RocketMQ's `broker.conf` keys (DESIGN.md §7), overridden by command-line
+//! flags, validated before anything starts. An invalid value is refused with the key's name.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    str::FromStr,
+};
+
+use ringmq_storage::FlushMode;
+use thiserror::Error;
+
+use crate::properties;
+
+/// How the broker takes part in replication (RocketMQ `brokerRole`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerRole {
+    /// Acknowledges sends without waiting for slaves.
+    AsyncMaster,
+    /// Acknowledges sends once a slave holds them.
+    SyncMaster,
+    /// Replicates a master; refuses sends.
+    Slave,
+}
+
+impl FromStr for BrokerRole {
+    type Err = ();
+    fn from_str(text: &str) -> Result<Self, ()> {
+        match text {
+            "ASYNC_MASTER" => Ok(Self::AsyncMaster),
+            "SYNC_MASTER" => Ok(Self::SyncMaster),
+            "SLAVE" => Ok(Self::Slave),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Which compio driver the shards use (DESIGN.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoDriver {
+    /// io_uring where available, epoll otherwise.
+    Auto,
+    /// io_uring or fail.
+    IoUring,
+    /// epoll (compio's polling driver).
+    Poll,
+}
+
+impl FromStr for IoDriver {
+    type Err = ();
+    fn from_str(text: &str) -> Result<Self, ()> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "io-uring" => Ok(Self::IoUring),
+            "poll" => Ok(Self::Poll),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Parses RocketMQ's `flushDiskType` values.
+fn parse_flush(text: &str) -> Option<FlushMode> {
+    match text {
+        "SYNC_FLUSH" => Some(FlushMode::Sync),
+        "ASYNC_FLUSH" => Some(FlushMode::Async),
+        _ => None,
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A key's value does not parse or is out of range.
+    #[error("invalid value {value:?} for {key}: expected {expected}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    /// Values that are valid alone but not together.
+    #[error("inconsistent configuration: {0}")]
+    Inconsistent(String),
+}
+
+/// Everything the broker is configured with. Field docs name the `broker.conf` key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokerConfig {
+    /// `brokerClusterName`.
+    pub cluster_name: String,
+    /// `brokerName`: the broker group (master and slaves share it).
+    pub broker_name: String,
+    /// `brokerId`: 0 for the master, > 0 for slaves.
+    pub broker_id: i64,
+    /// `namesrvAddr`: `host:port` list separated by `;`. Empty: an embedded NameServer.
+    pub namesrv_addrs: Vec<String>,
+    /// `listenPort` (clients also connect on `listenPort - 2`, HA on `listenPort + 1`).
+    pub listen_port: u16,
+    /// `brokerIP1`: the address clients are told to use.
+    pub broker_ip: IpAddr,
+    /// `storePathRootDir`.
+    pub store_dir: PathBuf,
+    /// `flushDiskType`.
+    pub flush_mode: FlushMode,
+    /// `brokerRole`.
+    pub broker_role: BrokerRole,
+    /// `haMasterAddress`: where a slave finds its master (else from the NameServer).
+    pub ha_master_address: Option<String>,
+    /// `autoCreateTopicEnable`.
+    pub auto_create_topic: bool,
+    /// `defaultTopicQueueNums`.
+    pub default_topic_queue_nums: i32,
+    /// `maxMessageSize` in bytes.
+    pub max_message_bytes: usize,
+    /// `mappedFileSizeCommitLog` in bytes.
+    pub segment_bytes: u64,
+    /// `flushIntervalCommitLog` in ms.
+    pub flush_interval_ms: u64,
+    /// `fileReservedTime` in hours.
+    pub retention_hours: u64,
+    /// `diskMaxUsedSpaceRatio`: usage (percent) above which old segments are deleted early.
+    pub high_watermark_percent: u8,
+    /// `shards` (RingMQ): threads, one per core by default.
+    pub shards: usize,
+    /// `ioDriver` (RingMQ): `auto`, `io-uring` or `poll`.
+    pub io_driver: IoDriver,
+    /// `metricsPort` (RingMQ): Prometheus endpoint; 0 disables it.
+    pub metrics_port: u16,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            cluster_name: "DefaultCluster".into(),
+            broker_name: "broker-a".into(),
+            broker_id: 0,
+            namesrv_addrs: Vec::new(),
+            listen_port: 10911,
+            broker_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            store_dir: PathBuf::from("./data"),
+            flush_mode: FlushMode::Async,
+            broker_role: BrokerRole::AsyncMaster,
+            ha_master_address: None,
+            auto_create_topic: true,
+            default_topic_queue_nums: 8,
+            max_message_bytes: 4 << 20,
+            segment_bytes: 1 << 30,
+            flush_interval_ms: 500,
+            retention_hours: 72,
+            high_watermark_percent: 85,
+            shards: std::thread::available_parallelism().map_or(1, usize::from),
+            io_driver: IoDriver::Auto,
+            metrics_port: 0,
+        }
+    }
+}
+
+/// Command-line values that override the file (`None`: not given).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub namesrv_addr: Option<String>,
+    pub listen_port: Option<u16>,
+    pub store_dir: Option<PathBuf>,
+    pub flush_disk_type: Option<String>,
+    pub broker_role: Option<String>,
+    pub broker_name: Option<String>,
+    pub broker_id: Option<i64>,
+    pub cluster: Option<String>,
+    pub shards: Option<usize>,
+    pub io_driver: Option<String>,
+}
+
+fn parse_value<T: FromStr>(
+    key: &'static str,
+    value: &str,
+    expected: &'static str,
+) -> Result<T, ConfigError> {
+    value.trim().parse().map_err(|_| ConfigError::Invalid {
+        key,
+        value: value.to_owned(),
+        expected,
+    })
+}
+
+fn parse_bool(key: &'static str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(ConfigError::Invalid {
+            key,
+            value: value.to_owned(),
+            expected: "true or false",
+        }),
+    }
+}
+
+fn split_namesrv(value: &str) -> Vec<String> {
+    value
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+impl BrokerConfig {
+    /// Reads `broker.conf` text over the defaults. Returns the configuration and the keys it
+    /// does not know (RocketMQ has many; the caller logs them rather than failing).
+    pub fn from_properties(text: &str) -> Result<(Self, Vec<String>), ConfigError> {
+        let mut config = Self::default();
+        let mut unknown = Vec::new();
+        for entry in properties::parse(text) {
+            if !config.set(&entry.key, &entry.value)? {
+                unknown.push(entry.key);
+            }
+        }
+        Ok((config, unknown))
+    }
+
+    /// Sets one `broker.conf` key; false when the key is not one of ours.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<bool, ConfigError> {
+        match key {
+            "brokerClusterName" => value.trim().clone_into(&mut self.cluster_name),
+            "brokerName" => value.trim().clone_into(&mut self.broker_name),
+            "brokerId" => self.broker_id = parse_value("brokerId", value, "an integer")?,
+            "namesrvAddr" => self.namesrv_addrs = split_namesrv(value),
+            "listenPort" => self.listen_port = parse_value("listenPort", value, "a port number")?,
+            "brokerIP1" => self.broker_ip = parse_value("brokerIP1", value, "an IP address")?,
+            "storePathRootDir" => self.store_dir = PathBuf::from(value.trim()),
+            "flushDiskType" => {
+                self.flush_mode =
+                    parse_flush(value.trim()).ok_or_else(|| ConfigError::Invalid {
+                        key: "flushDiskType",
+                        value: value.to_owned(),
+                        expected: "SYNC_FLUSH or ASYNC_FLUSH",
+                    })?;
+            }
+            "brokerRole" => {
+                self.broker_role = value.trim().parse().map_err(|()| ConfigError::Invalid {
+                    key: "brokerRole",
+                    value: value.to_owned(),
+                    expected: "ASYNC_MASTER, SYNC_MASTER or SLAVE",
+                })?;
+            }
+            "haMasterAddress" => {
+                let value = value.trim();
+                self.ha_master_address = (!value.is_empty()).then(|| value.to_owned());
+            }
+            "autoCreateTopicEnable" => {
+                self.auto_create_topic = parse_bool("autoCreateTopicEnable", value)?;
+            }
+            "defaultTopicQueueNums" => {
+                self.default_topic_queue_nums =
+                    parse_value("defaultTopicQueueNums", value, "a positive integer")?;
+            }
+            "maxMessageSize" => {
+                self.max_message_bytes = parse_value("maxMessageSize", value, "a size in bytes")?;
+            }
+            "mappedFileSizeCommitLog" => {
+                self.segment_bytes =
+                    parse_value("mappedFileSizeCommitLog", value, "a size in bytes")?;
+            }
+            "flushIntervalCommitLog" => {
+                self.flush_interval_ms =
+                    parse_value("flushIntervalCommitLog", value, "milliseconds")?;
+            }
+            "fileReservedTime" => {
+                self.retention_hours = parse_value("fileReservedTime", value, "hours")?;
+            }
+            "diskMaxUsedSpaceRatio" => {
+                self.high_watermark_percent =
+                    parse_value("diskMaxUsedSpaceRatio", value, "a percentage")?;
+            }
+            "shards" => self.shards = parse_value("shards", value, "a positive integer")?,
+            "ioDriver" => {
+                self.io_driver = value.trim().parse().map_err(|()| ConfigError::Invalid {
+                    key: "ioDriver",
+                    value: value.to_owned(),
+                    expected: "auto, io-uring or poll",
+                })?;
+            }
+            "metricsPort" => {
+                self.metrics_port = parse_value("metricsPort", value, "a port number")?;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Applies command-line flags over the file.
+    pub fn apply(&mut self, overrides: &Overrides) -> Result<(), ConfigError> {
+        let pairs: [(&str, Option<String>); 10] = [
+            ("namesrvAddr", overrides.namesrv_addr.clone()),
+            ("listenPort", overrides.listen_port.map(|p| p.to_string())),
+            (
+                "storePathRootDir",
+                overrides
+                    .store_dir
+                    .as_ref()
+                    .map(|d| d.display().to_string()),
+            ),
+            ("flushDiskType", overrides.flush_disk_type.clone()),
+            ("brokerRole", overrides.broker_role.clone()),
+            ("brokerName", overrides.broker_name.clone()),
+            ("brokerId", overrides.broker_id.map(|i| i.to_string())),
+            ("brokerClusterName", overrides.cluster.clone()),
+            ("shards", overrides.shards.map(|s| s.to_string())),
+            ("ioDriver", overrides.io_driver.clone()),
+        ];
+        for (key, value) in pairs {
+            if let Some(value) = value {
+                self.set(key, &value)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks values against each other and their ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, value: String, expected: &'static str| {
+            Err(ConfigError::Invalid {
+                key,
+                value,
+                expected,
+            })
+        };
+        if self.broker_name.is_empty() {
+            return invalid("brokerName", String::new(), "a non-empty name");
+        }
+        if self.cluster_name.is_empty() {
+            return invalid("brokerClusterName", String::new(), "a non-empty name");
+        }
+        if self.listen_port < 3 || self.listen_port == u16::MAX {
+            return invalid(
+                "listenPort",
+                self.listen_port.to_string(),
+                "a port with listenPort - 2 and listenPort + 1 also valid",
+            );
+        }
+        if self.broker_id < 0 {
+            return invalid("brokerId", self.broker_id.to_string(), "0 or more");
+        }
+        match (self.broker_role, self.broker_id) {
+            (BrokerRole::Slave, 0) => {
+                return Err(ConfigError::Inconsistent(
+                    "brokerRole=SLAVE needs brokerId > 0 (0 is the master)".into(),
+                ));
+            }
+            (BrokerRole::AsyncMaster | BrokerRole::SyncMaster, id) if id != 0 => {
+                return Err(ConfigError::Inconsistent(format!(
+                    "brokerId={id} is a slave id but brokerRole is a master role"
+                )));
+            }
+            _ => {}
+        }
+        if self.shards == 0 || self.shards > usize::from(ringmq_storage::MAX_SHARD) {
+            return invalid("shards", self.shards.to_string(), "1 to 32767");
+        }
+        if self.default_topic_queue_nums <= 0 {
+            return invalid(
+                "defaultTopicQueueNums",
+                self.default_topic_queue_nums.to_string(),
+                "a positive integer",
+            );
+        }
+        if self.segment_bytes < 64 << 10 || self.segment_bytes > 1 << 40 {
+            return invalid(
+                "mappedFileSizeCommitLog",
+                self.segment_bytes.to_string(),
+                "64 KiB to 1 TiB",
+            );
+        }
+        if self.max_message_bytes == 0 || self.max_message_bytes as u64 > self.segment_bytes / 2 {
+            return invalid(
+                "maxMessageSize",
+                self.max_message_bytes.to_string(),
+                "positive and at most half a commit-log segment",
+            );
+        }
+        if self.flush_interval_ms == 0 {
+            return invalid("flushIntervalCommitLog", "0".into(), "at least 1 ms");
+        }
+        if !(1..=95).contains(&self.high_watermark_percent) {
+            return invalid(
+                "diskMaxUsedSpaceRatio",
+                self.high_watermark_percent.to_string(),
+                "1 to 95",
+            );
+        }
+        for addr in &self.namesrv_addrs {
+            if addr
+                .rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            {
+                return invalid(
+                    "namesrvAddr",
+                    addr.clone(),
+                    "host:port entries separated by ';'",
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_operators_broker_conf_is_read_and_flags_override_it() {
+        let text = "brokerClusterName = ProdCluster\nbrokerName=broker-b\nbrokerId=1\nbrokerRole=SLAVE\n\
+                    namesrvAddr=10.0.0.1:9876;10.0.0.2:9876\nlistenPort=20911\nflushDiskType=SYNC_FLUSH\n\
+                    deleteWhen=04\nstorePathRootDir=/var/store\nbrokerIP1=10.0.0.5\n";
+        let (mut config, unknown) = BrokerConfig::from_properties(text).unwrap();
+        assert_eq!(unknown, ["deleteWhen"]);
+        assert_eq!(config.cluster_name, "ProdCluster");
+        assert_eq!(config.broker_role, BrokerRole::Slave);
+        assert_eq!(config.namesrv_addrs, ["10.0.0.1:9876", "10.0.0.2:9876"]);
+        assert_eq!(config.flush_mode, FlushMode::Sync);
+        assert_eq!(config.broker_ip, "10.0.0.5".parse::<IpAddr>().unwrap());
+        config.validate().unwrap();
+        config
+            .apply(&Overrides {
+                listen_port: Some(30911),
+                broker_id: Some(0),
+                broker_role: Some("SYNC_MASTER".into()),
+                ..Overrides::default()
+            })
+            .unwrap();
+        assert_eq!(config.listen_port, 30911);
+        assert_eq!(config.broker_role, BrokerRole::SyncMaster);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        for (text, key) in [
+            ("brokerId=one", "brokerId"),
+            ("listenPort=70000", "listenPort"),
+            ("flushDiskType=SOMETIMES", "flushDiskType"),
+            ("brokerRole=LEADER", "brokerRole"),
+            ("autoCreateTopicEnable=yes", "autoCreateTopicEnable"),
+            ("ioDriver=kqueue", "ioDriver"),
+            ("brokerIP1=not-an-ip", "brokerIP1"),
+        ] {
+            let err = BrokerConfig::from_properties(text).unwrap_err();
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
+        let invalid_after_parse = [
+            ("namesrvAddr=localhost", "namesrvAddr"),
+            ("shards=0", "shards"),
+            ("mappedFileSizeCommitLog=1024", "mappedFileSizeCommitLog"),
+            ("maxMessageSize=0", "maxMessageSize"),
+            ("listenPort=1", "listenPort"),
+            ("diskMaxUsedSpaceRatio=99", "diskMaxUsedSpaceRatio"),
+        ];
+        for (text, key) in invalid_after_parse {
+            let (config, _) = BrokerConfig::from_properties(text).unwrap();
+            let err = config.validate().unwrap_err();
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
+        let (config, _) = BrokerConfig::from_properties("brokerRole=SLAVE").unwrap();
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Inconsistent(_))
+        ));
+        let (config, _) = BrokerConfig::from_properties("brokerId=2").unwrap();
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Inconsistent(_))
+        ));
+        // A bad flag value is refused the same way.
+        let mut config = BrokerConfig::default();
+        let err = config
+            .apply(&Overrides {
+                flush_disk_type: Some("NEVER".into()),
+                ..Overrides::default()
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("flushDiskType"));
+    }
+
+    #[test]
+    fn defaults_are_the_single_node_setup() {
+        let config = BrokerConfig::default();
+        config.validate().unwrap();
+        assert!(
+            config.namesrv_addrs.is_empty(),
+            "no namesrvAddr: embedded NameServer"
+        );
+        assert_eq!(config.listen_port, 10911);
+        assert_eq!(config.store_dir, PathBuf::from("./data"));
+    }
+}
