@@ -123,8 +123,27 @@ pub struct BrokerConfig {
     pub shards: usize,
     /// `ioDriver` (RingMQ): `auto`, `io-uring` or `poll`.
     pub io_driver: IoDriver,
-    /// `metricsPort` (RingMQ): Prometheus endpoint; 0 disables it.
-    pub metrics_port: u16,
+    /// `metricsPort` (RingMQ): Prometheus endpoint port (0: any free port); absent: disabled.
+    pub metrics_port: Option<u16>,
+    /// `embeddedNamesrvPort` (RingMQ): port of the embedded NameServer started when no
+    /// `namesrvAddr` is configured (0: any free port).
+    pub embedded_namesrv_port: u16,
+    /// `registerNameServerPeriod` in ms: how often the broker re-registers (RocketMQ: 30 s).
+    pub register_interval_ms: u64,
+    /// `channelExpiredTimeout` in ms: producer/consumer connections without a heartbeat for
+    /// this long are dropped (RocketMQ: 120 s).
+    pub client_expiry_ms: u64,
+    /// `maxInflightPerConnection` (RingMQ): requests read from one connection and not yet
+    /// answered; past it the broker stops reading that connection (backpressure).
+    pub max_inflight_per_connection: usize,
+    /// `crossShardQueueCapacity` (RingMQ): messages each shard's inbox holds; a full inbox makes
+    /// the forwarding connection wait.
+    pub cross_shard_queue_capacity: usize,
+    /// `longPollingEnable`: park pulls that find nothing (else answer after
+    /// `shortPollingTimeMills`).
+    pub long_polling: bool,
+    /// `shortPollingTimeMills`: how long a pull is held when long polling is off.
+    pub short_polling_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -149,7 +168,14 @@ impl Default for BrokerConfig {
             high_watermark_percent: 85,
             shards: std::thread::available_parallelism().map_or(1, usize::from),
             io_driver: IoDriver::Auto,
-            metrics_port: 0,
+            metrics_port: None,
+            embedded_namesrv_port: 9876,
+            register_interval_ms: 30_000,
+            client_expiry_ms: 120_000,
+            max_inflight_per_connection: 256,
+            cross_shard_queue_capacity: 8192,
+            long_polling: true,
+            short_polling_ms: 1000,
         }
     }
 }
@@ -167,6 +193,12 @@ pub struct Overrides {
     pub cluster: Option<String>,
     pub shards: Option<usize>,
     pub io_driver: Option<String>,
+    pub metrics_port: Option<u16>,
+    pub embedded_namesrv_port: Option<u16>,
+    pub register_interval_ms: Option<u64>,
+    pub auto_create_topic: Option<bool>,
+    pub max_message_bytes: Option<usize>,
+    pub client_expiry_ms: Option<u64>,
 }
 
 fn parse_value<T: FromStr>(
@@ -279,7 +311,30 @@ impl BrokerConfig {
                 })?;
             }
             "metricsPort" => {
-                self.metrics_port = parse_value("metricsPort", value, "a port number")?;
+                self.metrics_port = Some(parse_value("metricsPort", value, "a port number")?);
+            }
+            "embeddedNamesrvPort" => {
+                self.embedded_namesrv_port =
+                    parse_value("embeddedNamesrvPort", value, "a port number")?;
+            }
+            "registerNameServerPeriod" => {
+                self.register_interval_ms =
+                    parse_value("registerNameServerPeriod", value, "milliseconds")?;
+            }
+            "channelExpiredTimeout" => {
+                self.client_expiry_ms = parse_value("channelExpiredTimeout", value, "milliseconds")?;
+            }
+            "maxInflightPerConnection" => {
+                self.max_inflight_per_connection =
+                    parse_value("maxInflightPerConnection", value, "a positive integer")?;
+            }
+            "crossShardQueueCapacity" => {
+                self.cross_shard_queue_capacity =
+                    parse_value("crossShardQueueCapacity", value, "a positive integer")?;
+            }
+            "longPollingEnable" => self.long_polling = parse_bool("longPollingEnable", value)?,
+            "shortPollingTimeMills" => {
+                self.short_polling_ms = parse_value("shortPollingTimeMills", value, "milliseconds")?;
             }
             _ => return Ok(false),
         }
@@ -288,7 +343,7 @@ impl BrokerConfig {
 
     /// Applies command-line flags over the file.
     pub fn apply(&mut self, overrides: &Overrides) -> Result<(), ConfigError> {
-        let pairs: [(&str, Option<String>); 10] = [
+        let pairs: [(&str, Option<String>); 16] = [
             ("namesrvAddr", overrides.namesrv_addr.clone()),
             ("listenPort", overrides.listen_port.map(|p| p.to_string())),
             (
@@ -305,6 +360,24 @@ impl BrokerConfig {
             ("brokerClusterName", overrides.cluster.clone()),
             ("shards", overrides.shards.map(|s| s.to_string())),
             ("ioDriver", overrides.io_driver.clone()),
+            ("metricsPort", overrides.metrics_port.map(|p| p.to_string())),
+            (
+                "embeddedNamesrvPort",
+                overrides.embedded_namesrv_port.map(|p| p.to_string()),
+            ),
+            (
+                "registerNameServerPeriod",
+                overrides.register_interval_ms.map(|p| p.to_string()),
+            ),
+            (
+                "autoCreateTopicEnable",
+                overrides.auto_create_topic.map(|p| p.to_string()),
+            ),
+            ("maxMessageSize", overrides.max_message_bytes.map(|p| p.to_string())),
+            (
+                "channelExpiredTimeout",
+                overrides.client_expiry_ms.map(|p| p.to_string()),
+            ),
         ];
         for (key, value) in pairs {
             if let Some(value) = value {
@@ -329,12 +402,24 @@ impl BrokerConfig {
         if self.cluster_name.is_empty() {
             return invalid("brokerClusterName", String::new(), "a non-empty name");
         }
-        if self.listen_port < 3 || self.listen_port == u16::MAX {
+        if (self.listen_port != 0 && self.listen_port < 3) || self.listen_port == u16::MAX {
             return invalid(
                 "listenPort",
                 self.listen_port.to_string(),
-                "a port with listenPort - 2 and listenPort + 1 also valid",
+                "0 (any free port) or a port with listenPort - 2 and listenPort + 1 also valid",
             );
+        }
+        if self.register_interval_ms == 0 {
+            return invalid("registerNameServerPeriod", "0".into(), "at least 1 ms");
+        }
+        if self.client_expiry_ms == 0 {
+            return invalid("channelExpiredTimeout", "0".into(), "at least 1 ms");
+        }
+        if self.max_inflight_per_connection == 0 {
+            return invalid("maxInflightPerConnection", "0".into(), "a positive integer");
+        }
+        if self.cross_shard_queue_capacity == 0 {
+            return invalid("crossShardQueueCapacity", "0".into(), "a positive integer");
         }
         if self.broker_id < 0 {
             return invalid("brokerId", self.broker_id.to_string(), "0 or more");

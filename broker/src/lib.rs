@@ -1,13 +1,41 @@
 //! # ringmq-broker
 //!
-//! The thread-per-core broker (DESIGN.md §3, §6, §7). It will own the shards (one per core, each
-//! with its own compio runtime, listener, commit log and queues), the request handlers for every
-//! client command of PROTOCOL.md §9, long polling, topic configuration, NameServer registration
-//! and master/slave replication, and the `ringmq-broker` binary.
+//! The thread-per-core broker (DESIGN.md §3, §7): shards (one per core, each with its own
+//! compio runtime, SO_REUSEPORT listeners, commit log, consume queues, consumer offsets, parked
+//! pulls and connections), the request handlers for every client command of PROTOCOL.md §9,
+//! NameServer registration (or an embedded NameServer), Prometheus metrics and the
+//! `ringmq-broker` binary.
 //!
-//! What exists so far: [`config`], the broker's configuration (RocketMQ `broker.conf` keys,
-//! command-line overrides, validation that names the offending key), read by the `properties`
-//! module's Java-properties parser.
+//! ```text
+//!  client ──► shard k (accepted the connection) ──route──► shard owning (topic, queue)
+//!                 ▲                                             │ store append / read
+//!                 └──────────── answer (Deliver) ◄──────────────┘
+//! ```
+//!
+//! Start one with [`Broker::start`]; the binary adds flags, `broker.conf` and signals.
 
+mod broker;
+mod clients;
 pub mod config;
+mod connection;
+mod error;
+mod handler;
+mod longpoll;
+mod metadata;
+pub mod metrics;
 mod properties;
+mod published;
+mod registration;
+mod shard;
+mod shared;
+mod topics;
+
+pub use broker::Broker;
+pub use error::BrokerError;
+
+/// Wall-clock milliseconds since the Unix epoch (store timestamps, as RocketMQ uses).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -43,7 +43,7 @@ pub mod io;
 pub mod metadata;
 mod recovery;
 mod retention;
-mod signal;
+pub mod signal;
 mod store;
 
 pub use config::{FlushMode, MAX_SHARD, SHARD_SHIFT, StoreConfig};

@@ -14,7 +14,7 @@ use std::{
 /// next. Callers check their condition and create the listener with no `.await` in between, so
 /// no notification is missed.
 #[derive(Debug, Default)]
-pub(crate) struct Signal {
+pub struct Signal {
     generation: Cell<u64>,
     wakers: RefCell<Vec<Waker>>,
     spare: RefCell<Vec<Waker>>,
@@ -22,7 +22,7 @@ pub(crate) struct Signal {
 
 impl Signal {
     /// Wakes every current listener.
-    pub(crate) fn notify(&self) {
+    pub fn notify(&self) {
         self.generation.set(self.generation.get().wrapping_add(1));
         // Swap into a spare vector so waking (which may register new wakers) never re-borrows,
         // and both vectors keep their capacity: no allocation per notification.
@@ -35,7 +35,7 @@ impl Signal {
     }
 
     /// A future that completes at the next [`Signal::notify`].
-    pub(crate) fn listen(&self) -> Listen<'_> {
+    pub fn listen(&self) -> Listen<'_> {
         Listen {
             signal: self,
             generation: self.generation.get(),
@@ -46,7 +46,7 @@ impl Signal {
 
 /// Future of [`Signal::listen`].
 #[derive(Debug)]
-pub(crate) struct Listen<'a> {
+pub struct Listen<'a> {
     signal: &'a Signal,
     generation: u64,
     registered: bool,

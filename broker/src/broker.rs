@@ -1,0 +1,291 @@
+//! Starting and stopping a broker: listeners, shards, the embedded NameServer, registration and
+//! metrics, in the order that lets each find what it needs.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener as StdListener},
+    path::Path,
+    sync::Arc,
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use ringmq_namesrv::{NameServer, NamesrvConfig};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::{
+    config::BrokerConfig,
+    error::BrokerError,
+    metrics::{BrokerMetrics, MetricsServer},
+    registration::Registration,
+    shard::{self, ShardSetup},
+    shared::{BrokerShared, ShardMessage},
+    topics::TopicSnapshot,
+};
+
+/// Attempts at finding a free port pair (P, P-2) when `listenPort` is 0.
+const PORT_ATTEMPTS: usize = 200;
+
+/// A running broker. [`Broker::shutdown`] (or dropping it) stops it gracefully.
+#[derive(Debug)]
+pub struct Broker {
+    shared: Arc<BrokerShared>,
+    shards: Vec<JoinHandle<()>>,
+    registration: Option<Registration>,
+    namesrv: Option<NameServer>,
+    metrics_server: Option<MetricsServer>,
+    listen_addr: SocketAddr,
+}
+
+impl Broker {
+    /// Validates the configuration, opens (and recovers) every shard's store, starts serving,
+    /// and returns once every shard accepts requests.
+    pub fn start(mut config: BrokerConfig) -> Result<Self, BrokerError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.store_dir).map_err(|e| {
+            BrokerError::io(format!("cannot create {}", config.store_dir.display()), e)
+        })?;
+        check_shard_count(&config.store_dir, config.shards)?;
+
+        let shard_count = config.shards;
+        let (port, mut listeners) = bind_listeners(config.listen_port, shard_count)?;
+        config.listen_port = port;
+        let store_host = SocketAddr::new(config.broker_ip, port);
+
+        let mut namesrv = None;
+        let mut namesrv_addrs = config.namesrv_addrs.clone();
+        if namesrv_addrs.is_empty() {
+            let embedded = NameServer::start(NamesrvConfig {
+                listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), config.embedded_namesrv_port),
+                ..NamesrvConfig::default()
+            })
+            .map_err(|e| BrokerError::io("cannot start the embedded NameServer", e))?;
+            namesrv_addrs = vec![SocketAddr::new(config.broker_ip, embedded.local_addr().port()).to_string()];
+            namesrv = Some(embedded);
+        }
+
+        let metrics = Arc::new(BrokerMetrics::new(
+            shard_count,
+            config.store_dir.clone(),
+            config.broker_name.clone(),
+        ));
+        let mut inbox_senders = Vec::with_capacity(shard_count);
+        let mut inbox_receivers = Vec::with_capacity(shard_count);
+        for _ in 0..shard_count {
+            let (sender, receiver) = flume::bounded(config.cross_shard_queue_capacity);
+            inbox_senders.push(sender);
+            inbox_receivers.push(receiver);
+        }
+        let (topic_changes, topic_change_receiver) = flume::bounded(1024);
+        let (register_now, register_wake) = flume::bounded(16);
+        let metrics_port = config.metrics_port;
+        let shared = Arc::new(BrokerShared::new(
+            config,
+            store_host,
+            inbox_senders,
+            topic_changes,
+            TopicSnapshot::default(),
+            Arc::clone(&metrics),
+            register_now,
+        ));
+
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let mut broker = Self {
+            shared: Arc::clone(&shared),
+            shards: Vec::with_capacity(shard_count),
+            registration: None,
+            namesrv,
+            metrics_server: None,
+            listen_addr: store_host,
+        };
+        // Shard 0 first: it owns the topic table, which the others read from their first request.
+        let mut topic_change_receiver = Some(topic_change_receiver);
+        for (id, inbox) in inbox_receivers.into_iter().enumerate() {
+            let (ready, ready_answer) = std::sync::mpsc::channel();
+            let setup = ShardSetup {
+                id,
+                shared: Arc::clone(&shared),
+                inbox,
+                listeners: std::mem::take(&mut listeners[id]),
+                topic_changes: if id == 0 { topic_change_receiver.take() } else { None },
+                core: (shard_count <= cores).then_some(id % cores),
+                ready,
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("shard-{id}"))
+                .spawn(move || shard::run(setup))
+                .map_err(|e| BrokerError::io("cannot start a shard thread", e))?;
+            broker.shards.push(thread);
+            match ready_answer.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => return Err(BrokerError::Shard { shard: id, reason }),
+                Err(_) => {
+                    return Err(BrokerError::Shard {
+                        shard: id,
+                        reason: "the shard thread ended during start-up".into(),
+                    });
+                }
+            }
+        }
+        broker.registration = Some(
+            Registration::start(Arc::clone(&shared), namesrv_addrs, register_wake)
+                .map_err(|e| BrokerError::io("cannot start the registration thread", e))?,
+        );
+        if let Some(port) = metrics_port {
+            let server = MetricsServer::start(
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+                metrics,
+            )
+            .map_err(|e| BrokerError::io("cannot start the metrics endpoint", e))?;
+            broker.metrics_server = Some(server);
+        }
+        tracing::info!(addr = %store_host, shards = shard_count, "broker started");
+        Ok(broker)
+    }
+
+    /// The address clients use (`brokerIP1:listenPort`); `listenPort - 2` serves the same.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen_addr
+    }
+
+    /// The embedded NameServer's address (`brokerIP1:port`), when one was started.
+    pub fn namesrv_addr(&self) -> Option<SocketAddr> {
+        self.namesrv
+            .as_ref()
+            .map(|n| SocketAddr::new(self.listen_addr.ip(), n.local_addr().port()))
+    }
+
+    /// The metrics endpoint's address, when enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_server
+            .as_ref()
+            .map(|m| SocketAddr::new(self.listen_addr.ip(), m.local_addr().port()))
+    }
+
+    /// Stops gracefully: unregisters from the NameServers, stops accepting, answers what is
+    /// in flight, flushes and checkpoints every store.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if self.shared.set_stopping() {
+            return;
+        }
+        let _ = self.shared.register_now.try_send(());
+        if let Some(registration) = self.registration.take() {
+            registration.join();
+        }
+        for inbox in &self.shared.inboxes {
+            let _ = inbox.send_timeout(ShardMessage::Stop, Duration::from_secs(5));
+        }
+        for thread in self.shards.drain(..) {
+            let _ = thread.join();
+        }
+        if let Some(namesrv) = self.namesrv.take() {
+            namesrv.shutdown();
+        }
+        if let Some(server) = self.metrics_server.take() {
+            server.shutdown();
+        }
+        tracing::info!("broker stopped");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Records the shard count in a new store and refuses to open a store made with another count:
+/// which shard owns a queue (and holds its data) depends on it.
+fn check_shard_count(store_dir: &Path, shards: usize) -> Result<(), BrokerError> {
+    let path = store_dir.join("shards");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let recorded: usize = text.trim().parse().map_err(|_| {
+                BrokerError::io(
+                    format!("{} is not a shard count", path.display()),
+                    std::io::Error::other(text.trim().to_owned()),
+                )
+            })?;
+            if recorded != shards {
+                return Err(BrokerError::ShardCountMismatch {
+                    dir: store_dir.to_path_buf(),
+                    recorded,
+                    configured: shards,
+                });
+            }
+            Ok(())
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            let has_data = (0..1024).any(|id| shard::shard_dir(store_dir, id).exists());
+            if has_data {
+                return Err(BrokerError::io(
+                    format!("{} has shard data but no shard count", store_dir.display()),
+                    err,
+                ));
+            }
+            let tmp = store_dir.join("shards.tmp");
+            std::fs::write(&tmp, format!("{shards}\n"))
+                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .and_then(|()| std::fs::File::open(store_dir)?.sync_all())
+                .map_err(|e| BrokerError::io(format!("cannot write {}", path.display()), e))
+        }
+        Err(err) => Err(BrokerError::io(format!("cannot read {}", path.display()), err)),
+    }
+}
+
+/// A listener with SO_REUSEPORT, so every shard accepts on the same port and the kernel spreads
+/// connections over them.
+fn reuseport_listener(port: u16) -> std::io::Result<StdListener> {
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Binds `listenPort` and `listenPort - 2` once per shard. Port 0 picks a free pair.
+fn bind_listeners(port: u16, shards: usize) -> Result<(u16, Vec<Vec<StdListener>>), BrokerError> {
+    let (port, main, fast) = if port == 0 {
+        let mut found = None;
+        for _ in 0..PORT_ATTEMPTS {
+            let main = reuseport_listener(0).map_err(|e| BrokerError::io("cannot bind a listener", e))?;
+            let chosen = main
+                .local_addr()
+                .map_err(|e| BrokerError::io("cannot read the listener address", e))?
+                .port();
+            if chosen < 3 {
+                continue;
+            }
+            if let Ok(fast) = reuseport_listener(chosen - 2) {
+                found = Some((chosen, main, fast));
+                break;
+            }
+        }
+        found.ok_or_else(|| {
+            BrokerError::io(
+                "cannot find a free port P with P-2 also free",
+                std::io::Error::from(std::io::ErrorKind::AddrInUse),
+            )
+        })?
+    } else {
+        let bind = |p: u16| {
+            reuseport_listener(p).map_err(|e| BrokerError::io(format!("cannot listen on port {p}"), e))
+        };
+        (port, bind(port)?, bind(port - 2)?)
+    };
+    let mut listeners = vec![vec![main, fast]];
+    for _ in 1..shards {
+        let main = reuseport_listener(port).map_err(|e| BrokerError::io(format!("cannot listen on port {port}"), e))?;
+        let fast = reuseport_listener(port - 2)
+            .map_err(|e| BrokerError::io(format!("cannot listen on port {}", port - 2), e))?;
+        listeners.push(vec![main, fast]);
+    }
+    Ok((port, listeners))
+}

@@ -1,0 +1,210 @@
+//! PULL_MESSAGE (PROTOCOL.md §3.5): filtering by tags hash, the store-status mapping, the
+//! commit-offset flag and long polling.
+
+use std::{rc::Rc, time::Duration};
+
+use bytes::BytesMut;
+use ringmq_protocol::{
+    Command, CommandHead, ResponseCode, body::perm, encode_frame_head,
+    header::{PullMessageRequestHeader, PullMessageResponseHeader},
+};
+use ringmq_storage::{ReadRequest, ReadResult, ReadStatus};
+
+use super::{Handled, bad_header, error};
+use crate::{clients::Filter, config::BrokerRole, longpoll::Wake, shard::ShardCtx, shared::{Origin, Outbound}};
+
+/// Most messages one pull returns (RocketMQ `maxTransferCountOnMessageInMemory`).
+const MAX_PULL_MESSAGES: i32 = 32;
+/// Most bytes one pull returns (RocketMQ `maxTransferBytesOnMessageInMemory`).
+const MAX_PULL_BYTES: u64 = 256 << 10;
+/// Longest hold of a parked pull, whatever the client asks (clients time out at 30 s).
+const MAX_SUSPEND: Duration = Duration::from_secs(25);
+
+pub(super) async fn pull(ctx: &Rc<ShardCtx>, command: &Command, origin: &Origin) -> Handled {
+    let header: PullMessageRequestHeader<'_> = match command.header() {
+        Ok(header) => header,
+        Err(err) => return bad_header(command, &err),
+    };
+    let Some(topic_config) = ctx
+        .topics
+        .with(&ctx.shared.topics, |t| t.get(header.topic).cloned())
+    else {
+        return error(
+            command,
+            ResponseCode::TopicNotExist,
+            &format!("topic[{}] not exist, apply first please!", header.topic),
+        );
+    };
+    if !perm::is_readable(topic_config.perm) {
+        return error(
+            command,
+            ResponseCode::NoPermission,
+            &format!("the topic[{}] pulling message is forbidden", header.topic),
+        );
+    }
+    if header.queue_id < 0 || header.queue_id >= topic_config.read_queue_nums {
+        return error(
+            command,
+            ResponseCode::SystemError,
+            &format!(
+                "queueId[{}] is illegal, topic:[{}] topicConfig.readQueueNums:[{}] consumer:[{}]",
+                header.queue_id, header.topic, topic_config.read_queue_nums, origin.peer
+            ),
+        );
+    }
+    let filter = match subscription(ctx, command, &header) {
+        Ok(filter) => filter,
+        Err(answer) => return answer,
+    };
+    if header.has_commit_offset() && ctx.shared.config.broker_role != BrokerRole::Slave {
+        ctx.commit_offset(header.consumer_group, header.topic, header.queue_id, header.commit_offset);
+    }
+    let max_messages = header.max_msg_nums.clamp(1, MAX_PULL_MESSAGES) as u32;
+    let max_bytes = header
+        .max_msg_bytes
+        .filter(|&b| b > 0)
+        .map_or(MAX_PULL_BYTES, |b| (b as u64).min(MAX_PULL_BYTES));
+    let offset = header.queue_offset.max(0) as u64;
+    let request = ReadRequest {
+        topic: header.topic,
+        queue_id: header.queue_id,
+        offset,
+        max_messages,
+        max_bytes,
+        tags_hashes: filter.tags_hashes.as_deref(),
+    };
+    let mut result = match ctx.store.read(&request).await {
+        Ok(result) => result,
+        Err(err) => return error(command, ResponseCode::SystemError, &err.to_string()),
+    };
+    if header.is_suspend() && is_not_found(&result, header.queue_offset) {
+        let config = &ctx.shared.config;
+        let hold = if config.long_polling {
+            Duration::from_millis(header.suspend_timeout_ms.max(0) as u64).min(MAX_SUSPEND)
+        } else {
+            Duration::from_millis(config.short_polling_ms)
+        };
+        if !hold.is_zero() {
+            let wake = ctx.longpoll.park(header.topic, header.queue_id, hold).await;
+            if wake == Wake::Arrived || result.status == ReadStatus::NoSuchQueue {
+                result = match ctx.store.read(&request).await {
+                    Ok(result) => result,
+                    Err(err) => return error(command, ResponseCode::SystemError, &err.to_string()),
+                };
+            }
+        }
+    }
+    respond(ctx, command, header.queue_offset, result)
+}
+
+/// The filter of this pull: its own expression, or the one its group registered by heartbeat.
+fn subscription(
+    ctx: &ShardCtx,
+    command: &Command,
+    header: &PullMessageRequestHeader<'_>,
+) -> Result<Filter, Handled> {
+    if header.has_subscription() {
+        let expression = header.subscription.unwrap_or("*");
+        return Filter::from_expression(expression, header.expression_type, header.sub_version)
+            .ok_or_else(|| {
+                error(
+                    command,
+                    ResponseCode::SystemError,
+                    "The broker does not support consumer to filter message by SQL92",
+                )
+            });
+    }
+    let registered = ctx.subscriptions.with(&ctx.shared.subscriptions, |table| {
+        table
+            .get(header.consumer_group)
+            .map(|topics| topics.get(header.topic).cloned())
+    });
+    match registered {
+        None => Err(error(
+            command,
+            ResponseCode::SubscriptionNotExist,
+            &format!(
+                "the consumer's group info not exist, group: {}",
+                header.consumer_group
+            ),
+        )),
+        Some(None) => Err(error(
+            command,
+            ResponseCode::SubscriptionNotExist,
+            &format!("the consumer's subscription not exist, topic: {}", header.topic),
+        )),
+        Some(Some(filter)) if filter.sub_version < header.sub_version => Err(error(
+            command,
+            ResponseCode::SubscriptionNotLatest,
+            "the consumer's subscription not latest",
+        )),
+        Some(Some(filter)) => Ok(filter),
+    }
+}
+
+/// Whether the result maps to PULL_NOT_FOUND (the case a suspended pull parks on).
+fn is_not_found(result: &ReadResult, requested: i64) -> bool {
+    match result.status {
+        ReadStatus::NoNewMessage => true,
+        ReadStatus::NoSuchQueue | ReadStatus::NoMessageInQueue => requested == 0,
+        _ => false,
+    }
+}
+
+/// The PULL answer for a store result (the table of PROTOCOL.md §3.5 step 4).
+fn respond(ctx: &ShardCtx, command: &Command, requested: i64, result: ReadResult) -> Handled {
+    let (code, next, remark) = match result.status {
+        ReadStatus::Found => (ResponseCode::Success, result.next_offset as i64, "FOUND"),
+        ReadStatus::NoMatchedMessage => (
+            ResponseCode::PullRetryImmediately,
+            result.next_offset as i64,
+            "NO_MATCHED_MESSAGE",
+        ),
+        ReadStatus::NoSuchQueue | ReadStatus::NoMessageInQueue => {
+            let remark = if result.status == ReadStatus::NoSuchQueue {
+                "NO_MATCHED_LOGIC_QUEUE"
+            } else {
+                "NO_MESSAGE_IN_QUEUE"
+            };
+            if requested == 0 {
+                (ResponseCode::PullNotFound, 0, remark)
+            } else {
+                (ResponseCode::PullOffsetMoved, 0, remark)
+            }
+        }
+        ReadStatus::OffsetTooSmall => (
+            ResponseCode::PullOffsetMoved,
+            result.min_offset as i64,
+            "OFFSET_TOO_SMALL",
+        ),
+        ReadStatus::NoNewMessage => (ResponseCode::PullNotFound, requested, "OFFSET_OVERFLOW_ONE"),
+        ReadStatus::OffsetOverflow => (
+            ResponseCode::PullOffsetMoved,
+            result.max_offset as i64,
+            "OFFSET_OVERFLOW_BADLY",
+        ),
+    };
+    let header = PullMessageResponseHeader {
+        suggest_which_broker_id: 0,
+        next_begin_offset: next,
+        min_offset: result.min_offset as i64,
+        max_offset: result.max_offset as i64,
+    };
+    let body_bytes = result.record_bytes();
+    let mut head = BytesMut::with_capacity(192);
+    encode_frame_head(
+        &CommandHead::response_to(command, code).with_remark(remark),
+        &header,
+        body_bytes,
+        &mut head,
+    );
+    ctx.metrics()
+        .messages_delivered_total
+        .add(result.records.len() as u64);
+    Handled::Reply(Outbound {
+        head,
+        body: result.records,
+        is_response: true,
+        code: code.as_i32(),
+    })
+}

@@ -1,0 +1,503 @@
+//! SEND_MESSAGE, SEND_MESSAGE_V2, SEND_BATCH_MESSAGE (PROTOCOL.md §3.4) and
+//! CONSUMER_SEND_MSG_BACK (§3.8).
+
+use std::{fmt::Write as _, net::SocketAddr, rc::Rc};
+
+use bytes::Bytes;
+use ringmq_protocol::{
+    Command, ResponseCode,
+    body::{TopicConfig, perm},
+    header::{ConsumerSendMsgBackRequestHeader, SendMessageRequestHeader, SendMessageResponseHeader},
+    message::{
+        BatchIter, MessageMagic, OffsetMessageId, Properties, PropertiesWriter, StoredRecord,
+        properties::keys,
+    },
+};
+use ringmq_storage::{AppendResult, StoreError};
+
+use super::{Handled, bad_header, error, forward, reply};
+use crate::{
+    config::BrokerRole,
+    metadata,
+    shard::ShardCtx,
+    shared::{Origin, OwnedRecord, ShardMessage},
+    topics::{self, owner_shard},
+};
+
+/// RocketMQ's default `retryMaxTimes` of a subscription group.
+const DEFAULT_MAX_RECONSUME_TIMES: i32 = 16;
+/// Region reported in send responses (Java's default `regionId`).
+const REGION: &str = "DefaultRegion";
+
+/// Finds (or auto-creates) the topic a request names. `Err` is the answer to send.
+pub(super) async fn resolve_topic(
+    ctx: &ShardCtx,
+    command: &Command,
+    topic: &str,
+    template: &str,
+    requested_queues: i32,
+) -> Result<TopicConfig, Handled> {
+    if let Some(config) = ctx.topics.with(&ctx.shared.topics, |t| t.get(topic).cloned()) {
+        return Ok(config);
+    }
+    let creatable = if ctx.shared.config.auto_create_topic || topic.starts_with(topics::RETRY_PREFIX) {
+        let snapshot = ctx.topics();
+        topics::auto_create_config(&snapshot, topic, template, requested_queues)
+    } else {
+        None
+    };
+    let Some(config) = creatable else {
+        return Err(error(
+            command,
+            ResponseCode::TopicNotExist,
+            &format!("topic[{topic}] not exist, apply first please!"),
+        ));
+    };
+    ensure_topic(ctx, config)
+        .await
+        .map_err(|reason| error(command, ResponseCode::SystemError, &reason))
+}
+
+/// Creates `config` unless its topic exists; returns the topic's config.
+pub(super) async fn ensure_topic(ctx: &ShardCtx, config: TopicConfig) -> Result<TopicConfig, String> {
+    let name = config.topic_name.clone();
+    if let Some(existing) = ctx.topics.with(&ctx.shared.topics, |t| t.get(&name).cloned()) {
+        return Ok(existing);
+    }
+    metadata::apply(&ctx.shared, config).await?;
+    ctx.topics
+        .with(&ctx.shared.topics, |t| t.get(&name).cloned())
+        .ok_or_else(|| format!("topic[{name}] was not created"))
+}
+
+pub(super) async fn send(ctx: &Rc<ShardCtx>, mut command: Command, origin: &Origin) -> Handled {
+    let header = match SendMessageRequestHeader::from_command(&command) {
+        Ok(header) => header,
+        Err(err) => return bad_header(&command, &err),
+    };
+    let config = &ctx.shared.config;
+    if config.broker_role == BrokerRole::Slave {
+        return error(
+            &command,
+            ResponseCode::SlaveNotAvailable,
+            "the broker is a slave: sending messages is forbidden",
+        );
+    }
+    if let Err(reason) = topics::validate_name(header.topic) {
+        return error(&command, ResponseCode::SystemError, &reason);
+    }
+    if !topics::is_send_allowed(header.topic) {
+        return error(
+            &command,
+            ResponseCode::NoPermission,
+            &format!("Sending message to topic[{}] is forbidden.", header.topic),
+        );
+    }
+    let topic_config = match resolve_topic(
+        ctx,
+        &command,
+        header.topic,
+        header.default_topic,
+        header.default_topic_queue_nums,
+    )
+    .await
+    {
+        Ok(found) => found,
+        Err(answer) => return answer,
+    };
+    if !perm::is_writeable(topic_config.perm) {
+        return error(
+            &command,
+            ResponseCode::NoPermission,
+            &format!("the topic[{}] sending message is forbidden", header.topic),
+        );
+    }
+    let queue_count = topic_config.read_queue_nums.max(topic_config.write_queue_nums);
+    let mut queue_id = header.queue_id;
+    if queue_id < 0 {
+        queue_id = pick_queue(ctx, header.topic, topic_config.write_queue_nums);
+    }
+    if queue_id >= queue_count || queue_id < 0 {
+        return error(
+            &command,
+            ResponseCode::SystemError,
+            &format!(
+                "request queueId[{}] is illegal, {:?} Producer: {}",
+                header.queue_id, topic_config, origin.peer
+            ),
+        );
+    }
+    let owner = owner_shard(header.topic, queue_id, ctx.shared.shard_count());
+    if owner != ctx.id {
+        if queue_id != header.queue_id {
+            let key = if command.ext.contains("e") { "e" } else { "queueId" };
+            command.ext.insert(key, &queue_id.to_string());
+        }
+        forward(ctx, owner, command, origin.clone()).await;
+        return Handled::Forwarded;
+    }
+    store_send(ctx, &command, &header, queue_id, origin).await
+}
+
+/// Picks a writable queue for a send that leaves the choice to the broker, preferring queues
+/// this shard owns (no hand-off).
+fn pick_queue(ctx: &ShardCtx, topic: &str, write_queues: i32) -> i32 {
+    let write_queues = write_queues.max(1);
+    let start = ctx.queue_cursor.get();
+    ctx.queue_cursor.set(start.wrapping_add(1));
+    let shards = ctx.shared.shard_count();
+    (0..write_queues)
+        .map(|step| ((start as i64 + i64::from(step)) % i64::from(write_queues)) as i32)
+        .find(|&queue| owner_shard(topic, queue, shards) == ctx.id)
+        .unwrap_or((start % write_queues as u32) as i32)
+}
+
+async fn store_send(
+    ctx: &Rc<ShardCtx>,
+    command: &Command,
+    header: &SendMessageRequestHeader<'_>,
+    queue_id: i32,
+    origin: &Origin,
+) -> Handled {
+    let config = &ctx.shared.config;
+    // A retry topic message that has used up its attempts goes to the dead-letter topic.
+    if let Some(group) = header.topic.strip_prefix(topics::RETRY_PREFIX) {
+        let max = header.max_reconsume_times.unwrap_or(DEFAULT_MAX_RECONSUME_TIMES);
+        if header.reconsume_times.unwrap_or(0) >= max && !header.is_batch() {
+            return dead_letter_send(ctx, command, header, group, origin).await;
+        }
+    }
+    let cluster = config.cluster_name.as_str();
+    let store_host = ctx.shared.store_host;
+    let result = if header.is_batch() {
+        let mut properties = Vec::new();
+        for message in BatchIter::new(&command.body) {
+            let message = match message {
+                Ok(message) => message,
+                Err(err) => {
+                    return error(command, ResponseCode::MessageIllegal, &format!("bad batch body: {err}"));
+                }
+            };
+            if message.body.len() > config.max_message_bytes {
+                return too_large(command, message.body.len(), config.max_message_bytes);
+            }
+            properties.push(with_broker_properties(message.properties, header.properties, cluster));
+        }
+        if properties.is_empty() {
+            return error(command, ResponseCode::MessageIllegal, "empty batch");
+        }
+        let records: Vec<StoredRecord<'_>> = BatchIter::new(&command.body)
+            .flatten()
+            .zip(&properties)
+            .map(|(message, props)| StoredRecord {
+                flag: message.flag,
+                body: message.body,
+                properties: props,
+                ..record_template(header, queue_id, origin.peer, store_host)
+            })
+            .collect();
+        ctx.store.append_batch(&records).await.map(|result| (result, lengths(&records)))
+    } else {
+        if command.body.len() > config.max_message_bytes {
+            return too_large(command, command.body.len(), config.max_message_bytes);
+        }
+        let properties = with_broker_properties(header.properties.unwrap_or(""), None, cluster);
+        let record = StoredRecord {
+            flag: header.flag,
+            body: &command.body,
+            properties: &properties,
+            ..record_template(header, queue_id, origin.peer, store_host)
+        };
+        ctx.store.append(&record).await.map(|result| (result, Vec::new()))
+    };
+    match result {
+        Ok((appended, lengths)) => {
+            ctx.longpoll.arrived(header.topic, queue_id);
+            ctx.metrics()
+                .messages_stored_total
+                .add(u64::from(appended.message_count));
+            send_response(ctx, command, queue_id, &appended, &lengths)
+        }
+        Err(err) => store_error(command, &err),
+    }
+}
+
+fn lengths(records: &[StoredRecord<'_>]) -> Vec<u64> {
+    records.iter().map(|r| r.encoded_len() as u64).collect()
+}
+
+/// The fields every record of a send shares; the store fills offsets, time and CRC.
+fn record_template<'a>(
+    header: &SendMessageRequestHeader<'a>,
+    queue_id: i32,
+    born_host: SocketAddr,
+    store_host: SocketAddr,
+) -> StoredRecord<'a> {
+    StoredRecord {
+        magic: MessageMagic::for_topic(header.topic),
+        body_crc: 0,
+        queue_id,
+        flag: header.flag,
+        queue_offset: 0,
+        physical_offset: 0,
+        sys_flag: header.sys_flag,
+        born_timestamp_ms: header.born_timestamp_ms,
+        born_host,
+        store_timestamp_ms: 0,
+        store_host,
+        reconsume_times: header.reconsume_times.unwrap_or(0),
+        prepared_transaction_offset: 0,
+        body: &[],
+        topic: header.topic,
+        properties: "",
+    }
+}
+
+/// A message's properties as stored: its own, the batch-level ones, and `CLUSTER`.
+fn with_broker_properties(own: &str, batch_level: Option<&str>, cluster: &str) -> String {
+    let extra = batch_level.map_or(0, str::len);
+    let mut out = String::with_capacity(own.len() + extra + cluster.len() + 10);
+    out.push_str(own);
+    if let Some(batch_level) = batch_level.filter(|p| !p.is_empty()) {
+        for (name, value) in Properties::new(batch_level).iter() {
+            if Properties::new(own).get(name).is_none() {
+                PropertiesWriter::new(&mut out).put(name, value);
+            }
+        }
+    }
+    if Properties::new(own).get(keys::CLUSTER).is_none() {
+        PropertiesWriter::new(&mut out).put(keys::CLUSTER, cluster);
+    }
+    out
+}
+
+fn too_large(command: &Command, bytes: usize, max: usize) -> Handled {
+    error(
+        command,
+        ResponseCode::MessageIllegal,
+        &format!("the message body size over max value, MAX: {max}, got {bytes}"),
+    )
+}
+
+/// Maps a store failure to what clients understand (PROTOCOL.md §3.4).
+pub(super) fn store_error(command: &Command, err: &StoreError) -> Handled {
+    match err {
+        StoreError::DiskFull { .. } | StoreError::WritesDisabled { .. } | StoreError::Closed => error(
+            command,
+            ResponseCode::ServiceNotAvailable,
+            &format!("service not available now: {err}"),
+        ),
+        StoreError::MessageTooLarge { .. } | StoreError::InvalidMessage(_) | StoreError::InvalidTopic { .. } => {
+            error(command, ResponseCode::MessageIllegal, &err.to_string())
+        }
+        _ if err.is_disk_full() => error(
+            command,
+            ResponseCode::ServiceNotAvailable,
+            &format!("service not available now: {err}"),
+        ),
+        _ => error(command, ResponseCode::SystemError, &err.to_string()),
+    }
+}
+
+fn send_response(
+    ctx: &ShardCtx,
+    command: &Command,
+    queue_id: i32,
+    appended: &AppendResult,
+    lengths: &[u64],
+) -> Handled {
+    let store_host = ctx.shared.store_host;
+    let mut msg_id = String::with_capacity(33 * lengths.len().max(1));
+    let id = |offset: u64| OffsetMessageId {
+        store_host,
+        commit_log_offset: offset as i64,
+    };
+    if lengths.is_empty() {
+        id(appended.physical_offset).write_hex(&mut msg_id);
+    } else {
+        let mut offset = appended.physical_offset;
+        for (index, length) in lengths.iter().enumerate() {
+            if index > 0 {
+                msg_id.push(',');
+            }
+            id(offset).write_hex(&mut msg_id);
+            offset += length;
+        }
+    }
+    let header = SendMessageResponseHeader {
+        msg_id: &msg_id,
+        queue_id,
+        queue_offset: appended.queue_offset as i64,
+        transaction_id: None,
+        msg_region: Some(REGION),
+        trace_on: Some("true"),
+    };
+    reply(command, ResponseCode::Success, None, &header, &[])
+}
+
+/// A `%RETRY%` send past its attempts: store it in the group's dead-letter topic instead.
+async fn dead_letter_send(
+    ctx: &ShardCtx,
+    command: &Command,
+    header: &SendMessageRequestHeader<'_>,
+    group: &str,
+    origin: &Origin,
+) -> Handled {
+    let record = OwnedRecord {
+        topic: topics::dlq_topic(group),
+        queue_id: 0,
+        flag: header.flag,
+        sys_flag: header.sys_flag,
+        born_timestamp_ms: header.born_timestamp_ms,
+        born_host: origin.peer,
+        reconsume_times: header.reconsume_times.unwrap_or(0),
+        body: command.body.clone(),
+        properties: with_broker_properties(
+            header.properties.unwrap_or(""),
+            None,
+            &ctx.shared.config.cluster_name,
+        ),
+    };
+    match store_elsewhere(ctx, record).await {
+        Ok((queue_offset, physical_offset)) => {
+            let mut msg_id = String::new();
+            let _ = write!(
+                msg_id,
+                "{}",
+                OffsetMessageId {
+                    store_host: ctx.shared.store_host,
+                    commit_log_offset: physical_offset,
+                }
+            );
+            let header = SendMessageResponseHeader {
+                msg_id: &msg_id,
+                queue_id: 0,
+                queue_offset: queue_offset as i64,
+                transaction_id: None,
+                msg_region: Some(REGION),
+                trace_on: Some("true"),
+            };
+            reply(command, ResponseCode::Success, None, &header, &[])
+        }
+        Err(reason) => error(command, ResponseCode::SystemError, &reason),
+    }
+}
+
+/// Creates the record's topic if needed (one queue) and appends it on the shard owning its
+/// queue. Returns (queue offset, physical offset).
+async fn store_elsewhere(ctx: &ShardCtx, record: OwnedRecord) -> Result<(u64, i64), String> {
+    ensure_topic(ctx, topics::single_queue_topic(&record.topic)).await?;
+    let owner = owner_shard(&record.topic, record.queue_id, ctx.shared.shard_count());
+    let (reply, answer) = flume::bounded(1);
+    ctx.shared.inboxes[owner]
+        .send_async(ShardMessage::Append { record, reply })
+        .await
+        .map_err(|_| "the broker is stopping".to_owned())?;
+    answer
+        .recv_async()
+        .await
+        .map_err(|_| "the broker is stopping".to_owned())?
+}
+
+/// Appends a record another shard built (runs on the owner of its queue).
+pub(crate) async fn append_owned(
+    ctx: Rc<ShardCtx>,
+    record: OwnedRecord,
+    reply: flume::Sender<Result<(u64, i64), String>>,
+) {
+    let stored = StoredRecord {
+        magic: MessageMagic::for_topic(&record.topic),
+        body_crc: 0,
+        queue_id: record.queue_id,
+        flag: record.flag,
+        queue_offset: 0,
+        physical_offset: 0,
+        sys_flag: record.sys_flag,
+        born_timestamp_ms: record.born_timestamp_ms,
+        born_host: record.born_host,
+        store_timestamp_ms: 0,
+        store_host: ctx.shared.store_host,
+        reconsume_times: record.reconsume_times,
+        prepared_transaction_offset: 0,
+        body: &record.body,
+        topic: &record.topic,
+        properties: &record.properties,
+    };
+    let result = match ctx.store.append(&stored).await {
+        Ok(appended) => {
+            ctx.longpoll.arrived(&record.topic, record.queue_id);
+            ctx.metrics().messages_stored_total.inc();
+            Ok((appended.queue_offset, appended.physical_offset as i64))
+        }
+        Err(err) => Err(err.to_string()),
+    };
+    let _ = reply.send(result);
+}
+
+/// CONSUMER_SEND_MSG_BACK: runs on the shard whose log holds the message; stores a copy in the
+/// group's retry topic, or its dead-letter topic once the attempts are used up.
+///
+/// Delay levels are not scheduled (there is no SCHEDULE_TOPIC timer yet): the retry copy is
+/// consumable at once.
+pub(super) async fn send_back(ctx: &ShardCtx, command: &Command) -> Handled {
+    let header: ConsumerSendMsgBackRequestHeader<'_> = match command.header() {
+        Ok(header) => header,
+        Err(err) => return bad_header(command, &err),
+    };
+    if ctx.shared.config.broker_role == BrokerRole::Slave {
+        return error(command, ResponseCode::SlaveNotAvailable, "the broker is a slave");
+    }
+    let bytes: Bytes = match ctx.store.read_message_at(header.offset.max(0) as u64).await {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            return error(
+                command,
+                ResponseCode::SystemError,
+                &format!("look message by offset failed, {}: {err}", header.offset),
+            );
+        }
+    };
+    let Ok((original, _)) = StoredRecord::decode(&bytes) else {
+        return error(command, ResponseCode::SystemError, "the stored message does not decode");
+    };
+    let max = header.max_reconsume_times.unwrap_or(DEFAULT_MAX_RECONSUME_TIMES);
+    let dead = original.reconsume_times >= max || header.delay_level < 0;
+    let topic = if dead {
+        topics::dlq_topic(header.group)
+    } else {
+        topics::retry_topic(header.group)
+    };
+    let own = original.properties();
+    let mut properties = original.properties.to_owned();
+    if own.get(keys::RETRY_TOPIC).is_none() {
+        PropertiesWriter::new(&mut properties).put(keys::RETRY_TOPIC, original.topic);
+    }
+    if own.get(keys::ORIGIN_MESSAGE_ID).is_none() {
+        let origin_id = header.origin_msg_id.map_or_else(
+            || {
+                OffsetMessageId {
+                    store_host: original.store_host,
+                    commit_log_offset: original.physical_offset,
+                }
+                .to_string()
+            },
+            str::to_owned,
+        );
+        PropertiesWriter::new(&mut properties).put(keys::ORIGIN_MESSAGE_ID, &origin_id);
+    }
+    let record = OwnedRecord {
+        topic,
+        queue_id: 0,
+        flag: original.flag,
+        sys_flag: original.sys_flag,
+        born_timestamp_ms: original.born_timestamp_ms,
+        born_host: original.born_host,
+        reconsume_times: original.reconsume_times + 1,
+        body: bytes.slice_ref(original.body),
+        properties,
+    };
+    match store_elsewhere(ctx, record).await {
+        Ok(_) => super::success(command),
+        Err(reason) => error(command, ResponseCode::SystemError, &reason),
+    }
+}

@@ -1,0 +1,381 @@
+//! A shard: one OS thread pinned to a core, with its own compio runtime, listeners, commit log,
+//! consume queues, consumer offsets, parked pulls and connections (DESIGN.md §3).
+//!
+//! Everything here is `!Send` and reached through `Rc<ShardCtx>`; other threads talk to a shard
+//! only through its inbox ([`ShardMessage`]).
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::{HashMap, HashSet},
+    net::TcpListener as StdListener,
+    path::PathBuf,
+    rc::Rc,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use compio::net::TcpListener;
+use ringmq_protocol::{
+    CommandHead, RequestCode, encode_frame_head,
+    header::NotifyConsumerIdsChangedRequestHeader,
+};
+use ringmq_storage::{
+    MessageStore, StoreConfig,
+    io::UringStorage,
+    metadata::{ConsumerOffsetTable, MetadataFile},
+    signal::Signal,
+};
+
+use crate::{
+    clients::SubscriptionTable,
+    config::IoDriver,
+    connection::{self, Connection},
+    handler,
+    longpoll::LongPoll,
+    metadata,
+    metrics::ShardMetrics,
+    published::LocalView,
+    shared::{BrokerShared, Outbound, ShardMessage, TopicChange},
+    topics::TopicSnapshot,
+};
+
+/// How often consumer offsets are saved (RocketMQ `flushConsumerOffsetInterval`: 5 s).
+const OFFSET_PERSIST_INTERVAL: Duration = Duration::from_secs(5);
+/// How often silent clients are looked for (RocketMQ: 10 s).
+const CLIENT_SCAN_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a graceful stop waits for in-flight requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The state of one shard.
+pub(crate) struct ShardCtx {
+    pub id: usize,
+    pub shared: Arc<BrokerShared>,
+    pub store: MessageStore<UringStorage>,
+    /// Committed consumer offsets of the queues this shard owns (queries and commits of a
+    /// queue are routed to its owner, so this is the only copy).
+    pub offsets: RefCell<ConsumerOffsetTable<UringStorage>>,
+    offsets_dirty: Cell<bool>,
+    pub topics: LocalView<TopicSnapshot>,
+    pub subscriptions: LocalView<SubscriptionTable>,
+    pub connections: RefCell<HashMap<u64, Rc<Connection>>>,
+    next_connection: Cell<u64>,
+    pub longpoll: LongPoll,
+    /// Rotates the queue picked for sends that leave the choice to the broker.
+    pub queue_cursor: Cell<u32>,
+    stopping: Cell<bool>,
+    stop: Signal,
+}
+
+impl std::fmt::Debug for ShardCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardCtx").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl ShardCtx {
+    pub(crate) fn metrics(&self) -> &ShardMetrics {
+        &self.shared.metrics.shards[self.id]
+    }
+
+    pub(crate) fn next_connection_id(&self) -> u64 {
+        let id = self.next_connection.get();
+        self.next_connection.set(id + 1);
+        id
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.get()
+    }
+
+    /// Largest request frame: a message of the maximum size plus generous room for headers.
+    pub(crate) fn max_frame_bytes(&self) -> usize {
+        self.shared.config.max_message_bytes + (1 << 20)
+    }
+
+    pub(crate) fn topics(&self) -> Arc<TopicSnapshot> {
+        self.topics.get(&self.shared.topics)
+    }
+
+    pub(crate) fn commit_offset(&self, group: &str, topic: &str, queue_id: i32, offset: i64) {
+        self.offsets.borrow_mut().commit(group, topic, queue_id, offset);
+        self.offsets_dirty.set(true);
+    }
+
+    /// Hands a frame to one of this shard's connections.
+    pub(crate) fn deliver_local(&self, connection: u64, frame: Outbound) {
+        let target = self.connections.borrow().get(&connection).cloned();
+        if let Some(target) = target {
+            target.send(frame);
+        }
+    }
+
+    /// Writes NOTIFY_CONSUMER_IDS_CHANGED (oneway) on one of this shard's connections.
+    fn notify_consumer_ids_changed(&self, connection: u64, group: &str) {
+        let target = self.connections.borrow().get(&connection).cloned();
+        let Some(target) = target else { return };
+        let head = CommandHead::oneway(
+            RequestCode::NotifyConsumerIdsChanged,
+            target.next_opaque(),
+            target.serialize_type.get(),
+        );
+        let mut frame = bytes::BytesMut::with_capacity(128);
+        encode_frame_head(
+            &head,
+            &NotifyConsumerIdsChangedRequestHeader {
+                consumer_group: group,
+            },
+            0,
+            &mut frame,
+        );
+        target.send(Outbound {
+            head: frame,
+            body: Vec::new(),
+            is_response: false,
+            code: RequestCode::NotifyConsumerIdsChanged.as_i32(),
+        });
+    }
+}
+
+/// What a shard thread is started with.
+pub(crate) struct ShardSetup {
+    pub id: usize,
+    pub shared: Arc<BrokerShared>,
+    pub inbox: flume::Receiver<ShardMessage>,
+    pub listeners: Vec<StdListener>,
+    /// Shard 0 only: the topic table's change queue (it is the table's one writer).
+    pub topic_changes: Option<flume::Receiver<TopicChange>>,
+    pub core: Option<usize>,
+    pub ready: std::sync::mpsc::Sender<Result<(), String>>,
+}
+
+/// The shard thread's body: builds the runtime, opens the store, serves until told to stop.
+pub(crate) fn run(setup: ShardSetup) {
+    let ready = setup.ready.clone();
+    let id = setup.id;
+    let runtime = match build_runtime(setup.shared.config.io_driver, setup.core) {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            let _ = ready.send(Err(format!("cannot start the shard's runtime: {err}")));
+            return;
+        }
+    };
+    if id == 0 {
+        tracing::info!(driver = ?runtime.driver_type(), "I/O driver");
+    }
+    runtime.block_on(async move {
+        if let Err(reason) = serve(setup).await {
+            let _ = ready.send(Err(reason));
+        }
+    });
+}
+
+fn build_runtime(driver: IoDriver, core: Option<usize>) -> std::io::Result<compio::runtime::Runtime> {
+    let mut proactor = compio::driver::ProactorBuilder::new();
+    match driver {
+        IoDriver::Auto => {}
+        IoDriver::IoUring => {
+            proactor.driver_type(compio::driver::DriverType::IoUring);
+        }
+        IoDriver::Poll => {
+            proactor.driver_type(compio::driver::DriverType::Poll);
+        }
+    }
+    let mut builder = compio::runtime::RuntimeBuilder::new();
+    builder.with_proactor(proactor);
+    if let Some(core) = core {
+        builder.thread_affinity(HashSet::from([core]));
+    }
+    builder.build()
+}
+
+fn store_config(shared: &BrokerShared, id: usize) -> StoreConfig {
+    let config = &shared.config;
+    let mut store = StoreConfig::new(shard_dir(&config.store_dir, id));
+    store.shard = id as u16;
+    store.segment_bytes = config.segment_bytes;
+    store.flush_mode = config.flush_mode;
+    store.flush_interval = Duration::from_millis(config.flush_interval_ms);
+    store.retention = Duration::from_secs(config.retention_hours * 3600);
+    store.high_watermark_percent = config.high_watermark_percent;
+    store.hard_watermark_percent = store.hard_watermark_percent.max(config.high_watermark_percent);
+    store
+}
+
+/// Directory of shard `id`'s store.
+pub(crate) fn shard_dir(store_dir: &std::path::Path, id: usize) -> PathBuf {
+    store_dir.join(format!("shard-{id}"))
+}
+
+async fn serve(setup: ShardSetup) -> Result<(), String> {
+    let ShardSetup {
+        id,
+        shared,
+        inbox,
+        listeners,
+        topic_changes,
+        core: _,
+        ready,
+    } = setup;
+    let store = MessageStore::open(UringStorage::new(), store_config(&shared, id))
+        .await
+        .map_err(|e| format!("cannot open the store: {e}"))?;
+    let offsets_path = shard_dir(&shared.config.store_dir, id).join("consumerOffset.json");
+    let offsets = ConsumerOffsetTable::open(UringStorage::new(), &offsets_path)
+        .await
+        .map_err(|e| format!("cannot load consumer offsets: {e}"))?;
+    let mut metadata_task = None;
+    if let Some(changes) = topic_changes {
+        let table = metadata::open_topics(&shared).await?;
+        metadata_task = Some(compio::runtime::spawn(metadata::serve_topic_changes(
+            Arc::clone(&shared),
+            table,
+            changes,
+        )));
+    }
+    let ctx = Rc::new(ShardCtx {
+        id,
+        topics: LocalView::new(&shared.topics),
+        subscriptions: LocalView::new(&shared.subscriptions),
+        shared,
+        store,
+        offsets: RefCell::new(offsets),
+        offsets_dirty: Cell::new(false),
+        connections: RefCell::new(HashMap::new()),
+        next_connection: Cell::new(1),
+        longpoll: LongPoll::default(),
+        queue_cursor: Cell::new(id as u32),
+        stopping: Cell::new(false),
+        stop: Signal::default(),
+    });
+    let mut tasks = Vec::new();
+    for listener in listeners {
+        let listener =
+            TcpListener::from_std(listener).map_err(|e| format!("cannot register a listener: {e}"))?;
+        tasks.push(compio::runtime::spawn(accept_loop(Rc::clone(&ctx), listener)));
+    }
+    let persister = compio::runtime::spawn(persist_offsets_loop(Rc::clone(&ctx), offsets_path.clone()));
+    if id == 0 {
+        tasks.push(compio::runtime::spawn(client_scan_loop(Rc::clone(&ctx))));
+    }
+    tasks.push(compio::runtime::spawn(gauges_loop(Rc::clone(&ctx))));
+    let _ = ready.send(Ok(()));
+
+    while let Ok(message) = inbox.recv_async().await {
+        match message {
+            ShardMessage::Request { command, origin } => {
+                compio::runtime::spawn(handler::handle_forwarded(Rc::clone(&ctx), command, origin))
+                    .detach();
+            }
+            ShardMessage::Deliver { connection, frame } => ctx.deliver_local(connection, frame),
+            ShardMessage::Notify { connection, group } => {
+                ctx.notify_consumer_ids_changed(connection, &group);
+            }
+            ShardMessage::Append { record, reply } => {
+                compio::runtime::spawn(handler::append_owned(Rc::clone(&ctx), record, reply)).detach();
+            }
+            ShardMessage::QueryKey { query, reply } => {
+                compio::runtime::spawn(handler::query_key_here(Rc::clone(&ctx), query, reply)).detach();
+            }
+            ShardMessage::Stop => break,
+        }
+    }
+
+    // Graceful stop: no new connections or requests, answer what is in flight, then make
+    // everything durable.
+    ctx.stopping.set(true);
+    ctx.stop.notify();
+    drop(tasks);
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while Instant::now() < deadline
+        && ctx.connections.borrow().values().any(|c| c.inflight() > 0)
+    {
+        // Forwarded requests from other shards may still arrive while they drain.
+        while let Ok(message) = inbox.try_recv() {
+            match message {
+                ShardMessage::Request { command, origin } => {
+                    compio::runtime::spawn(handler::handle_forwarded(Rc::clone(&ctx), command, origin))
+                        .detach();
+                }
+                ShardMessage::Deliver { connection, frame } => ctx.deliver_local(connection, frame),
+                _ => {}
+            }
+        }
+        compio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(persister);
+    if let Some(task) = metadata_task {
+        drop(task);
+    }
+    let mut file = MetadataFile::new(UringStorage::new(), &offsets_path);
+    let body = ctx.offsets.borrow().to_body();
+    if let Err(err) = file.store(&body).await {
+        tracing::error!(shard = id, %err, "cannot save consumer offsets at shutdown");
+    }
+    if let Err(err) = ctx.store.clone().close().await {
+        tracing::error!(shard = id, %err, "store did not close cleanly");
+    }
+    Ok(())
+}
+
+async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                if ctx.stopping() {
+                    return;
+                }
+                compio::runtime::spawn(connection::serve(Rc::clone(&ctx), stream, peer)).detach();
+            }
+            Err(err) => {
+                // EMFILE and friends: keep serving the connections we have.
+                tracing::warn!(%err, "accept failed");
+                compio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Saves the consumer offsets every 5 s when they changed. The file handle belongs to this
+/// task alone (the table's own handle is never used to save), and the table is only borrowed
+/// to snapshot it, never across the write.
+async fn persist_offsets_loop(ctx: Rc<ShardCtx>, path: PathBuf) {
+    let mut file = MetadataFile::new(UringStorage::new(), path);
+    loop {
+        compio::time::sleep(OFFSET_PERSIST_INTERVAL).await;
+        if !ctx.offsets_dirty.replace(false) {
+            continue;
+        }
+        let body = ctx.offsets.borrow().to_body();
+        if let Err(err) = file.store(&body).await {
+            ctx.offsets_dirty.set(true);
+            tracing::error!(shard = ctx.id, %err, "cannot save consumer offsets; will retry");
+        }
+    }
+}
+
+/// Drops producer and consumer connections silent past `channelExpiredTimeout` (shard 0 only).
+async fn client_scan_loop(ctx: Rc<ShardCtx>) {
+    let expiry = Duration::from_millis(ctx.shared.config.client_expiry_ms);
+    let interval = CLIENT_SCAN_INTERVAL.min(expiry);
+    loop {
+        compio::time::sleep(interval).await;
+        let expired = ctx
+            .shared
+            .with_clients(|clients| clients.expire(Instant::now(), expiry));
+        for channel in expired {
+            tracing::info!(shard = channel.shard, connection = channel.connection, "client silent past expiry; unregistered");
+        }
+    }
+}
+
+/// Samples gauges that are cheaper to read than to maintain.
+async fn gauges_loop(ctx: Rc<ShardCtx>) {
+    loop {
+        compio::time::sleep(Duration::from_millis(500)).await;
+        let metrics = ctx.metrics();
+        metrics.parked_pulls.set(ctx.longpoll.parked() as i64);
+        metrics
+            .cross_shard_queue_depth
+            .set(ctx.shared.inboxes[ctx.id].len() as i64);
+    }
+}

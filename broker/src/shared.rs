@@ -1,0 +1,202 @@
+//! State every thread of a broker shares, and the messages shards send each other.
+//!
+//! Shards never share their queues, stores or connections: anything for another shard travels
+//! as a [`ShardMessage`] over that shard's bounded inbox. What is shared here is either
+//! read-mostly (published snapshots), control-plane behind a mutex (client registrations,
+//! queue locks), or atomics (metrics, the stop flag).
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
+
+use bytes::{Bytes, BytesMut};
+use ringmq_protocol::{Command, body::TopicConfig};
+
+use crate::{
+    clients::{ChannelId, ClientRegistry, Notifications, QueueLocks, SubscriptionTable},
+    config::BrokerConfig,
+    metrics::BrokerMetrics,
+    published::Published,
+    topics::TopicSnapshot,
+};
+
+/// One encoded frame to write on a connection: the head (and small bodies) in `head`, large
+/// bodies (PULL records, straight from the store's cache) as separate buffers written with a
+/// vectored write, so record bytes are never copied on their way out.
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    pub head: BytesMut,
+    pub body: Vec<Bytes>,
+    /// Whether this answers a request read from the connection (it frees an in-flight slot).
+    pub is_response: bool,
+    /// The response code (for metrics), or the request code of a broker-initiated request.
+    pub code: i32,
+}
+
+/// Where the answer to a request goes.
+#[derive(Debug, Clone)]
+pub(crate) struct Origin {
+    pub channel: ChannelId,
+    pub peer: SocketAddr,
+    pub arrived: Instant,
+}
+
+/// A record to append on the shard owning its queue, built by another shard (message resent
+/// for retry, dead-lettered).
+#[derive(Debug)]
+pub(crate) struct OwnedRecord {
+    pub topic: String,
+    pub queue_id: i32,
+    pub flag: i32,
+    pub sys_flag: i32,
+    pub born_timestamp_ms: i64,
+    pub born_host: SocketAddr,
+    pub reconsume_times: i32,
+    pub body: Bytes,
+    pub properties: String,
+}
+
+/// A search for messages by key (QUERY_MESSAGE).
+#[derive(Debug, Clone)]
+pub(crate) struct KeyQuery {
+    pub topic: String,
+    pub key: String,
+    /// Match the UNIQ_KEY property instead of KEYS.
+    pub unique: bool,
+    pub begin_ms: i64,
+    pub end_ms: i64,
+    pub max_messages: usize,
+}
+
+/// What shards send each other.
+#[derive(Debug)]
+pub(crate) enum ShardMessage {
+    /// A request for a queue (or message) this shard owns, read on another shard's connection.
+    Request { command: Command, origin: Origin },
+    /// A frame for one of this shard's connections.
+    Deliver { connection: u64, frame: Outbound },
+    /// Send NOTIFY_CONSUMER_IDS_CHANGED for `group` on one of this shard's connections.
+    Notify { connection: u64, group: String },
+    /// QUERY_MESSAGE's search of the queues of `topic` this shard owns.
+    QueryKey {
+        query: KeyQuery,
+        reply: flume::Sender<Vec<Bytes>>,
+    },
+    /// Append a record built elsewhere; the result (queue offset, or why not) is sent back.
+    Append {
+        record: OwnedRecord,
+        reply: flume::Sender<Result<(u64, i64), String>>,
+    },
+    /// Stop: close listeners, drain, flush, checkpoint.
+    Stop,
+}
+
+/// A change to the broker-wide topic table, handled by its one writer (shard 0).
+#[derive(Debug)]
+pub(crate) struct TopicChange {
+    pub config: TopicConfig,
+    pub reply: flume::Sender<Result<(), String>>,
+}
+
+/// State shared by all threads of one broker.
+#[derive(Debug)]
+pub(crate) struct BrokerShared {
+    pub config: BrokerConfig,
+    /// `brokerIP1:listenPort`: written into every record and message id.
+    pub store_host: SocketAddr,
+    pub inboxes: Vec<flume::Sender<ShardMessage>>,
+    pub topic_changes: flume::Sender<TopicChange>,
+    pub topics: Published<TopicSnapshot>,
+    pub subscriptions: Published<SubscriptionTable>,
+    clients: Mutex<ClientRegistry>,
+    locks: Mutex<QueueLocks>,
+    pub metrics: Arc<BrokerMetrics>,
+    /// Wakes the NameServer registration thread (topics changed, or stopping).
+    pub register_now: flume::Sender<()>,
+    stop: AtomicBool,
+    pub started_ms: i64,
+}
+
+impl BrokerShared {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        config: BrokerConfig,
+        store_host: SocketAddr,
+        inboxes: Vec<flume::Sender<ShardMessage>>,
+        topic_changes: flume::Sender<TopicChange>,
+        topics: TopicSnapshot,
+        metrics: Arc<BrokerMetrics>,
+        register_now: flume::Sender<()>,
+    ) -> Self {
+        Self {
+            config,
+            store_host,
+            inboxes,
+            topic_changes,
+            topics: Published::new(topics),
+            subscriptions: Published::new(SubscriptionTable::new()),
+            clients: Mutex::new(ClientRegistry::default()),
+            locks: Mutex::new(QueueLocks::default()),
+            metrics,
+            register_now,
+            stop: AtomicBool::new(false),
+            started_ms: crate::now_ms(),
+        }
+    }
+
+    pub(crate) fn shard_count(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Runs `change` on the client registry, then publishes the subscriptions if they changed
+    /// and hands out the notifications it asked for.
+    pub(crate) fn with_clients<R>(
+        &self,
+        change: impl FnOnce(&mut ClientRegistry) -> (R, Notifications),
+    ) -> R {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        let (result, notify) = change(&mut clients);
+        if let Some(table) = clients.take_subscriptions_if_changed() {
+            self.subscriptions.publish(table);
+        }
+        let (consumer_groups, producer_groups) = clients.group_counts();
+        drop(clients);
+        self.metrics.consumer_groups.set(consumer_groups as i64);
+        self.metrics.producer_groups.set(producer_groups as i64);
+        self.notify(notify);
+        result
+    }
+
+    /// Sends NOTIFY_CONSUMER_IDS_CHANGED to each channel (through the shard owning it).
+    /// Best effort, as in RocketMQ: a full inbox drops the notification (clients also
+    /// rebalance every 20 s).
+    fn notify(&self, notify: Notifications) {
+        for (group, channels) in notify {
+            for channel in channels {
+                if let Some(inbox) = self.inboxes.get(channel.shard) {
+                    let _ = inbox.try_send(ShardMessage::Notify {
+                        connection: channel.connection,
+                        group: group.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    pub(crate) fn locks(&self) -> MutexGuard<'_, QueueLocks> {
+        self.locks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_stopping(&self) -> bool {
+        self.stop.swap(true, Ordering::AcqRel)
+    }
+}

@@ -1,0 +1,191 @@
+//! Topic rules: name validity, system topics, auto-creation from the template topic and the
+//! retry/dead-letter topics (PROTOCOL.md §3.4 "Broker-side send semantics", §3.7, §3.8).
+//!
+//! Pure logic over a snapshot of the topic table; the table itself is owned by shard 0's
+//! metadata service (`crate::metadata`), which persists it and publishes new snapshots.
+
+use std::collections::HashMap;
+
+use ringmq_protocol::body::{DataVersion, TopicConfig, TopicConfigSerializeWrapper, perm};
+
+/// The template topic new topics are created from (RocketMQ `TBW102`).
+pub const AUTO_CREATE_TEMPLATE: &str = "TBW102";
+/// Prefix of a consumer group's retry topic.
+pub const RETRY_PREFIX: &str = "%RETRY%";
+/// Prefix of a consumer group's dead-letter topic.
+pub const DLQ_PREFIX: &str = "%DLQ%";
+/// Longest topic name: a v1 record stores its length in one signed byte (PROTOCOL.md §5.4).
+pub const MAX_TOPIC_BYTES: usize = 127;
+
+/// Topics clients may not send to: the broker's own internal queues.
+const NOT_ALLOWED_SEND: [&str; 5] = [
+    AUTO_CREATE_TEMPLATE,
+    "SCHEDULE_TOPIC_XXXX",
+    "RMQ_SYS_TRANS_HALF_TOPIC",
+    "RMQ_SYS_TRANS_OP_HALF_TOPIC",
+    "RMQ_SYS_TRACE_TOPIC",
+];
+
+/// The broker's topics as every shard sees them.
+#[derive(Debug, Clone, Default)]
+pub struct TopicSnapshot {
+    pub topics: HashMap<String, TopicConfig>,
+    pub data_version: DataVersion,
+}
+
+impl TopicSnapshot {
+    pub fn get(&self, topic: &str) -> Option<&TopicConfig> {
+        self.topics.get(topic)
+    }
+
+    /// The REGISTER_BROKER body's topic table.
+    pub fn to_wrapper(&self) -> TopicConfigSerializeWrapper {
+        TopicConfigSerializeWrapper {
+            data_version: self.data_version,
+            topic_config_table: self
+                .topics
+                .iter()
+                .map(|(name, config)| (name.clone(), config.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// Checks a topic name as Java's `TopicValidator` does: `^[%|a-zA-Z0-9_-]+$`, at most 127 bytes.
+pub fn validate_name(topic: &str) -> Result<(), String> {
+    if topic.trim().is_empty() {
+        return Err("the specified topic is blank".into());
+    }
+    if topic.len() > MAX_TOPIC_BYTES {
+        return Err(format!(
+            "the specified topic is longer than topic max length {MAX_TOPIC_BYTES}"
+        ));
+    }
+    if !topic
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'%' | b'|' | b'_' | b'-'))
+    {
+        return Err(format!(
+            "the specified topic[{topic}] contains illegal characters, allowing only ^[%|a-zA-Z0-9_-]+$"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether clients may send to `topic` directly.
+pub fn is_send_allowed(topic: &str) -> bool {
+    !NOT_ALLOWED_SEND.contains(&topic)
+}
+
+/// The retry topic of a consumer group.
+pub fn retry_topic(group: &str) -> String {
+    format!("{RETRY_PREFIX}{group}")
+}
+
+/// The dead-letter topic of a consumer group.
+pub fn dlq_topic(group: &str) -> String {
+    format!("{DLQ_PREFIX}{group}")
+}
+
+/// A topic with one read/write queue (retry and dead-letter topics).
+pub fn single_queue_topic(topic: &str) -> TopicConfig {
+    TopicConfig {
+        topic_name: topic.to_owned(),
+        read_queue_nums: 1,
+        write_queue_nums: 1,
+        perm: perm::READ | perm::WRITE,
+        ..TopicConfig::default()
+    }
+}
+
+/// The template topic as the broker creates it when auto-creation is on.
+pub fn template_topic(queue_nums: i32) -> TopicConfig {
+    TopicConfig {
+        topic_name: AUTO_CREATE_TEMPLATE.to_owned(),
+        read_queue_nums: queue_nums,
+        write_queue_nums: queue_nums,
+        perm: perm::READ | perm::WRITE | perm::INHERIT,
+        ..TopicConfig::default()
+    }
+}
+
+/// The config a send to the unknown `topic` creates, if it may create one: retry topics get one
+/// queue; other topics inherit from `template` when it exists and carries the INHERIT bit, with
+/// `min(requested queues, template write queues)` queues and the template's perm minus INHERIT.
+pub fn auto_create_config(
+    snapshot: &TopicSnapshot,
+    topic: &str,
+    template: &str,
+    requested_queues: i32,
+) -> Option<TopicConfig> {
+    if topic.starts_with(RETRY_PREFIX) {
+        return Some(single_queue_topic(topic));
+    }
+    let template = snapshot.get(template)?;
+    if !perm::is_inherited(template.perm) {
+        return None;
+    }
+    let queues = requested_queues.clamp(1, template.write_queue_nums.max(1));
+    Some(TopicConfig {
+        topic_name: topic.to_owned(),
+        read_queue_nums: queues,
+        write_queue_nums: queues,
+        perm: template.perm & !perm::INHERIT,
+        topic_filter_type: template.topic_filter_type,
+        ..TopicConfig::default()
+    })
+}
+
+/// Which shard owns queue `queue_id` of `topic`: a fixed function of the name, the queue and the
+/// shard count, so every shard computes the same answer without asking. Consecutive queues of a
+/// topic land on consecutive shards, which spreads a topic's load evenly.
+pub fn owner_shard(topic: &str, queue_id: i32, shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    // FNV-1a: stable across runs and builds (the store's layout depends on it).
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in topic.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash.wrapping_add(u64::from(queue_id as u32)) % shards as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_java_rules() {
+        assert!(validate_name("TopicTest").is_ok());
+        assert!(validate_name("%RETRY%group_1|x-y").is_ok());
+        assert!(validate_name("bad topic!").is_err());
+        assert!(validate_name("").is_err());
+        assert!(validate_name(&"t".repeat(128)).is_err());
+    }
+
+    #[test]
+    fn auto_creation_inherits_from_the_template() {
+        let mut snapshot = TopicSnapshot::default();
+        assert_eq!(auto_create_config(&snapshot, "t", AUTO_CREATE_TEMPLATE, 4), None);
+        snapshot
+            .topics
+            .insert(AUTO_CREATE_TEMPLATE.into(), template_topic(8));
+        let created = auto_create_config(&snapshot, "t", AUTO_CREATE_TEMPLATE, 16).unwrap();
+        assert_eq!((created.read_queue_nums, created.write_queue_nums), (8, 8));
+        assert_eq!(created.perm, perm::READ | perm::WRITE);
+        let retry = auto_create_config(&snapshot, "%RETRY%g", "none", 4).unwrap();
+        assert_eq!(retry.write_queue_nums, 1);
+    }
+
+    #[test]
+    fn queues_spread_over_shards() {
+        let mut counts = [0usize; 4];
+        for queue in 0..8 {
+            counts[owner_shard("BenchTopic", queue, 4)] += 1;
+        }
+        assert_eq!(counts, [2, 2, 2, 2]);
+        assert_eq!(owner_shard("anything", 5, 1), 0);
+    }
+}
