@@ -55,11 +55,15 @@ impl Broker {
         let mut namesrv_addrs = config.namesrv_addrs.clone();
         if namesrv_addrs.is_empty() {
             let embedded = NameServer::start(NamesrvConfig {
-                listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), config.embedded_namesrv_port),
+                listen: SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    config.embedded_namesrv_port,
+                ),
                 ..NamesrvConfig::default()
             })
             .map_err(|e| BrokerError::io("cannot start the embedded NameServer", e))?;
-            namesrv_addrs = vec![SocketAddr::new(config.broker_ip, embedded.local_addr().port()).to_string()];
+            namesrv_addrs =
+                vec![SocketAddr::new(config.broker_ip, embedded.local_addr().port()).to_string()];
             namesrv = Some(embedded);
         }
 
@@ -106,7 +110,11 @@ impl Broker {
                 shared: Arc::clone(&shared),
                 inbox,
                 listeners: std::mem::take(&mut listeners[id]),
-                topic_changes: if id == 0 { topic_change_receiver.take() } else { None },
+                topic_changes: if id == 0 {
+                    topic_change_receiver.take()
+                } else {
+                    None
+                },
                 core: (shard_count <= cores).then_some(id % cores),
                 ready,
             };
@@ -233,7 +241,10 @@ fn check_shard_count(store_dir: &Path, shards: usize) -> Result<(), BrokerError>
                 .and_then(|()| std::fs::File::open(store_dir)?.sync_all())
                 .map_err(|e| BrokerError::io(format!("cannot write {}", path.display()), e))
         }
-        Err(err) => Err(BrokerError::io(format!("cannot read {}", path.display()), err)),
+        Err(err) => Err(BrokerError::io(
+            format!("cannot read {}", path.display()),
+            err,
+        )),
     }
 }
 
@@ -255,7 +266,8 @@ fn bind_listeners(port: u16, shards: usize) -> Result<(u16, Vec<Vec<StdListener>
     let (port, main, fast) = if port == 0 {
         let mut found = None;
         for _ in 0..PORT_ATTEMPTS {
-            let main = reuseport_listener(0).map_err(|e| BrokerError::io("cannot bind a listener", e))?;
+            let main =
+                reuseport_listener(0).map_err(|e| BrokerError::io("cannot bind a listener", e))?;
             let chosen = main
                 .local_addr()
                 .map_err(|e| BrokerError::io("cannot read the listener address", e))?
@@ -276,13 +288,15 @@ fn bind_listeners(port: u16, shards: usize) -> Result<(u16, Vec<Vec<StdListener>
         })?
     } else {
         let bind = |p: u16| {
-            reuseport_listener(p).map_err(|e| BrokerError::io(format!("cannot listen on port {p}"), e))
+            reuseport_listener(p)
+                .map_err(|e| BrokerError::io(format!("cannot listen on port {p}"), e))
         };
         (port, bind(port)?, bind(port - 2)?)
     };
     let mut listeners = vec![vec![main, fast]];
     for _ in 1..shards {
-        let main = reuseport_listener(port).map_err(|e| BrokerError::io(format!("cannot listen on port {port}"), e))?;
+        let main = reuseport_listener(port)
+            .map_err(|e| BrokerError::io(format!("cannot listen on port {port}"), e))?;
         let fast = reuseport_listener(port - 2)
             .map_err(|e| BrokerError::io(format!("cannot listen on port {}", port - 2), e))?;
         listeners.push(vec![main, fast]);

@@ -38,7 +38,8 @@ impl Filter {
         expression_type: Option<&str>,
         sub_version: i64,
     ) -> Option<Self> {
-        if expression_type.is_some_and(|t| !t.eq_ignore_ascii_case(SubscriptionData::EXPRESSION_TAG))
+        if expression_type
+            .is_some_and(|t| !t.eq_ignore_ascii_case(SubscriptionData::EXPRESSION_TAG))
         {
             return None;
         }
@@ -63,8 +64,11 @@ impl Filter {
     }
 
     fn from_subscription(data: &SubscriptionData, model: MessageModel) -> Option<Self> {
-        let mut filter =
-            Self::from_expression(&data.sub_string, Some(&data.expression_type), data.sub_version)?;
+        let mut filter = Self::from_expression(
+            &data.sub_string,
+            Some(&data.expression_type),
+            data.sub_version,
+        )?;
         filter.broadcasting = model == MessageModel::Broadcasting;
         Some(filter)
     }
@@ -88,7 +92,11 @@ struct ConsumerGroup {
 
 impl ConsumerGroup {
     fn client_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.channels.values().map(|c| c.client_id.clone()).collect();
+        let mut ids: Vec<String> = self
+            .channels
+            .values()
+            .map(|c| c.client_id.clone())
+            .collect();
         ids.sort();
         ids.dedup();
         ids
@@ -109,7 +117,12 @@ pub struct ClientRegistry {
 impl ClientRegistry {
     /// Applies a HEART_BEAT. Returns the groups whose members or subscriptions changed, with
     /// the channels to notify (every channel of the group, the sender included, as Java does).
-    pub fn heartbeat(&mut self, channel: ChannelId, data: &HeartbeatData, now: Instant) -> Notifications {
+    pub fn heartbeat(
+        &mut self,
+        channel: ChannelId,
+        data: &HeartbeatData,
+        now: Instant,
+    ) -> Notifications {
         let mut notify = Vec::new();
         for consumer in &data.consumer_data_set {
             if self.register_consumer(channel, &data.client_id, consumer, now) {
@@ -144,25 +157,23 @@ impl ClientRegistry {
         now: Instant,
     ) -> bool {
         let group = self.consumers.entry(data.group_name.clone()).or_default();
-        let new_channel = match group.channels.get_mut(&channel) {
-            Some(existing) => {
-                existing.last_seen = now;
-                false
-            }
-            None => {
-                group.channels.insert(
-                    channel,
-                    Channel {
-                        client_id: client_id.to_owned(),
-                        last_seen: now,
-                    },
-                );
-                true
-            }
+        let new_channel = if let Some(existing) = group.channels.get_mut(&channel) {
+            existing.last_seen = now;
+            false
+        } else {
+            group.channels.insert(
+                channel,
+                Channel {
+                    client_id: client_id.to_owned(),
+                    last_seen: now,
+                },
+            );
+            true
         };
         let mut subscriptions = data.subscription_data_set.clone();
         subscriptions.sort_by(|a, b| a.topic.cmp(&b.topic));
-        let subscriptions_changed = subscriptions != group.subscriptions || group.model != data.message_model;
+        let subscriptions_changed =
+            subscriptions != group.subscriptions || group.model != data.message_model;
         if subscriptions_changed {
             group.subscriptions = subscriptions;
             group.model = data.message_model;
@@ -188,7 +199,12 @@ impl ClientRegistry {
         notify
     }
 
-    fn remove_consumer_channel(&mut self, name: &str, channel: ChannelId, notify: &mut Notifications) {
+    fn remove_consumer_channel(
+        &mut self,
+        name: &str,
+        channel: ChannelId,
+        notify: &mut Notifications,
+    ) {
         let Some(group) = self.consumers.get_mut(name) else {
             return;
         };
@@ -332,7 +348,11 @@ impl QueueLocks {
                 queue.broker_name.clone(),
                 queue.queue_id,
             );
-            if self.held.get(&key).is_some_and(|(owner, _)| owner == client_id) {
+            if self
+                .held
+                .get(&key)
+                .is_some_and(|(owner, _)| owner == client_id)
+            {
                 self.held.remove(&key);
             }
         }
@@ -349,16 +369,26 @@ mod tests {
             client_id: client.into(),
             consumer_data_set: vec![ConsumerData {
                 group_name: group.into(),
-                subscription_data_set: vec![SubscriptionData::from_tag_expression("T", expression, 1)],
+                subscription_data_set: vec![SubscriptionData::from_tag_expression(
+                    "T", expression, 1,
+                )],
                 ..ConsumerData::default()
             }],
-            producer_data_set: vec![ProducerData { group_name: "P".into() }],
+            producer_data_set: vec![ProducerData {
+                group_name: "P".into(),
+            }],
             ..HeartbeatData::default()
         }
     }
 
-    const A: ChannelId = ChannelId { shard: 0, connection: 1 };
-    const B: ChannelId = ChannelId { shard: 1, connection: 7 };
+    const A: ChannelId = ChannelId {
+        shard: 0,
+        connection: 1,
+    };
+    const B: ChannelId = ChannelId {
+        shard: 1,
+        connection: 7,
+    };
 
     #[test]
     fn membership_changes_notify_the_group() {
@@ -366,13 +396,21 @@ mod tests {
         let now = Instant::now();
         let first = registry.heartbeat(A, &heartbeat("a", "G", "TagA"), now);
         assert_eq!(first, vec![("G".to_owned(), vec![A])]);
-        assert!(registry.heartbeat(A, &heartbeat("a", "G", "TagA"), now).is_empty(), "same heartbeat: no change");
+        assert!(
+            registry
+                .heartbeat(A, &heartbeat("a", "G", "TagA"), now)
+                .is_empty(),
+            "same heartbeat: no change"
+        );
         let second = registry.heartbeat(B, &heartbeat("b", "G", "TagA"), now);
         assert_eq!(second, vec![("G".to_owned(), vec![A, B])]);
         assert_eq!(registry.consumer_ids("G").unwrap(), ["a", "b"]);
         let table = registry.take_subscriptions_if_changed().unwrap();
         assert_eq!(table["G"]["T"].tags_hashes, Some(vec![tags_hash("TagA")]));
-        assert_eq!(registry.connection_closed(A), vec![("G".to_owned(), vec![B])]);
+        assert_eq!(
+            registry.connection_closed(A),
+            vec![("G".to_owned(), vec![B])]
+        );
         assert_eq!(registry.unregister(B, Some("P"), Some("G")), vec![]);
         assert_eq!(registry.consumer_ids("G"), None);
     }
@@ -382,17 +420,27 @@ mod tests {
         let mut registry = ClientRegistry::default();
         let start = Instant::now();
         registry.heartbeat(A, &heartbeat("a", "G", "*"), start);
-        registry.heartbeat(B, &heartbeat("b", "G", "*"), start + Duration::from_secs(100));
-        let (expired, notify) = registry.expire(start + Duration::from_secs(130), Duration::from_secs(120));
+        registry.heartbeat(
+            B,
+            &heartbeat("b", "G", "*"),
+            start + Duration::from_secs(100),
+        );
+        let (expired, notify) =
+            registry.expire(start + Duration::from_secs(130), Duration::from_secs(120));
         assert_eq!(expired, vec![A]);
         assert_eq!(notify, vec![("G".to_owned(), vec![B])]);
     }
 
     #[test]
     fn filters_follow_tag_expressions() {
-        assert_eq!(Filter::from_expression("*", None, 0).unwrap().tags_hashes, None);
         assert_eq!(
-            Filter::from_expression(" TagA || TagB ||", Some("TAG"), 0).unwrap().tags_hashes,
+            Filter::from_expression("*", None, 0).unwrap().tags_hashes,
+            None
+        );
+        assert_eq!(
+            Filter::from_expression(" TagA || TagB ||", Some("TAG"), 0)
+                .unwrap()
+                .tags_hashes,
             Some(vec![tags_hash("TagA"), tags_hash("TagB")])
         );
         assert_eq!(Filter::from_expression("a > 1", Some("SQL92"), 0), None);
@@ -401,13 +449,36 @@ mod tests {
     #[test]
     fn locks_are_exclusive_until_released_or_expired() {
         let mut locks = QueueLocks::default();
-        let queue = MessageQueue { broker_name: "b".into(), queue_id: 0, topic: "T".into() };
+        let queue = MessageQueue {
+            broker_name: "b".into(),
+            queue_id: 0,
+            topic: "T".into(),
+        };
         let now = Instant::now();
         let lease = Duration::from_secs(60);
-        assert_eq!(locks.lock("G", "a", std::slice::from_ref(&queue), now, lease).len(), 1);
-        assert!(locks.lock("G", "b", std::slice::from_ref(&queue), now, lease).is_empty());
-        assert_eq!(locks.lock("G", "b", std::slice::from_ref(&queue), now + lease, lease).len(), 1);
+        assert_eq!(
+            locks
+                .lock("G", "a", std::slice::from_ref(&queue), now, lease)
+                .len(),
+            1
+        );
+        assert!(
+            locks
+                .lock("G", "b", std::slice::from_ref(&queue), now, lease)
+                .is_empty()
+        );
+        assert_eq!(
+            locks
+                .lock("G", "b", std::slice::from_ref(&queue), now + lease, lease)
+                .len(),
+            1
+        );
         locks.unlock("G", "b", std::slice::from_ref(&queue));
-        assert_eq!(locks.lock("G", "a", std::slice::from_ref(&queue), now, lease).len(), 1);
+        assert_eq!(
+            locks
+                .lock("G", "a", std::slice::from_ref(&queue), now, lease)
+                .len(),
+            1
+        );
     }
 }

@@ -322,7 +322,8 @@ impl BrokerConfig {
                     parse_value("registerNameServerPeriod", value, "milliseconds")?;
             }
             "channelExpiredTimeout" => {
-                self.client_expiry_ms = parse_value("channelExpiredTimeout", value, "milliseconds")?;
+                self.client_expiry_ms =
+                    parse_value("channelExpiredTimeout", value, "milliseconds")?;
             }
             "maxInflightPerConnection" => {
                 self.max_inflight_per_connection =
@@ -334,7 +335,8 @@ impl BrokerConfig {
             }
             "longPollingEnable" => self.long_polling = parse_bool("longPollingEnable", value)?,
             "shortPollingTimeMills" => {
-                self.short_polling_ms = parse_value("shortPollingTimeMills", value, "milliseconds")?;
+                self.short_polling_ms =
+                    parse_value("shortPollingTimeMills", value, "milliseconds")?;
             }
             _ => return Ok(false),
         }
@@ -373,7 +375,10 @@ impl BrokerConfig {
                 "autoCreateTopicEnable",
                 overrides.auto_create_topic.map(|p| p.to_string()),
             ),
-            ("maxMessageSize", overrides.max_message_bytes.map(|p| p.to_string())),
+            (
+                "maxMessageSize",
+                overrides.max_message_bytes.map(|p| p.to_string()),
+            ),
             (
                 "channelExpiredTimeout",
                 overrides.client_expiry_ms.map(|p| p.to_string()),

@@ -102,7 +102,8 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr
     let metrics = ctx.metrics();
     metrics.connections.add(1);
     let (reader, writer) = stream.into_split();
-    let writer_task = compio::runtime::spawn(write_loop(Rc::clone(&ctx), Rc::clone(&connection), writer));
+    let writer_task =
+        compio::runtime::spawn(write_loop(Rc::clone(&ctx), Rc::clone(&connection), writer));
     read_loop(&ctx, &connection, reader).await;
     connection.close();
     let _ = writer_task.await;
@@ -112,7 +113,8 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr
         shard: ctx.id,
         connection: id,
     };
-    ctx.shared.with_clients(|clients| ((), clients.connection_closed(channel)));
+    ctx.shared
+        .with_clients(|clients| ((), clients.connection_closed(channel)));
 }
 
 async fn read_loop(ctx: &Rc<ShardCtx>, connection: &Rc<Connection>, mut stream: TcpStream) {
@@ -203,11 +205,9 @@ async fn write_loop(ctx: Rc<ShardCtx>, connection: Rc<Connection>, mut stream: T
                 iovecs.push(std::mem::take(&mut pending).freeze());
                 iovecs.extend(frame.body);
             }
-            if iovecs.len() >= MAX_IOVECS {
-                if !write(&mut stream, &mut iovecs, metrics).await {
-                    connection.close();
-                    return;
-                }
+            if iovecs.len() >= MAX_IOVECS && !write(&mut stream, &mut iovecs, metrics).await {
+                connection.close();
+                return;
             }
         }
         if !pending.is_empty() {
@@ -217,19 +217,26 @@ async fn write_loop(ctx: Rc<ShardCtx>, connection: Rc<Connection>, mut stream: T
             connection.close();
             return;
         }
-        connection.inflight.set(connection.inflight.get() - answered);
+        connection
+            .inflight
+            .set(connection.inflight.get() - answered);
         metrics.inflight_requests.sub(answered as i64);
         connection.space.notify();
     }
 }
 
-async fn write(stream: &mut TcpStream, iovecs: &mut Vec<Bytes>, metrics: &crate::metrics::ShardMetrics) -> bool {
+async fn write(
+    stream: &mut TcpStream,
+    iovecs: &mut Vec<Bytes>,
+    metrics: &crate::metrics::ShardMetrics,
+) -> bool {
     let bytes: usize = iovecs.iter().map(Bytes::len).sum();
     let result = if iovecs.len() == 1 {
         let buf = iovecs.pop().unwrap_or_default();
         stream.write_all(buf).await.0
     } else {
-        let BufResult(result, mut returned) = stream.write_vectored_all(std::mem::take(iovecs)).await;
+        let BufResult(result, mut returned) =
+            stream.write_vectored_all(std::mem::take(iovecs)).await;
         returned.clear();
         *iovecs = returned;
         result

@@ -61,7 +61,10 @@ impl LongPoll {
             // idle queue would otherwise collect them until its next message.
             let mut queues = self.queues.borrow_mut();
             if let Some(by_queue) = queues.get_mut(topic) {
-                if by_queue.get(&queue_id).is_some_and(|w| Rc::ptr_eq(w, &waiters)) {
+                if by_queue
+                    .get(&queue_id)
+                    .is_some_and(|w| Rc::ptr_eq(w, &waiters))
+                {
                     by_queue.remove(&queue_id);
                 }
                 if by_queue.is_empty() {

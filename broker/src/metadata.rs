@@ -25,7 +25,9 @@ pub(crate) async fn open_topics(
         .map_err(|e| format!("cannot load the topic table: {e}"))?;
     if shared.config.auto_create_topic && table.get(topics::AUTO_CREATE_TEMPLATE).is_none() {
         table
-            .upsert(topics::template_topic(shared.config.default_topic_queue_nums))
+            .upsert(topics::template_topic(
+                shared.config.default_topic_queue_nums,
+            ))
             .await
             .map_err(|e| format!("cannot save the topic table: {e}"))?;
     }
@@ -71,7 +73,10 @@ pub(crate) async fn serve_topic_changes(
 }
 
 /// Creates or updates a topic through the table's writer and waits until every shard can see it.
-pub(crate) async fn apply(shared: &BrokerShared, config: ringmq_protocol::body::TopicConfig) -> Result<(), String> {
+pub(crate) async fn apply(
+    shared: &BrokerShared,
+    config: ringmq_protocol::body::TopicConfig,
+) -> Result<(), String> {
     let (reply, answer) = flume::bounded(1);
     shared
         .topic_changes

@@ -58,19 +58,22 @@ impl Namesrv {
 
     /// Sends one request and waits for its answer; any failure drops the connection so the
     /// next attempt reconnects.
-    fn call(&mut self, frame_of: impl FnOnce(i32) -> BytesMut) -> Result<(i32, Option<String>), String> {
+    fn call(
+        &mut self,
+        frame_of: impl FnOnce(i32) -> BytesMut,
+    ) -> Result<(i32, Option<String>), String> {
         self.opaque = self.opaque.wrapping_add(1);
         let opaque = self.opaque;
-        let result = self.exchange(frame_of(opaque), opaque);
+        let result = self.exchange(&frame_of(opaque), opaque);
         if result.is_err() {
             self.stream = None;
         }
         result
     }
 
-    fn exchange(&mut self, frame: BytesMut, opaque: i32) -> Result<(i32, Option<String>), String> {
+    fn exchange(&mut self, frame: &BytesMut, opaque: i32) -> Result<(i32, Option<String>), String> {
         let stream = self.connect().map_err(|e| format!("connect: {e}"))?;
-        stream.write_all(&frame).map_err(|e| format!("write: {e}"))?;
+        stream.write_all(frame).map_err(|e| format!("write: {e}"))?;
         let codec = FrameCodec::default();
         let mut chunk = [0u8; 4096];
         loop {
@@ -157,7 +160,8 @@ fn run(shared: &BrokerShared, addrs: Vec<String>, wake: &flume::Receiver<()>) {
         for namesrv in &mut namesrvs {
             let result = namesrv.call(|opaque| {
                 let mut frame = BytesMut::with_capacity(body.len() + 512);
-                let head = CommandHead::request(RequestCode::RegisterBroker, opaque, SerializeType::Json);
+                let head =
+                    CommandHead::request(RequestCode::RegisterBroker, opaque, SerializeType::Json);
                 encode_frame(&head, &header, &body, &mut frame);
                 frame
             });
@@ -202,7 +206,8 @@ fn run(shared: &BrokerShared, addrs: Vec<String>, wake: &flume::Receiver<()>) {
         }
         let result = namesrv.call(|opaque| {
             let mut frame = BytesMut::with_capacity(512);
-            let head = CommandHead::request(RequestCode::UnregisterBroker, opaque, SerializeType::Json);
+            let head =
+                CommandHead::request(RequestCode::UnregisterBroker, opaque, SerializeType::Json);
             encode_frame(&head, &header, &[], &mut frame);
             frame
         });

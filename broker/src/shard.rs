@@ -16,8 +16,7 @@ use std::{
 
 use compio::net::TcpListener;
 use ringmq_protocol::{
-    CommandHead, RequestCode, encode_frame_head,
-    header::NotifyConsumerIdsChangedRequestHeader,
+    CommandHead, RequestCode, encode_frame_head, header::NotifyConsumerIdsChangedRequestHeader,
 };
 use ringmq_storage::{
     MessageStore, StoreConfig,
@@ -68,7 +67,9 @@ pub(crate) struct ShardCtx {
 
 impl std::fmt::Debug for ShardCtx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShardCtx").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("ShardCtx")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -97,7 +98,9 @@ impl ShardCtx {
     }
 
     pub(crate) fn commit_offset(&self, group: &str, topic: &str, queue_id: i32, offset: i64) {
-        self.offsets.borrow_mut().commit(group, topic, queue_id, offset);
+        self.offsets
+            .borrow_mut()
+            .commit(group, topic, queue_id, offset);
         self.offsets_dirty.set(true);
     }
 
@@ -169,7 +172,10 @@ pub(crate) fn run(setup: ShardSetup) {
     });
 }
 
-fn build_runtime(driver: IoDriver, core: Option<usize>) -> std::io::Result<compio::runtime::Runtime> {
+fn build_runtime(
+    driver: IoDriver,
+    core: Option<usize>,
+) -> std::io::Result<compio::runtime::Runtime> {
     let mut proactor = compio::driver::ProactorBuilder::new();
     match driver {
         IoDriver::Auto => {}
@@ -197,7 +203,9 @@ fn store_config(shared: &BrokerShared, id: usize) -> StoreConfig {
     store.flush_interval = Duration::from_millis(config.flush_interval_ms);
     store.retention = Duration::from_secs(config.retention_hours * 3600);
     store.high_watermark_percent = config.high_watermark_percent;
-    store.hard_watermark_percent = store.hard_watermark_percent.max(config.high_watermark_percent);
+    store.hard_watermark_percent = store
+        .hard_watermark_percent
+        .max(config.high_watermark_percent);
     store
 }
 
@@ -206,6 +214,7 @@ pub(crate) fn shard_dir(store_dir: &std::path::Path, id: usize) -> PathBuf {
     store_dir.join(format!("shard-{id}"))
 }
 
+#[allow(clippy::too_many_lines)] // start, serve, drain, stop: one sequence read top to bottom
 async fn serve(setup: ShardSetup) -> Result<(), String> {
     let ShardSetup {
         id,
@@ -249,11 +258,15 @@ async fn serve(setup: ShardSetup) -> Result<(), String> {
     });
     let mut tasks = Vec::new();
     for listener in listeners {
-        let listener =
-            TcpListener::from_std(listener).map_err(|e| format!("cannot register a listener: {e}"))?;
-        tasks.push(compio::runtime::spawn(accept_loop(Rc::clone(&ctx), listener)));
+        let listener = TcpListener::from_std(listener)
+            .map_err(|e| format!("cannot register a listener: {e}"))?;
+        tasks.push(compio::runtime::spawn(accept_loop(
+            Rc::clone(&ctx),
+            listener,
+        )));
     }
-    let persister = compio::runtime::spawn(persist_offsets_loop(Rc::clone(&ctx), offsets_path.clone()));
+    let persister =
+        compio::runtime::spawn(persist_offsets_loop(Rc::clone(&ctx), offsets_path.clone()));
     if id == 0 {
         tasks.push(compio::runtime::spawn(client_scan_loop(Rc::clone(&ctx))));
     }
@@ -271,10 +284,12 @@ async fn serve(setup: ShardSetup) -> Result<(), String> {
                 ctx.notify_consumer_ids_changed(connection, &group);
             }
             ShardMessage::Append { record, reply } => {
-                compio::runtime::spawn(handler::append_owned(Rc::clone(&ctx), record, reply)).detach();
+                compio::runtime::spawn(handler::append_owned(Rc::clone(&ctx), record, reply))
+                    .detach();
             }
             ShardMessage::QueryKey { query, reply } => {
-                compio::runtime::spawn(handler::query_key_here(Rc::clone(&ctx), query, reply)).detach();
+                compio::runtime::spawn(handler::query_key_here(Rc::clone(&ctx), query, reply))
+                    .detach();
             }
             ShardMessage::Stop => break,
         }
@@ -286,15 +301,17 @@ async fn serve(setup: ShardSetup) -> Result<(), String> {
     ctx.stop.notify();
     drop(tasks);
     let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while Instant::now() < deadline
-        && ctx.connections.borrow().values().any(|c| c.inflight() > 0)
-    {
+    while Instant::now() < deadline && ctx.connections.borrow().values().any(|c| c.inflight() > 0) {
         // Forwarded requests from other shards may still arrive while they drain.
         while let Ok(message) = inbox.try_recv() {
             match message {
                 ShardMessage::Request { command, origin } => {
-                    compio::runtime::spawn(handler::handle_forwarded(Rc::clone(&ctx), command, origin))
-                        .detach();
+                    compio::runtime::spawn(handler::handle_forwarded(
+                        Rc::clone(&ctx),
+                        command,
+                        origin,
+                    ))
+                    .detach();
                 }
                 ShardMessage::Deliver { connection, frame } => ctx.deliver_local(connection, frame),
                 _ => {}
@@ -363,7 +380,11 @@ async fn client_scan_loop(ctx: Rc<ShardCtx>) {
             .shared
             .with_clients(|clients| clients.expire(Instant::now(), expiry));
         for channel in expired {
-            tracing::info!(shard = channel.shard, connection = channel.connection, "client silent past expiry; unregistered");
+            tracing::info!(
+                shard = channel.shard,
+                connection = channel.connection,
+                "client silent past expiry; unregistered"
+            );
         }
     }
 }

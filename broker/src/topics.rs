@@ -168,7 +168,10 @@ mod tests {
     #[test]
     fn auto_creation_inherits_from_the_template() {
         let mut snapshot = TopicSnapshot::default();
-        assert_eq!(auto_create_config(&snapshot, "t", AUTO_CREATE_TEMPLATE, 4), None);
+        assert_eq!(
+            auto_create_config(&snapshot, "t", AUTO_CREATE_TEMPLATE, 4),
+            None
+        );
         snapshot
             .topics
             .insert(AUTO_CREATE_TEMPLATE.into(), template_topic(8));

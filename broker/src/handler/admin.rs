@@ -7,7 +7,10 @@ use ringmq_protocol::{
     Command, CommandHead, ResponseCode,
     body::{self, KvTable, TopicConfig, TopicFilterType, perm},
     encode_frame_head,
-    header::{CreateTopicRequestHeader, QueryMessageRequestHeader, QueryMessageResponseHeader, ViewMessageRequestHeader},
+    header::{
+        CreateTopicRequestHeader, QueryMessageRequestHeader, QueryMessageResponseHeader,
+        ViewMessageRequestHeader,
+    },
     message::{Properties, StoredRecord, properties::keys},
 };
 use ringmq_storage::{ReadRequest, ReadStatus};
@@ -33,7 +36,11 @@ pub(super) async fn create_topic(ctx: &ShardCtx, command: &Command) -> Handled {
         Err(err) => return bad_header(command, &err),
     };
     if ctx.shared.config.broker_role == BrokerRole::Slave {
-        return error(command, ResponseCode::SystemError, "the broker is a slave: topics are created on its master");
+        return error(
+            command,
+            ResponseCode::SystemError,
+            "the broker is a slave: topics are created on its master",
+        );
     }
     if let Err(reason) = topics::validate_name(header.topic) {
         return error(command, ResponseCode::SystemError, &reason);
@@ -45,7 +52,9 @@ pub(super) async fn create_topic(ctx: &ShardCtx, command: &Command) -> Handled {
             &format!("The topic[{}] is conflict with system topic.", header.topic),
         );
     }
-    if !(1..=1024).contains(&header.read_queue_nums) || !(1..=1024).contains(&header.write_queue_nums) {
+    if !(1..=1024).contains(&header.read_queue_nums)
+        || !(1..=1024).contains(&header.write_queue_nums)
+    {
         return error(
             command,
             ResponseCode::SystemError,
@@ -76,20 +85,37 @@ pub(super) async fn create_topic(ctx: &ShardCtx, command: &Command) -> Handled {
 
 pub(super) fn all_topic_config(ctx: &ShardCtx, command: &Command) -> Handled {
     let wrapper = ctx.topics().to_wrapper();
-    reply(command, ResponseCode::Success, None, &(), &body::to_vec(&wrapper))
+    reply(
+        command,
+        ResponseCode::Success,
+        None,
+        &(),
+        &body::to_vec(&wrapper),
+    )
 }
 
 pub(super) fn runtime_info(ctx: &ShardCtx, command: &Command) -> Handled {
     let metrics = &ctx.shared.metrics;
-    let stored: u64 = metrics.shards.iter().map(|s| s.messages_stored_total.get()).sum();
-    let delivered: u64 = metrics.shards.iter().map(|s| s.messages_delivered_total.get()).sum();
+    let stored: u64 = metrics
+        .shards
+        .iter()
+        .map(|s| s.messages_stored_total.get())
+        .sum();
+    let delivered: u64 = metrics
+        .shards
+        .iter()
+        .map(|s| s.messages_delivered_total.get())
+        .sum();
     let (min_offset, max_offset) = ctx.store.physical_range();
     let config = &ctx.shared.config;
     let mut table = BTreeMap::new();
     let mut put = |key: &str, value: String| {
         table.insert(key.to_owned(), value);
     };
-    put("brokerVersion", ringmq_protocol::command::CURRENT_VERSION.to_string());
+    put(
+        "brokerVersion",
+        ringmq_protocol::command::CURRENT_VERSION.to_string(),
+    );
     put("brokerVersionDesc", "V4_9_8".into());
     put("ringmqVersion", env!("CARGO_PKG_VERSION").into());
     put("bootTimestamp", ctx.shared.started_ms.to_string());
@@ -97,10 +123,13 @@ pub(super) fn runtime_info(ctx: &ShardCtx, command: &Command) -> Handled {
     put("msgGetTotalTodayNow", delivered.to_string());
     put("shards", ctx.shared.shard_count().to_string());
     put("brokerRole", format!("{:?}", config.broker_role));
-    put("flushDiskType", match config.flush_mode {
-        ringmq_storage::FlushMode::Sync => "SYNC_FLUSH".into(),
-        ringmq_storage::FlushMode::Async => "ASYNC_FLUSH".into(),
-    });
+    put(
+        "flushDiskType",
+        match config.flush_mode {
+            ringmq_storage::FlushMode::Sync => "SYNC_FLUSH".into(),
+            ringmq_storage::FlushMode::Async => "ASYNC_FLUSH".into(),
+        },
+    );
     put("commitLogMinOffset", min_offset.to_string());
     put("commitLogMaxOffset", max_offset.to_string());
     put("topics", ctx.topics().topics.len().to_string());
@@ -139,7 +168,12 @@ fn with_records<E: ringmq_protocol::EncodeExt>(
 ) -> Handled {
     let bytes = records.iter().map(Bytes::len).sum();
     let mut head = BytesMut::with_capacity(160);
-    encode_frame_head(&CommandHead::response_to(command, code), ext, bytes, &mut head);
+    encode_frame_head(
+        &CommandHead::response_to(command, code),
+        ext,
+        bytes,
+        &mut head,
+    );
     Handled::Reply(Outbound {
         head,
         body: records,
@@ -193,7 +227,10 @@ pub(super) async fn query_message(ctx: &ShardCtx, command: &Command) -> Handled 
         return error(
             command,
             ResponseCode::QueryNotFound,
-            &format!("can not find message, maybe time range not correct, key: {}", header.key),
+            &format!(
+                "can not find message, maybe time range not correct, key: {}",
+                header.key
+            ),
         );
     }
     let header = QueryMessageResponseHeader {
@@ -212,10 +249,14 @@ pub(crate) async fn query_key_here(
     let mut found = Vec::new();
     let queues = ctx
         .topics
-        .with(&ctx.shared.topics, |t| t.get(&query.topic).map(|c| c.read_queue_nums.max(c.write_queue_nums)))
+        .with(&ctx.shared.topics, |t| {
+            t.get(&query.topic)
+                .map(|c| c.read_queue_nums.max(c.write_queue_nums))
+        })
         .unwrap_or(0);
     let shards = ctx.shared.shard_count();
-    'queues: for queue_id in (0..queues).filter(|&q| owner_shard(&query.topic, q, shards) == ctx.id) {
+    'queues: for queue_id in (0..queues).filter(|&q| owner_shard(&query.topic, q, shards) == ctx.id)
+    {
         let Some(offsets) = ctx.store.queue_offsets(&query.topic, queue_id) else {
             continue;
         };
@@ -250,7 +291,9 @@ pub(crate) async fn query_key_here(
                 if decoded.store_timestamp_ms > query.end_ms {
                     continue 'queues;
                 }
-                if decoded.store_timestamp_ms >= query.begin_ms && matches_key(decoded.properties(), &query) {
+                if decoded.store_timestamp_ms >= query.begin_ms
+                    && matches_key(decoded.properties(), &query)
+                {
                     found.push(record.clone());
                     if found.len() >= query.max_messages {
                         break 'queues;

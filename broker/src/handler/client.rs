@@ -1,20 +1,21 @@
 //! Client registration (PROTOCOL.md §3.7) and ordered-consumption locks (§3.10).
 
-use std::{rc::Rc, time::{Duration, Instant}};
+use std::{
+    rc::Rc,
+    time::{Duration, Instant},
+};
 
 use ringmq_protocol::{
     Command, ResponseCode,
-    body::{self, CheckClientRequestBody, ConsumerListBody, HeartbeatData, LockBatchRequestBody, LockBatchResponseBody},
+    body::{
+        self, CheckClientRequestBody, ConsumerListBody, HeartbeatData, LockBatchRequestBody,
+        LockBatchResponseBody,
+    },
     header::{GetConsumerListByGroupRequestHeader, UnregisterClientRequestHeader},
 };
 
 use super::{Handled, bad_header, error, reply, send::ensure_topic, success};
-use crate::{
-    clients::ChannelId,
-    shard::ShardCtx,
-    shared::Origin,
-    topics,
-};
+use crate::{clients::ChannelId, shard::ShardCtx, shared::Origin, topics};
 
 /// Lease of a queue lock (RocketMQ `rocketmq.broker.rebalance.lockMaxLiveTime`: 60 s).
 const LOCK_LEASE: Duration = Duration::from_secs(60);
@@ -102,7 +103,8 @@ pub(super) fn lock(ctx: &ShardCtx, command: &Command) -> Handled {
 }
 
 pub(super) fn unlock(ctx: &ShardCtx, command: &Command) -> Handled {
-    let request: LockBatchRequestBody = match body::decode(&command.body, "UnlockBatchRequestBody") {
+    let request: LockBatchRequestBody = match body::decode(&command.body, "UnlockBatchRequestBody")
+    {
         Ok(request) => request,
         Err(err) => return error(command, ResponseCode::SystemError, &err.to_string()),
     };
@@ -114,10 +116,11 @@ pub(super) fn unlock(ctx: &ShardCtx, command: &Command) -> Handled {
 
 /// CHECK_CLIENT_CONFIG: TAG subscriptions are fine; SQL92 filtering is not supported.
 pub(super) fn check_client_config(command: &Command) -> Handled {
-    let request: CheckClientRequestBody = match body::decode(&command.body, "CheckClientRequestBody") {
-        Ok(request) => request,
-        Err(err) => return error(command, ResponseCode::SystemError, &err.to_string()),
-    };
+    let request: CheckClientRequestBody =
+        match body::decode(&command.body, "CheckClientRequestBody") {
+            Ok(request) => request,
+            Err(err) => return error(command, ResponseCode::SystemError, &err.to_string()),
+        };
     if request.subscription_data.is_tag_type() {
         success(command)
     } else {

@@ -17,9 +17,9 @@ use bytes::BytesMut;
 use ringmq_protocol::{
     Command, CommandHead, EncodeExt, RequestCode, ResponseCode, encode_frame_head,
     header::{
-        ConsumerSendMsgBackRequestHeader, PullMessageRequestHeader, QueryConsumerOffsetRequestHeader,
-        QueueRequestHeader, SearchOffsetRequestHeader, SendMessageRequestHeader,
-        UpdateConsumerOffsetRequestHeader, ViewMessageRequestHeader,
+        ConsumerSendMsgBackRequestHeader, PullMessageRequestHeader,
+        QueryConsumerOffsetRequestHeader, QueueRequestHeader, SearchOffsetRequestHeader,
+        SendMessageRequestHeader, UpdateConsumerOffsetRequestHeader, ViewMessageRequestHeader,
     },
 };
 use ringmq_storage::SHARD_SHIFT;
@@ -168,7 +168,9 @@ fn owner(ctx: &ShardCtx, command: &Command) -> Option<usize> {
             let header: UpdateConsumerOffsetRequestHeader<'_> = command.header().ok()?;
             queue(header.topic, header.queue_id)
         }
-        RequestCode::GetMaxOffset | RequestCode::GetMinOffset | RequestCode::GetEarliestMsgStoretime => {
+        RequestCode::GetMaxOffset
+        | RequestCode::GetMinOffset
+        | RequestCode::GetEarliestMsgStoretime => {
             let header: QueueRequestHeader<'_> = command.header().ok()?;
             queue(header.topic, header.queue_id)
         }

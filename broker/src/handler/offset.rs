@@ -3,8 +3,9 @@
 use ringmq_protocol::{
     Command, ResponseCode,
     header::{
-        GetEarliestMsgStoretimeResponseHeader, OffsetResponseHeader, QueryConsumerOffsetRequestHeader,
-        QueueRequestHeader, SearchOffsetRequestHeader, UpdateConsumerOffsetRequestHeader,
+        GetEarliestMsgStoretimeResponseHeader, OffsetResponseHeader,
+        QueryConsumerOffsetRequestHeader, QueueRequestHeader, SearchOffsetRequestHeader,
+        UpdateConsumerOffsetRequestHeader,
     },
 };
 
@@ -12,7 +13,13 @@ use super::{Handled, bad_header, error, reply, success};
 use crate::shard::ShardCtx;
 
 fn offset_answer(command: &Command, offset: i64) -> Handled {
-    reply(command, ResponseCode::Success, None, &OffsetResponseHeader { offset }, &[])
+    reply(
+        command,
+        ResponseCode::Success,
+        None,
+        &OffsetResponseHeader { offset },
+        &[],
+    )
 }
 
 pub(super) fn query_consumer_offset(ctx: &ShardCtx, command: &Command) -> Handled {
@@ -96,7 +103,11 @@ pub(super) async fn earliest_store_time(ctx: &ShardCtx, command: &Command) -> Ha
         Ok(header) => header,
         Err(err) => return bad_header(command, &err),
     };
-    match ctx.store.earliest_store_time(header.topic, header.queue_id).await {
+    match ctx
+        .store
+        .earliest_store_time(header.topic, header.queue_id)
+        .await
+    {
         Ok(time) => reply(
             command,
             ResponseCode::Success,

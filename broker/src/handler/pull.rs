@@ -5,13 +5,21 @@ use std::{rc::Rc, time::Duration};
 
 use bytes::BytesMut;
 use ringmq_protocol::{
-    Command, CommandHead, ResponseCode, body::perm, encode_frame_head,
+    Command, CommandHead, ResponseCode,
+    body::perm,
+    encode_frame_head,
     header::{PullMessageRequestHeader, PullMessageResponseHeader},
 };
 use ringmq_storage::{ReadRequest, ReadResult, ReadStatus};
 
 use super::{Handled, bad_header, error};
-use crate::{clients::Filter, config::BrokerRole, longpoll::Wake, shard::ShardCtx, shared::{Origin, Outbound}};
+use crate::{
+    clients::Filter,
+    config::BrokerRole,
+    longpoll::Wake,
+    shard::ShardCtx,
+    shared::{Origin, Outbound},
+};
 
 /// Most messages one pull returns (RocketMQ `maxTransferCountOnMessageInMemory`).
 const MAX_PULL_MESSAGES: i32 = 32;
@@ -57,7 +65,12 @@ pub(super) async fn pull(ctx: &Rc<ShardCtx>, command: &Command, origin: &Origin)
         Err(answer) => return answer,
     };
     if header.has_commit_offset() && ctx.shared.config.broker_role != BrokerRole::Slave {
-        ctx.commit_offset(header.consumer_group, header.topic, header.queue_id, header.commit_offset);
+        ctx.commit_offset(
+            header.consumer_group,
+            header.topic,
+            header.queue_id,
+            header.commit_offset,
+        );
     }
     let max_messages = header.max_msg_nums.clamp(1, MAX_PULL_MESSAGES) as u32;
     let max_bytes = header
@@ -131,7 +144,10 @@ fn subscription(
         Some(None) => Err(error(
             command,
             ResponseCode::SubscriptionNotExist,
-            &format!("the consumer's subscription not exist, topic: {}", header.topic),
+            &format!(
+                "the consumer's subscription not exist, topic: {}",
+                header.topic
+            ),
         )),
         Some(Some(filter)) if filter.sub_version < header.sub_version => Err(error(
             command,

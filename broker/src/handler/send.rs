@@ -7,7 +7,9 @@ use bytes::Bytes;
 use ringmq_protocol::{
     Command, ResponseCode,
     body::{TopicConfig, perm},
-    header::{ConsumerSendMsgBackRequestHeader, SendMessageRequestHeader, SendMessageResponseHeader},
+    header::{
+        ConsumerSendMsgBackRequestHeader, SendMessageRequestHeader, SendMessageResponseHeader,
+    },
     message::{
         BatchIter, MessageMagic, OffsetMessageId, Properties, PropertiesWriter, StoredRecord,
         properties::keys,
@@ -37,15 +39,19 @@ pub(super) async fn resolve_topic(
     template: &str,
     requested_queues: i32,
 ) -> Result<TopicConfig, Handled> {
-    if let Some(config) = ctx.topics.with(&ctx.shared.topics, |t| t.get(topic).cloned()) {
+    if let Some(config) = ctx
+        .topics
+        .with(&ctx.shared.topics, |t| t.get(topic).cloned())
+    {
         return Ok(config);
     }
-    let creatable = if ctx.shared.config.auto_create_topic || topic.starts_with(topics::RETRY_PREFIX) {
-        let snapshot = ctx.topics();
-        topics::auto_create_config(&snapshot, topic, template, requested_queues)
-    } else {
-        None
-    };
+    let creatable =
+        if ctx.shared.config.auto_create_topic || topic.starts_with(topics::RETRY_PREFIX) {
+            let snapshot = ctx.topics();
+            topics::auto_create_config(&snapshot, topic, template, requested_queues)
+        } else {
+            None
+        };
     let Some(config) = creatable else {
         return Err(error(
             command,
@@ -59,9 +65,15 @@ pub(super) async fn resolve_topic(
 }
 
 /// Creates `config` unless its topic exists; returns the topic's config.
-pub(super) async fn ensure_topic(ctx: &ShardCtx, config: TopicConfig) -> Result<TopicConfig, String> {
+pub(super) async fn ensure_topic(
+    ctx: &ShardCtx,
+    config: TopicConfig,
+) -> Result<TopicConfig, String> {
     let name = config.topic_name.clone();
-    if let Some(existing) = ctx.topics.with(&ctx.shared.topics, |t| t.get(&name).cloned()) {
+    if let Some(existing) = ctx
+        .topics
+        .with(&ctx.shared.topics, |t| t.get(&name).cloned())
+    {
         return Ok(existing);
     }
     metadata::apply(&ctx.shared, config).await?;
@@ -112,7 +124,9 @@ pub(super) async fn send(ctx: &Rc<ShardCtx>, mut command: Command, origin: &Orig
             &format!("the topic[{}] sending message is forbidden", header.topic),
         );
     }
-    let queue_count = topic_config.read_queue_nums.max(topic_config.write_queue_nums);
+    let queue_count = topic_config
+        .read_queue_nums
+        .max(topic_config.write_queue_nums);
     let mut queue_id = header.queue_id;
     if queue_id < 0 {
         queue_id = pick_queue(ctx, header.topic, topic_config.write_queue_nums);
@@ -130,7 +144,11 @@ pub(super) async fn send(ctx: &Rc<ShardCtx>, mut command: Command, origin: &Orig
     let owner = owner_shard(header.topic, queue_id, ctx.shared.shard_count());
     if owner != ctx.id {
         if queue_id != header.queue_id {
-            let key = if command.ext.contains("e") { "e" } else { "queueId" };
+            let key = if command.ext.contains("e") {
+                "e"
+            } else {
+                "queueId"
+            };
             command.ext.insert(key, &queue_id.to_string());
         }
         forward(ctx, owner, command, origin.clone()).await;
@@ -147,7 +165,7 @@ fn pick_queue(ctx: &ShardCtx, topic: &str, write_queues: i32) -> i32 {
     ctx.queue_cursor.set(start.wrapping_add(1));
     let shards = ctx.shared.shard_count();
     (0..write_queues)
-        .map(|step| ((start as i64 + i64::from(step)) % i64::from(write_queues)) as i32)
+        .map(|step| ((i64::from(start) + i64::from(step)) % i64::from(write_queues)) as i32)
         .find(|&queue| owner_shard(topic, queue, shards) == ctx.id)
         .unwrap_or((start % write_queues as u32) as i32)
 }
@@ -162,7 +180,9 @@ async fn store_send(
     let config = &ctx.shared.config;
     // A retry topic message that has used up its attempts goes to the dead-letter topic.
     if let Some(group) = header.topic.strip_prefix(topics::RETRY_PREFIX) {
-        let max = header.max_reconsume_times.unwrap_or(DEFAULT_MAX_RECONSUME_TIMES);
+        let max = header
+            .max_reconsume_times
+            .unwrap_or(DEFAULT_MAX_RECONSUME_TIMES);
         if header.reconsume_times.unwrap_or(0) >= max && !header.is_batch() {
             return dead_letter_send(ctx, command, header, group, origin).await;
         }
@@ -175,13 +195,21 @@ async fn store_send(
             let message = match message {
                 Ok(message) => message,
                 Err(err) => {
-                    return error(command, ResponseCode::MessageIllegal, &format!("bad batch body: {err}"));
+                    return error(
+                        command,
+                        ResponseCode::MessageIllegal,
+                        &format!("bad batch body: {err}"),
+                    );
                 }
             };
             if message.body.len() > config.max_message_bytes {
                 return too_large(command, message.body.len(), config.max_message_bytes);
             }
-            properties.push(with_broker_properties(message.properties, header.properties, cluster));
+            properties.push(with_broker_properties(
+                message.properties,
+                header.properties,
+                cluster,
+            ));
         }
         if properties.is_empty() {
             return error(command, ResponseCode::MessageIllegal, "empty batch");
@@ -196,7 +224,10 @@ async fn store_send(
                 ..record_template(header, queue_id, origin.peer, store_host)
             })
             .collect();
-        ctx.store.append_batch(&records).await.map(|result| (result, lengths(&records)))
+        ctx.store
+            .append_batch(&records)
+            .await
+            .map(|result| (result, lengths(&records)))
     } else {
         if command.body.len() > config.max_message_bytes {
             return too_large(command, command.body.len(), config.max_message_bytes);
@@ -208,7 +239,10 @@ async fn store_send(
             properties: &properties,
             ..record_template(header, queue_id, origin.peer, store_host)
         };
-        ctx.store.append(&record).await.map(|result| (result, Vec::new()))
+        ctx.store
+            .append(&record)
+            .await
+            .map(|result| (result, Vec::new()))
     };
     match result {
         Ok((appended, lengths)) => {
@@ -282,12 +316,16 @@ fn too_large(command: &Command, bytes: usize, max: usize) -> Handled {
 /// Maps a store failure to what clients understand (PROTOCOL.md §3.4).
 pub(super) fn store_error(command: &Command, err: &StoreError) -> Handled {
     match err {
-        StoreError::DiskFull { .. } | StoreError::WritesDisabled { .. } | StoreError::Closed => error(
-            command,
-            ResponseCode::ServiceNotAvailable,
-            &format!("service not available now: {err}"),
-        ),
-        StoreError::MessageTooLarge { .. } | StoreError::InvalidMessage(_) | StoreError::InvalidTopic { .. } => {
+        StoreError::DiskFull { .. } | StoreError::WritesDisabled { .. } | StoreError::Closed => {
+            error(
+                command,
+                ResponseCode::ServiceNotAvailable,
+                &format!("service not available now: {err}"),
+            )
+        }
+        StoreError::MessageTooLarge { .. }
+        | StoreError::InvalidMessage(_)
+        | StoreError::InvalidTopic { .. } => {
             error(command, ResponseCode::MessageIllegal, &err.to_string())
         }
         _ if err.is_disk_full() => error(
@@ -445,7 +483,11 @@ pub(super) async fn send_back(ctx: &ShardCtx, command: &Command) -> Handled {
         Err(err) => return bad_header(command, &err),
     };
     if ctx.shared.config.broker_role == BrokerRole::Slave {
-        return error(command, ResponseCode::SlaveNotAvailable, "the broker is a slave");
+        return error(
+            command,
+            ResponseCode::SlaveNotAvailable,
+            "the broker is a slave",
+        );
     }
     let bytes: Bytes = match ctx.store.read_message_at(header.offset.max(0) as u64).await {
         Ok(bytes) => bytes,
@@ -458,9 +500,15 @@ pub(super) async fn send_back(ctx: &ShardCtx, command: &Command) -> Handled {
         }
     };
     let Ok((original, _)) = StoredRecord::decode(&bytes) else {
-        return error(command, ResponseCode::SystemError, "the stored message does not decode");
+        return error(
+            command,
+            ResponseCode::SystemError,
+            "the stored message does not decode",
+        );
     };
-    let max = header.max_reconsume_times.unwrap_or(DEFAULT_MAX_RECONSUME_TIMES);
+    let max = header
+        .max_reconsume_times
+        .unwrap_or(DEFAULT_MAX_RECONSUME_TIMES);
     let dead = original.reconsume_times >= max || header.delay_level < 0;
     let topic = if dead {
         topics::dlq_topic(header.group)
