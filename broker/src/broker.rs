@@ -51,21 +51,7 @@ impl Broker {
         config.listen_port = port;
         let store_host = SocketAddr::new(config.broker_ip, port);
 
-        let mut namesrv = None;
-        let mut namesrv_addrs = config.namesrv_addrs.clone();
-        if namesrv_addrs.is_empty() {
-            let embedded = NameServer::start(NamesrvConfig {
-                listen: SocketAddr::new(
-                    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                    config.embedded_namesrv_port,
-                ),
-                ..NamesrvConfig::default()
-            })
-            .map_err(|e| BrokerError::io("cannot start the embedded NameServer", e))?;
-            namesrv_addrs =
-                vec![SocketAddr::new(config.broker_ip, embedded.local_addr().port()).to_string()];
-            namesrv = Some(embedded);
-        }
+        let (namesrv, namesrv_addrs) = namesrv_for(&config)?;
 
         let metrics = Arc::new(BrokerMetrics::new(
             shard_count,
@@ -203,6 +189,23 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The NameServers to register with: the configured ones, or an embedded one started here.
+fn namesrv_for(config: &BrokerConfig) -> Result<(Option<NameServer>, Vec<String>), BrokerError> {
+    if !config.namesrv_addrs.is_empty() {
+        return Ok((None, config.namesrv_addrs.clone()));
+    }
+    let embedded = NameServer::start(NamesrvConfig {
+        listen: SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            config.embedded_namesrv_port,
+        ),
+        ..NamesrvConfig::default()
+    })
+    .map_err(|e| BrokerError::io("cannot start the embedded NameServer", e))?;
+    let addr = SocketAddr::new(config.broker_ip, embedded.local_addr().port());
+    Ok((Some(embedded), vec![addr.to_string()]))
 }
 
 /// Records the shard count in a new store and refuses to open a store made with another count:
