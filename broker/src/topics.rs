@@ -26,6 +26,24 @@ const NOT_ALLOWED_SEND: [&str; 5] = [
     "RMQ_SYS_TRACE_TOPIC",
 ];
 
+/// What the data path needs of a topic's config: copied out of the snapshot without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLayout {
+    pub perm: i32,
+    pub read_queue_nums: i32,
+    pub write_queue_nums: i32,
+}
+
+impl QueueLayout {
+    pub fn of(config: &TopicConfig) -> Self {
+        Self {
+            perm: config.perm,
+            read_queue_nums: config.read_queue_nums,
+            write_queue_nums: config.write_queue_nums,
+        }
+    }
+}
+
 /// The broker's topics as every shard sees them.
 #[derive(Debug, Clone, Default)]
 pub struct TopicSnapshot {
@@ -36,6 +54,10 @@ pub struct TopicSnapshot {
 impl TopicSnapshot {
     pub fn get(&self, topic: &str) -> Option<&TopicConfig> {
         self.topics.get(topic)
+    }
+
+    pub fn layout(&self, topic: &str) -> Option<QueueLayout> {
+        self.topics.get(topic).map(QueueLayout::of)
     }
 
     /// The REGISTER_BROKER body's topic table.

@@ -4,4 +4,6 @@
 //! `ringmq-bench` (produce/consume/end-to-end load against any RocketMQ-protocol broker) and
 //! `ringmq-inspect` (offline store verification and dumps).
 //!
-//! Nothing is implemented yet: this crate is a placeholder so the workspace has its final shape.
+//! Implemented so far: [`bench`], the library behind `ringmq-bench`.
+
+pub mod bench;

@@ -35,7 +35,7 @@ pub(super) async fn pull(ctx: &Rc<ShardCtx>, command: &Command, origin: &Origin)
     };
     let Some(topic_config) = ctx
         .topics
-        .with(&ctx.shared.topics, |t| t.get(header.topic).cloned())
+        .with(&ctx.shared.topics, |t| t.layout(header.topic))
     else {
         return error(
             command,

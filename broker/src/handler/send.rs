@@ -23,7 +23,7 @@ use crate::{
     metadata,
     shard::ShardCtx,
     shared::{Origin, OwnedRecord, ShardMessage},
-    topics::{self, owner_shard},
+    topics::{self, QueueLayout, owner_shard},
 };
 
 /// RocketMQ's default `retryMaxTimes` of a subscription group.
@@ -38,11 +38,8 @@ pub(super) async fn resolve_topic(
     topic: &str,
     template: &str,
     requested_queues: i32,
-) -> Result<TopicConfig, Handled> {
-    if let Some(config) = ctx
-        .topics
-        .with(&ctx.shared.topics, |t| t.get(topic).cloned())
-    {
+) -> Result<QueueLayout, Handled> {
+    if let Some(config) = ctx.topics.with(&ctx.shared.topics, |t| t.layout(topic)) {
         return Ok(config);
     }
     let creatable =
@@ -68,17 +65,17 @@ pub(super) async fn resolve_topic(
 pub(super) async fn ensure_topic(
     ctx: &ShardCtx,
     config: TopicConfig,
-) -> Result<TopicConfig, String> {
-    let name = config.topic_name.clone();
+) -> Result<QueueLayout, String> {
     if let Some(existing) = ctx
         .topics
-        .with(&ctx.shared.topics, |t| t.get(&name).cloned())
+        .with(&ctx.shared.topics, |t| t.layout(&config.topic_name))
     {
         return Ok(existing);
     }
+    let name = config.topic_name.clone();
     metadata::apply(&ctx.shared, config).await?;
     ctx.topics
-        .with(&ctx.shared.topics, |t| t.get(&name).cloned())
+        .with(&ctx.shared.topics, |t| t.layout(&name))
         .ok_or_else(|| format!("topic[{name}] was not created"))
 }
 
