@@ -395,6 +395,8 @@ async fn gauges_loop(ctx: Rc<ShardCtx>) {
         compio::time::sleep(Duration::from_millis(500)).await;
         let metrics = ctx.metrics();
         metrics.parked_pulls.set(ctx.longpoll.parked() as i64);
+        ctx.store
+            .drain_sync_latencies_us(|us| metrics.flush_latency.record_us(us));
         metrics
             .cross_shard_queue_depth
             .set(ctx.shared.inboxes[ctx.id].len() as i64);

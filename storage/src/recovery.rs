@@ -144,6 +144,7 @@ impl<S: Storage> MessageStore<S> {
                 tasks: RefCell::new(Vec::new()),
                 acks: crate::ack::AckQueue::default(),
                 checkpoint_busy: std::cell::Cell::new(false),
+                sync_latencies_us: RefCell::new(Vec::new()),
             }),
         };
         if store.inner.state.borrow().log.segments.is_empty() {

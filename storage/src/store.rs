@@ -313,7 +313,13 @@ pub(crate) struct Inner<S: Storage> {
     pub acks: crate::ack::AckQueue,
     /// A checkpoint is being written (they must not overlap: one temporary file).
     pub checkpoint_busy: std::cell::Cell<bool>,
+    /// Durations (µs) of recent fdatasync rounds, for the broker's flush-latency metric;
+    /// bounded, drained by [`MessageStore::drain_sync_latencies_us`].
+    pub sync_latencies_us: RefCell<Vec<u32>>,
 }
+
+/// Sync durations kept until drained (older ones are dropped once full).
+pub(crate) const MAX_SYNC_SAMPLES: usize = 4096;
 
 /// One shard's message store. Cheap to clone (a reference-counted handle); `!Send`: it belongs
 /// to the shard thread that opened it.
@@ -656,6 +662,14 @@ impl<S: Storage> MessageStore<S> {
         }
     }
 
+    /// Hands the durations (µs) of the fdatasync rounds since the last call to `record`.
+    pub fn drain_sync_latencies_us(&self, mut record: impl FnMut(u64)) {
+        let mut samples = self.inner.sync_latencies_us.borrow_mut();
+        for sample in samples.drain(..) {
+            record(u64::from(sample));
+        }
+    }
+
     /// One fdatasync round: makes everything written so far durable. Returns false once the
     /// log has failed.
     pub(crate) async fn sync_written(&self) -> bool {
@@ -670,6 +684,7 @@ impl<S: Storage> MessageStore<S> {
             }
             (state.log.written, state.log.take_dirty())
         };
+        let started = std::time::Instant::now();
         for segment in dirty {
             if let Err(err) = segment.file.sync_data().await {
                 self.fail(format!(
@@ -679,6 +694,11 @@ impl<S: Storage> MessageStore<S> {
                 return false;
             }
         }
+        let mut samples = inner.sync_latencies_us.borrow_mut();
+        if samples.len() < MAX_SYNC_SAMPLES {
+            samples.push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
+        }
+        drop(samples);
         let mut state = inner.state.borrow_mut();
         state.log.durable = state.log.durable.max(target);
         drop(state);
