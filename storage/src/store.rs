@@ -730,13 +730,47 @@ impl<S: Storage> MessageStore<S> {
             };
             if let Some(wait) = wait {
                 if inner.config.flush_mode == FlushMode::Async {
-                    let _ = compio::time::timeout(inner.config.flush_interval, wait).await;
+                    self.wait_async_flush(wait).await;
                 } else {
                     wait.await;
                 }
             }
             if !self.sync_written().await {
                 return;
+            }
+        }
+    }
+
+    /// ASYNC_FLUSH: waits until a sync is asked for, `flush_bytes` are written but not durable,
+    /// or the flush interval has passed.
+    async fn wait_async_flush(&self, requested: crate::signal::Listen<'_>) {
+        let inner = &self.inner;
+        let deadline = std::time::Instant::now() + inner.config.flush_interval;
+        let mut requested = std::pin::pin!(requested);
+        loop {
+            let progress = {
+                let state = inner.state.borrow();
+                if state.log.written.saturating_sub(state.log.durable) >= inner.config.flush_bytes
+                    || state.failure.is_some()
+                {
+                    return;
+                }
+                inner.progress.listen()
+            };
+            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+            if remaining.is_zero() {
+                return;
+            }
+            let mut progress = std::pin::pin!(progress);
+            let either = std::future::poll_fn(|cx| {
+                if requested.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(true);
+                }
+                progress.as_mut().poll(cx).map(|()| false)
+            });
+            match compio::time::timeout(remaining, either).await {
+                Ok(false) => {}
+                Ok(true) | Err(_) => return,
             }
         }
     }
