@@ -144,6 +144,9 @@ pub struct BrokerConfig {
     pub long_polling: bool,
     /// `shortPollingTimeMills`: how long a pull is held when long polling is off.
     pub short_polling_ms: u64,
+    /// `commitLogWrites` (RingMQ): `ring` hands commit-log writes to io_uring (a kernel worker
+    /// copies into the page cache), `inline` writes with `pwrite` on the shard thread.
+    pub inline_writes: bool,
 }
 
 impl Default for BrokerConfig {
@@ -176,6 +179,7 @@ impl Default for BrokerConfig {
             cross_shard_queue_capacity: 8192,
             long_polling: true,
             short_polling_ms: 1000,
+            inline_writes: false,
         }
     }
 }
@@ -332,6 +336,19 @@ impl BrokerConfig {
             "crossShardQueueCapacity" => {
                 self.cross_shard_queue_capacity =
                     parse_value("crossShardQueueCapacity", value, "a positive integer")?;
+            }
+            "commitLogWrites" => {
+                self.inline_writes = match value.trim() {
+                    "ring" => false,
+                    "inline" => true,
+                    _ => {
+                        return Err(ConfigError::Invalid {
+                            key: "commitLogWrites",
+                            value: value.to_owned(),
+                            expected: "ring or inline",
+                        });
+                    }
+                };
             }
             "longPollingEnable" => self.long_polling = parse_bool("longPollingEnable", value)?,
             "shortPollingTimeMills" => {

@@ -225,7 +225,12 @@ async fn serve(setup: ShardSetup) -> Result<(), String> {
         core: _,
         ready,
     } = setup;
-    let store = MessageStore::open(UringStorage::new(), store_config(&shared, id))
+    let storage = if shared.config.inline_writes {
+        UringStorage::inline_writes()
+    } else {
+        UringStorage::new()
+    };
+    let store = MessageStore::open(storage, store_config(&shared, id))
         .await
         .map_err(|e| format!("cannot open the store: {e}"))?;
     let offsets_path = shard_dir(&shared.config.store_dir, id).join("consumerOffset.json");
