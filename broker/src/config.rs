@@ -253,6 +253,7 @@ impl BrokerConfig {
     }
 
     /// Sets one `broker.conf` key; false when the key is not one of ours.
+    #[allow(clippy::too_many_lines)] // one flat table of broker.conf keys
     pub fn set(&mut self, key: &str, value: &str) -> Result<bool, ConfigError> {
         match key {
             "brokerClusterName" => value.trim().clone_into(&mut self.cluster_name),

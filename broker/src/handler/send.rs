@@ -42,6 +42,24 @@ pub(super) async fn resolve_topic(
     if let Some(config) = ctx.topics.with(&ctx.shared.topics, |t| t.layout(topic)) {
         return Ok(config);
     }
+    Box::pin(create_on_send(
+        ctx,
+        command,
+        topic,
+        template,
+        requested_queues,
+    ))
+    .await
+}
+
+/// The cold half of [`resolve_topic`]: auto-creation (boxed, so the send future stays small).
+async fn create_on_send(
+    ctx: &ShardCtx,
+    command: &Command,
+    topic: &str,
+    template: &str,
+    requested_queues: i32,
+) -> Result<QueueLayout, Handled> {
     let creatable =
         if ctx.shared.config.auto_create_topic || topic.starts_with(topics::RETRY_PREFIX) {
             let snapshot = ctx.topics();
@@ -181,7 +199,7 @@ async fn store_send(
             .max_reconsume_times
             .unwrap_or(DEFAULT_MAX_RECONSUME_TIMES);
         if header.reconsume_times.unwrap_or(0) >= max && !header.is_batch() {
-            return dead_letter_send(ctx, command, header, group, origin).await;
+            return Box::pin(dead_letter_send(ctx, command, header, group, origin)).await;
         }
     }
     let cluster = config.cluster_name.as_str();
