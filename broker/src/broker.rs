@@ -19,7 +19,6 @@ use crate::{
     registration::Registration,
     shard::{self, ShardSetup},
     shared::{BrokerShared, ShardMessage},
-    topics::TopicSnapshot,
 };
 
 /// Attempts at finding a free port pair (P, P-2) when `listenPort` is 0.
@@ -34,6 +33,8 @@ pub struct Broker {
     namesrv: Option<NameServer>,
     metrics_server: Option<MetricsServer>,
     listen_addr: SocketAddr,
+    /// Shards report here once drained after [`ShardMessage::Stop`].
+    drained: std::sync::mpsc::Receiver<usize>,
 }
 
 impl Broker {
@@ -73,12 +74,12 @@ impl Broker {
             store_host,
             inbox_senders,
             topic_changes,
-            TopicSnapshot::default(),
             Arc::clone(&metrics),
             register_now,
         ));
 
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let (drained, drained_reports) = std::sync::mpsc::channel();
         let mut broker = Self {
             shared: Arc::clone(&shared),
             shards: Vec::with_capacity(shard_count),
@@ -86,11 +87,13 @@ impl Broker {
             namesrv,
             metrics_server: None,
             listen_addr: store_host,
+            drained: drained_reports,
         };
         // Shard 0 first: it owns the topic table, which the others read from their first request.
         let mut topic_change_receiver = Some(topic_change_receiver);
         for (id, inbox) in inbox_receivers.into_iter().enumerate() {
             let (ready, ready_answer) = std::sync::mpsc::channel();
+            let drained = drained.clone();
             let setup = ShardSetup {
                 id,
                 shared: Arc::clone(&shared),
@@ -103,6 +106,7 @@ impl Broker {
                 },
                 core: (shard_count <= cores).then_some(id % cores),
                 ready,
+                drained,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{id}"))
@@ -169,8 +173,18 @@ impl Broker {
         if let Some(registration) = self.registration.take() {
             registration.join();
         }
+        // Two phases: every shard stops reading and answers what it has in flight (including
+        // requests other shards forward to it), then all close their stores together.
         for inbox in &self.shared.inboxes {
             let _ = inbox.send_timeout(ShardMessage::Stop, Duration::from_secs(5));
+        }
+        for _ in 0..self.shards.len() {
+            if self.drained.recv_timeout(Duration::from_secs(15)).is_err() {
+                break;
+            }
+        }
+        for inbox in &self.shared.inboxes {
+            let _ = inbox.send_timeout(ShardMessage::Close, Duration::from_secs(5));
         }
         for thread in self.shards.drain(..) {
             let _ = thread.join();

@@ -149,6 +149,8 @@ pub(crate) struct ShardSetup {
     pub topic_changes: Option<flume::Receiver<TopicChange>>,
     pub core: Option<usize>,
     pub ready: std::sync::mpsc::Sender<Result<(), String>>,
+    /// Where the shard reports that its connections drained after [`ShardMessage::Stop`].
+    pub drained: std::sync::mpsc::Sender<usize>,
 }
 
 /// The shard thread's body: builds the runtime, opens the store, serves until told to stop.
@@ -224,6 +226,7 @@ async fn serve(setup: ShardSetup) -> Result<(), String> {
         topic_changes,
         core: _,
         ready,
+        drained,
     } = setup;
     let storage = if shared.config.inline_writes {
         UringStorage::inline_writes()
@@ -278,11 +281,13 @@ async fn serve(setup: ShardSetup) -> Result<(), String> {
     tasks.push(compio::runtime::spawn(gauges_loop(Rc::clone(&ctx))));
     let _ = ready.send(Ok(()));
 
+    // Serve the inbox until Close. Stop only quiesces: this shard stops accepting and reading,
+    // but keeps answering requests other shards forward until every shard has drained.
+    let mut drain_watch = None;
     while let Ok(message) = inbox.recv_async().await {
         match message {
             ShardMessage::Request { command, origin } => {
-                compio::runtime::spawn(handler::handle_forwarded(Rc::clone(&ctx), command, origin))
-                    .detach();
+                compio::runtime::spawn(handler::run(Rc::clone(&ctx), command, origin)).detach();
             }
             ShardMessage::Deliver { connection, frame } => ctx.deliver_local(connection, frame),
             ShardMessage::Notify { connection, group } => {
@@ -296,34 +301,19 @@ async fn serve(setup: ShardSetup) -> Result<(), String> {
                 compio::runtime::spawn(handler::query_key_here(Rc::clone(&ctx), query, reply))
                     .detach();
             }
-            ShardMessage::Stop => break,
-        }
-    }
-
-    // Graceful stop: no new connections or requests, answer what is in flight, then make
-    // everything durable.
-    ctx.stopping.set(true);
-    ctx.stop.notify();
-    drop(tasks);
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while Instant::now() < deadline && ctx.connections.borrow().values().any(|c| c.inflight() > 0) {
-        // Forwarded requests from other shards may still arrive while they drain.
-        while let Ok(message) = inbox.try_recv() {
-            match message {
-                ShardMessage::Request { command, origin } => {
-                    compio::runtime::spawn(handler::handle_forwarded(
-                        Rc::clone(&ctx),
-                        command,
-                        origin,
-                    ))
-                    .detach();
-                }
-                ShardMessage::Deliver { connection, frame } => ctx.deliver_local(connection, frame),
-                _ => {}
+            ShardMessage::Stop => {
+                ctx.stopping.set(true);
+                ctx.stop.notify();
+                tasks.clear();
+                drain_watch = Some(compio::runtime::spawn(report_drained(
+                    Rc::clone(&ctx),
+                    drained.clone(),
+                )));
             }
+            ShardMessage::Close => break,
         }
-        compio::time::sleep(Duration::from_millis(5)).await;
     }
+    drop(drain_watch);
     drop(persister);
     if let Some(task) = metadata_task {
         drop(task);
@@ -337,6 +327,15 @@ async fn serve(setup: ShardSetup) -> Result<(), String> {
         tracing::error!(shard = id, %err, "store did not close cleanly");
     }
     Ok(())
+}
+
+/// Reports (once) when this shard's connections have nothing in flight, or at the deadline.
+async fn report_drained(ctx: Rc<ShardCtx>, drained: std::sync::mpsc::Sender<usize>) {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while Instant::now() < deadline && ctx.connections.borrow().values().any(|c| c.inflight() > 0) {
+        compio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _ = drained.send(ctx.id);
 }
 
 async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {

@@ -96,8 +96,11 @@ pub(crate) enum ShardMessage {
         record: OwnedRecord,
         reply: flume::Sender<Result<(u64, i64), String>>,
     },
-    /// Stop: close listeners, drain, flush, checkpoint.
+    /// Quiesce: stop accepting and reading requests, report once the shard's connections have
+    /// nothing in flight, keep serving forwarded requests.
     Stop,
+    /// Every shard has drained: flush, checkpoint and end the thread.
+    Close,
 }
 
 /// A change to the broker-wide topic table, handled by its one writer (shard 0).
@@ -133,7 +136,6 @@ impl BrokerShared {
         store_host: SocketAddr,
         inboxes: Vec<flume::Sender<ShardMessage>>,
         topic_changes: flume::Sender<TopicChange>,
-        topics: TopicSnapshot,
         metrics: Arc<BrokerMetrics>,
         register_now: flume::Sender<()>,
     ) -> Self {
@@ -142,7 +144,7 @@ impl BrokerShared {
             store_host,
             inboxes,
             topic_changes,
-            topics: Published::new(topics),
+            topics: Published::new(TopicSnapshot::default()),
             subscriptions: Published::new(SubscriptionTable::new()),
             clients: Mutex::new(ClientRegistry::default()),
             locks: Mutex::new(QueueLocks::default()),

@@ -15,14 +15,10 @@ use ringmq_protocol::{
 };
 
 use super::{Handled, bad_header, error, reply, send::ensure_topic, success};
-use crate::{clients::ChannelId, shard::ShardCtx, shared::Origin, topics};
+use crate::{shard::ShardCtx, shared::Origin, topics};
 
 /// Lease of a queue lock (RocketMQ `rocketmq.broker.rebalance.lockMaxLiveTime`: 60 s).
 const LOCK_LEASE: Duration = Duration::from_secs(60);
-
-fn channel(origin: &Origin) -> ChannelId {
-    origin.channel
-}
 
 pub(super) async fn heartbeat(ctx: &Rc<ShardCtx>, command: &Command, origin: &Origin) -> Handled {
     let data: HeartbeatData = match body::decode(&command.body, "HeartbeatData") {
@@ -42,7 +38,7 @@ pub(super) async fn heartbeat(ctx: &Rc<ShardCtx>, command: &Command, origin: &Or
             return error(command, ResponseCode::SystemError, &reason);
         }
     }
-    let channel = channel(origin);
+    let channel = origin.channel;
     ctx.shared
         .with_clients(|clients| ((), clients.heartbeat(channel, &data, Instant::now())));
     success(command)
@@ -53,7 +49,7 @@ pub(super) fn unregister(ctx: &ShardCtx, command: &Command, origin: &Origin) -> 
         Ok(header) => header,
         Err(err) => return bad_header(command, &err),
     };
-    let channel = channel(origin);
+    let channel = origin.channel;
     ctx.shared.with_clients(|clients| {
         (
             (),

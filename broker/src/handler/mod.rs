@@ -55,12 +55,8 @@ pub(crate) async fn dispatch(ctx: &Rc<ShardCtx>, command: Command, origin: Origi
     }
 }
 
-/// Runs a request another shard forwarded here (this shard owns its queue).
-pub(crate) async fn handle_forwarded(ctx: Rc<ShardCtx>, command: Command, origin: Origin) {
-    run(ctx, command, origin).await;
-}
-
-async fn run(ctx: Rc<ShardCtx>, command: Command, origin: Origin) {
+/// Runs a request here and sends its answer back to its connection, on whichever shard.
+pub(crate) async fn run(ctx: Rc<ShardCtx>, command: Command, origin: Origin) {
     let oneway = command.is_oneway();
     let kind = kind_of(command.request_code());
     let (opaque, serialize_type) = (command.opaque, command.serialize_type);
