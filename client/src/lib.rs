@@ -1,7 +1,16 @@
 //! # ringmq-client
 //!
-//! The Rust client library users embed (DESIGN.md §1). It will own the multiplexed connection layer,
-//! route fetching and caching, the producer (retries, latency fault avoidance), the pull and push
-//! consumers (rebalance, long polling, offset commits) and admin operations.
-//!
-//! Nothing is implemented yet: this crate is a placeholder so the workspace has its final shape.
+//! The Rust client library for RingMQ and any RocketMQ 4.x broker (DESIGN.md §1).
+
+pub mod config;
+pub mod error;
+mod instance;
+pub mod message;
+mod notify;
+pub mod remoting;
+pub mod route;
+
+pub use config::ClientConfig;
+pub use error::{ClientError, Result};
+pub use instance::{ClientInstance, Pending};
+pub use message::{Message, MessageQueue, ReceivedMessage, SendResult, SendStatus};
