@@ -1,9 +1,9 @@
 //! What the producer and consumer connections share: the run-wide context and control flags, and
-//! the wake-up that lets a connection's reader task hand freed window slots to its writer task.
+//! the wake-up the pulling tasks of a connection use to hand each other ready queues.
 //!
-//! Each connection is two tasks on its thread's runtime: a writer that fills the window and writes
-//! requests in batches, and a reader that takes responses off the socket in large chunks. They
-//! share `Rc`/`RefCell` state (one thread, no locks); borrows never cross an `.await`.
+//! Each connection is a client-library [`ringmq_client::remoting::Connection`] on its thread's
+//! runtime, driven by a window of tasks on that thread. They share `Rc`/`RefCell` state (one
+//! thread, no locks); borrows never cross an `.await`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
@@ -20,11 +20,8 @@ use super::stats::Recorder;
 /// Longest a writer sleeps before looking at the stop flags again.
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Bytes asked of each socket read: large, so one read carries many responses.
-pub const READ_CHUNK: usize = 256 << 10;
-
-/// Most bytes of requests gathered into one write.
-pub const WRITE_CHUNK: usize = 1 << 20;
+/// Longest wait for one answer during the load (a broker that stalls this long fails the run).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Settings and shared state of one run, read by every connection on every thread.
 #[derive(Debug)]

@@ -13,21 +13,17 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use bytes::BytesMut;
-use compio::BufResult;
-use compio::io::{AsyncReadExt, AsyncWriteExt};
-use compio::net::TcpStream;
+use anyhow::{Context, Result, anyhow};
+use ringmq_client::remoting::Connection;
 use ringmq_protocol::header::PullMessageResponseHeader;
 use ringmq_protocol::message::RecordIter;
-use ringmq_protocol::{Command, FrameCodec, ResponseCode};
+use ringmq_protocol::{Command, RequestCode, ResponseCode};
 
 use super::args::Mode;
-use super::conn::{CHECK_INTERVAL, Notify, READ_CHUNK, RunContext, lock};
-use super::pending::PendingTable;
+use super::conn::{CHECK_INTERVAL, Notify, REQUEST_TIMEOUT, RunContext, lock};
 use super::rpc;
 use super::stats::{Recorder, micros};
-use super::wire::{PullSpec, append_pull, reserve_for_read};
+use super::wire::{PULL_SUSPEND_MS, PullSpec, append_pull};
 
 /// How long a queue rests after a pull error or a pull that did not move its offset.
 pub const RETRY_DELAY: Duration = Duration::from_millis(100);
@@ -148,22 +144,19 @@ impl Streams {
     }
 }
 
-/// An outstanding pull.
-#[derive(Debug, Clone, Copy)]
-struct Pull {
-    at: Instant,
-    stream: usize,
-}
-
+/// What the pulling tasks of one connection share (one thread: no locks).
 #[derive(Debug)]
-struct Connection {
-    pending: RefCell<PendingTable<Pull>>,
+struct Shared {
     streams: RefCell<Streams>,
+    /// A queue became ready (a pull finished) or a task failed.
     notify: Notify,
-    reader_failed: Cell<bool>,
+    failed: Cell<bool>,
 }
 
 /// Runs one consumer connection until its queues reach their ends, the stop flag, or a failure.
+///
+/// The connection is the client library's multiplexed [`Connection`]; up to `--inflight` tasks
+/// each take a ready queue, pull it, and put it back with its new offset.
 pub async fn run(
     ctx: &Arc<RunContext>,
     job: ConsumerJob,
@@ -174,103 +167,107 @@ pub async fn run(
     if streams.all_finished() {
         return Ok(());
     }
-    let stream = rpc::connect(ctx.broker, "broker").await?;
-    let (read_half, write_half) = stream.into_split();
-    let connection = Rc::new(Connection {
-        pending: RefCell::new(PendingTable::new(window)),
+    let connection = rpc::connect(ctx.broker).await?;
+    let shared = Rc::new(Shared {
         streams: RefCell::new(streams),
         notify: Notify::default(),
-        reader_failed: Cell::new(false),
+        failed: Cell::new(false),
     });
-    let reader = compio::runtime::spawn(read_loop(
-        read_half,
-        Rc::clone(&connection),
-        Arc::clone(ctx),
-        Arc::clone(recorder),
-    ));
-    let written = write_loop(write_half, &connection, ctx).await;
-    if connection.reader_failed.get() {
-        // The reader's error says what went wrong.
-        return match reader.await {
+    let tasks: Vec<_> = (0..window)
+        .map(|_| {
+            compio::runtime::spawn(pull_loop(
+                Rc::clone(&connection),
+                Rc::clone(&shared),
+                Arc::clone(ctx),
+                Arc::clone(recorder),
+            ))
+        })
+        .collect();
+    let mut first_error = None;
+    for task in tasks {
+        let result = match task.await {
             Ok(result) => result,
-            Err(join) => bail!("consumer reader task: {join}"),
+            Err(join) => Err(anyhow!("consumer task: {join}")),
         };
+        if let Err(error) = result {
+            first_error.get_or_insert(error);
+        }
     }
-    // Outstanding pulls (long polls) are of no further interest: cancel the reader.
-    drop(reader);
-    written
+    // Outstanding pulls (long polls) are of no further interest.
+    connection.close("benchmark finished");
+    first_error.map_or(Ok(()), Err)
 }
 
-async fn write_loop(
-    mut stream: TcpStream,
-    connection: &Connection,
-    ctx: &RunContext,
-) -> Result<()> {
-    let mut out = BytesMut::with_capacity(4096);
-    loop {
-        if ctx.control.consumers_should_stop() || connection.reader_failed.get() {
-            return Ok(());
-        }
-        let received = ctx.control.received.load(Ordering::Relaxed);
-        if ctx.receive_cap.is_some_and(|cap| received >= cap) {
-            return Ok(());
-        }
-        let now = Instant::now();
-        let mut wake_at = now + CHECK_INTERVAL;
-        {
-            let mut streams = connection.streams.borrow_mut();
-            if streams.all_finished() {
-                return Ok(());
-            }
-            let mut pending = connection.pending.borrow_mut();
-            streams.release_delayed(now);
-            while pending.available() > 0 {
-                let Some((index, queue)) = streams.next_ready() else {
-                    break;
-                };
-                let opaque = pending
-                    .insert(Pull {
-                        at: now,
-                        stream: index,
-                    })
-                    .expect("a free slot was counted");
-                append_pull(
-                    &mut out,
-                    opaque,
-                    &PullSpec {
-                        topic: &ctx.topic,
-                        queue_id: queue.queue_id,
-                        offset: queue.offset,
-                    },
-                );
-            }
-            if let Some(release) = streams.next_release() {
-                wake_at = wake_at.min(release);
-            }
-        }
-        if out.is_empty() {
-            connection.notify.wait_until(wake_at).await;
-            continue;
-        }
-        let BufResult(written, buffer) = stream.write_all(out).await;
-        out = buffer;
-        out.clear();
-        written.with_context(|| format!("sending pulls to broker {}", ctx.broker))?;
-    }
+/// Whether this connection's consumers are done: told to stop, capped, or finished.
+fn should_stop(ctx: &RunContext, shared: &Shared) -> bool {
+    ctx.control.consumers_should_stop()
+        || shared.failed.get()
+        || ctx
+            .receive_cap
+            .is_some_and(|cap| ctx.control.received.load(Ordering::Relaxed) >= cap)
+        || shared.streams.borrow().all_finished()
 }
 
-async fn read_loop(
-    stream: TcpStream,
+/// One pulling slot: takes a ready queue, pulls it, records what came, schedules the queue.
+async fn pull_loop(
     connection: Rc<Connection>,
+    shared: Rc<Shared>,
     ctx: Arc<RunContext>,
     recorder: Arc<Mutex<Recorder>>,
 ) -> Result<()> {
-    let result = read_responses(stream, &connection, &ctx, &recorder).await;
-    if result.is_err() {
-        connection.reader_failed.set(true);
-        connection.notify.notify();
+    let pull_timeout = REQUEST_TIMEOUT + Duration::from_millis(PULL_SUSPEND_MS as u64);
+    loop {
+        if should_stop(&ctx, &shared) {
+            shared.notify.notify();
+            return Ok(());
+        }
+        let now = Instant::now();
+        let next = {
+            let mut streams = shared.streams.borrow_mut();
+            streams.release_delayed(now);
+            match streams.next_ready() {
+                Some(ready) => Ok(ready),
+                None => Err(streams
+                    .next_release()
+                    .map_or(now + CHECK_INTERVAL, |at| at.min(now + CHECK_INTERVAL))),
+            }
+        };
+        let (index, queue) = match next {
+            Ok(ready) => ready,
+            Err(wake_at) => {
+                shared.notify.wait_until(wake_at).await;
+                continue;
+            }
+        };
+        let spec = PullSpec {
+            topic: &ctx.topic,
+            queue_id: queue.queue_id,
+            offset: queue.offset,
+        };
+        let answer = connection
+            .request_with(RequestCode::PullMessage, pull_timeout, |opaque, out| {
+                append_pull(out, opaque, &spec);
+            })
+            .await;
+        let outcome = match answer {
+            Ok(answer) => handle_answer(&answer, queue, &ctx, &recorder, now),
+            Err(error) => Err(anyhow::Error::new(error)),
+        };
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                shared.failed.set(true);
+                shared.notify.notify();
+                ctx.control.fail();
+                return Err(error.context(format!("pulling from broker {}", ctx.broker)));
+            }
+        };
+        shared
+            .streams
+            .borrow_mut()
+            .complete(index, outcome, Instant::now());
+        shared.notify.notify();
     }
-    result
 }
 
 /// Messages and body bytes of a PULL body, recording e2e latencies against `now_ns`.
@@ -304,84 +301,54 @@ fn next_offset(command: &Command, ctx: &RunContext) -> Result<i64> {
     Ok(header.next_begin_offset)
 }
 
-async fn read_responses(
-    mut stream: TcpStream,
-    connection: &Connection,
+/// Records a pull's answer and says what it means for its queue.
+fn handle_answer(
+    command: &Command,
+    queue: QueueStream,
     ctx: &RunContext,
     recorder: &Mutex<Recorder>,
-) -> Result<()> {
-    let codec = FrameCodec::default();
-    let mut input = BytesMut::with_capacity(READ_CHUNK);
-    let e2e = ctx.mode == Mode::E2e;
-    loop {
-        reserve_for_read(&mut input, &codec, READ_CHUNK);
-        let BufResult(read, buffer) = stream.append(input).await;
-        input = buffer;
-        if read.with_context(|| format!("reading from broker {}", ctx.broker))? == 0 {
-            bail!("broker {} closed the connection", ctx.broker);
-        }
-        let now = Instant::now();
-        let now_ns = e2e.then(|| ctx.nanos_since_epoch());
-        let mut received = 0;
-        {
-            let mut stats = lock(recorder);
-            let mut pending = connection.pending.borrow_mut();
-            let mut streams = connection.streams.borrow_mut();
-            while let Some(command) = codec
-                .decode(&mut input)
-                .with_context(|| format!("bad frame from broker {}", ctx.broker))?
-            {
-                if !command.is_response() {
-                    continue;
-                }
-                let Some(pull) = pending.remove(command.opaque) else {
-                    continue;
-                };
-                stats.record_pull(micros(now - pull.at));
-                let outcome = match command.response_code() {
-                    ResponseCode::Success => {
-                        let queue = streams.queues()[pull.stream];
-                        let (messages, bytes) = count_records(&command.body, now_ns, &mut stats)
-                            .with_context(|| {
-                                format!(
-                                    "undecodable message in a pull of {} queue {} at offset {} from broker {}",
-                                    ctx.topic, queue.queue_id, queue.offset, ctx.broker
-                                )
-                            })?;
-                        stats.record_received(messages, bytes);
-                        received += messages;
-                        PullOutcome::Found {
-                            next: next_offset(&command, ctx)?,
-                        }
-                    }
-                    ResponseCode::PullNotFound => PullOutcome::Empty {
-                        next: next_offset(&command, ctx)?,
-                    },
-                    ResponseCode::PullRetryImmediately | ResponseCode::PullOffsetMoved => {
-                        PullOutcome::Moved {
-                            next: next_offset(&command, ctx)?,
-                        }
-                    }
-                    code => {
-                        stats.record_error(command.code);
-                        if ctx.control.first_time(command.code) {
-                            eprintln!(
-                                "note: broker answered a pull with {code}{}",
-                                command
-                                    .remark
-                                    .as_deref()
-                                    .map_or(String::new(), |remark| format!(": {remark}"))
-                            );
-                        }
-                        PullOutcome::Failed
-                    }
-                };
-                streams.complete(pull.stream, outcome, now);
+    sent_at: Instant,
+) -> Result<PullOutcome> {
+    let now_ns = (ctx.mode == Mode::E2e).then(|| ctx.nanos_since_epoch());
+    let mut stats = lock(recorder);
+    stats.record_pull(micros(sent_at.elapsed()));
+    Ok(match command.response_code() {
+        ResponseCode::Success => {
+            let (messages, bytes) =
+                count_records(&command.body, now_ns, &mut stats).with_context(|| {
+                    format!(
+                        "undecodable message in a pull of {} queue {} at offset {} from broker {}",
+                        ctx.topic, queue.queue_id, queue.offset, ctx.broker
+                    )
+                })?;
+            stats.record_received(messages, bytes);
+            drop(stats);
+            ctx.control.received.fetch_add(messages, Ordering::Relaxed);
+            PullOutcome::Found {
+                next: next_offset(command, ctx)?,
             }
         }
-        ctx.control.received.fetch_add(received, Ordering::Relaxed);
-        connection.notify.notify();
-    }
+        ResponseCode::PullNotFound => PullOutcome::Empty {
+            next: next_offset(command, ctx)?,
+        },
+        ResponseCode::PullRetryImmediately | ResponseCode::PullOffsetMoved => PullOutcome::Moved {
+            next: next_offset(command, ctx)?,
+        },
+        code => {
+            stats.record_error(command.code);
+            drop(stats);
+            if ctx.control.first_time(command.code) {
+                eprintln!(
+                    "note: broker answered a pull with {code}{}",
+                    command
+                        .remark
+                        .as_deref()
+                        .map_or(String::new(), |remark| format!(": {remark}"))
+                );
+            }
+            PullOutcome::Failed
+        }
+    })
 }
 
 #[cfg(test)]

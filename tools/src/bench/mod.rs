@@ -2,16 +2,17 @@
 //!
 //! The tool shares its machine with the broker under test, so the client is built to cost as
 //! little as possible per message: requests are pre-encoded and patched in place
-//! ([`wire::SendTemplate`]), written many per system call and read back in large chunks; requests
-//! are matched to responses by `opaque` through a fixed table ([`pending::PendingTable`]); each
-//! client thread runs one compio runtime and records into its own [`stats::Recorder`].
+//! ([`wire::SendTemplate`]) and go through the client library's multiplexed connection
+//! ([`ringmq_client::remoting::Connection`]), which writes everything queued in one system call
+//! and reads answers back in large chunks; each client thread runs one compio runtime and records
+//! into its own [`stats::Recorder`].
 //!
 //! Module map:
 //! - [`args`]: command line and validation.
 //! - [`rpc`]: setup requests (route lookup, topic creation, queue offsets).
-//! - [`wire`]: request encoding and response peeking.
-//! - [`pending`]: outstanding-request table, pacer, cap splitting.
-//! - [`conn`]: run context, control flags, the writer/reader wake-up.
+//! - [`wire`]: request encoding.
+//! - [`pending`]: pacer, cap splitting.
+//! - [`conn`]: run context, control flags, the wake-up between a connection's tasks.
 //! - [`producer`], [`consumer`]: one connection each.
 //! - [`runner`]: planning, client threads, the per-second reporter and the phases of a run.
 //! - [`stats`]: recording, progress lines, the summary.

@@ -1,92 +1,6 @@
-//! Per-connection bookkeeping of the hot loop: the table of outstanding requests keyed by
-//! `opaque`, the send pacer, and how caps are split between connections.
+//! The send pacer, and how caps are split between connections.
 
 use std::time::{Duration, Instant};
-
-/// Bits of an opaque that index the slot; the rest is the slot's generation.
-const SLOT_BITS: u32 = 16;
-const SLOT_MASK: u32 = (1 << SLOT_BITS) - 1;
-/// Generations use 15 bits so every opaque is a non-negative `i32`, as Java's counter is for its
-/// first 2^31 requests (a peer logging opaques never sees a negative one).
-const GENERATION_MASK: u32 = (1 << 15) - 1;
-
-#[derive(Debug, Clone)]
-struct Slot<T> {
-    generation: u32,
-    entry: Option<T>,
-}
-
-/// Outstanding requests of one connection, matched by `opaque` in O(1) with no allocation after
-/// construction.
-///
-/// An opaque is `generation << 16 | slot`. Responses may arrive in any order (a broker may finish a
-/// SYNC_FLUSH send on one queue after a later one on another), so slots are recycled through a free
-/// list rather than as a ring; the generation, bumped on every reuse, makes a late or duplicated
-/// response for a recycled slot miss instead of completing the wrong request.
-#[derive(Debug, Clone)]
-pub struct PendingTable<T> {
-    slots: Vec<Slot<T>>,
-    free: Vec<u32>,
-}
-
-impl<T> PendingTable<T> {
-    /// A table of `capacity` slots (1 to 65,536).
-    pub fn new(capacity: usize) -> Self {
-        assert!(
-            (1..=1 << SLOT_BITS).contains(&capacity),
-            "pending table capacity {capacity} out of range"
-        );
-        Self {
-            slots: (0..capacity)
-                .map(|_| Slot {
-                    generation: 0,
-                    entry: None,
-                })
-                .collect(),
-            // Popped from the back: slot 0 first.
-            free: (0..capacity as u32).rev().collect(),
-        }
-    }
-
-    /// Outstanding requests.
-    pub fn len(&self) -> usize {
-        self.slots.len() - self.free.len()
-    }
-
-    /// Whether nothing is outstanding.
-    pub fn is_empty(&self) -> bool {
-        self.free.len() == self.slots.len()
-    }
-
-    /// Free slots.
-    pub fn available(&self) -> usize {
-        self.free.len()
-    }
-
-    /// Stores `entry` and returns the opaque to send it under; `None` when the table is full.
-    pub fn insert(&mut self, entry: T) -> Option<i32> {
-        let index = self.free.pop()?;
-        let slot = &mut self.slots[index as usize];
-        debug_assert!(slot.entry.is_none(), "free slot {index} is occupied");
-        slot.generation = (slot.generation + 1) & GENERATION_MASK;
-        slot.entry = Some(entry);
-        Some(((slot.generation << SLOT_BITS) | index) as i32)
-    }
-
-    /// Takes the entry sent under `opaque`; `None` for an opaque this table did not hand out or
-    /// already completed.
-    pub fn remove(&mut self, opaque: i32) -> Option<T> {
-        let opaque = u32::try_from(opaque).ok()?;
-        let index = opaque & SLOT_MASK;
-        let slot = self.slots.get_mut(index as usize)?;
-        if slot.generation != opaque >> SLOT_BITS {
-            return None;
-        }
-        let entry = slot.entry.take()?;
-        self.free.push(index);
-        Some(entry)
-    }
-}
 
 /// Paces sends at a fixed rate against an absolute schedule: message `k` is due at
 /// `start + k / rate`. Lateness (a full window, a slow write) is made up by sending what is due at
@@ -144,44 +58,6 @@ pub fn split_evenly(total: u64, parts: usize, index: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn insert_and_remove_match_by_opaque_in_any_order() {
-        let mut table = PendingTable::new(4);
-        let opaques: Vec<i32> = (0..4).map(|i| table.insert(i).unwrap()).collect();
-        assert_eq!(table.insert(9), None, "full");
-        assert_eq!(table.len(), 4);
-        assert_eq!(table.remove(opaques[2]), Some(2));
-        assert_eq!(table.remove(opaques[0]), Some(0));
-        assert_eq!(table.remove(opaques[2]), None, "completed once");
-        assert_eq!(table.available(), 2);
-        assert_eq!(table.remove(opaques[3]), Some(3));
-        assert_eq!(table.remove(opaques[1]), Some(1));
-        assert!(table.is_empty());
-    }
-
-    #[test]
-    fn a_stale_opaque_misses_the_reused_slot() {
-        let mut table = PendingTable::new(1);
-        let first = table.insert("a").unwrap();
-        assert_eq!(table.remove(first), Some("a"));
-        let second = table.insert("b").unwrap();
-        assert_ne!(first, second);
-        assert_eq!(table.remove(first), None);
-        assert_eq!(table.remove(second), Some("b"));
-        assert_eq!(table.remove(-1), None);
-        assert_eq!(table.remove(1 << 16 | 5), None, "slot out of range");
-    }
-
-    #[test]
-    fn opaques_stay_non_negative_across_generations() {
-        let mut table = PendingTable::new(1 << 16);
-        for round in 0..(1 << 15) + 3 {
-            let opaque = table.insert(round).unwrap();
-            assert!(opaque >= 0, "round {round}: {opaque}");
-            assert_eq!(table.remove(opaque), Some(round));
-        }
-    }
 
     #[test]
     fn pacer_follows_an_absolute_schedule() {

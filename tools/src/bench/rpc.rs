@@ -4,19 +4,15 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+use std::rc::Rc;
+
 use anyhow::{Context, Result, anyhow, bail};
-use bytes::BytesMut;
-use compio::BufResult;
-use compio::io::{AsyncReadExt, AsyncWriteExt};
-use compio::net::TcpStream;
+use ringmq_client::remoting::{Connection, ConnectionOptions};
 use ringmq_protocol::body::{self, ClusterInfo, TopicRouteData, perm};
 use ringmq_protocol::header::{
     CreateTopicRequestHeader, GetRouteInfoRequestHeader, OffsetResponseHeader, QueueRequestHeader,
 };
-use ringmq_protocol::{
-    Command, CommandHead, EncodeExt, FrameCodec, RequestCode, ResponseCode, SerializeType,
-    encode_frame,
-};
+use ringmq_protocol::{Command, EncodeExt, RequestCode, ResponseCode};
 
 use super::wire::DEFAULT_TOPIC;
 
@@ -34,89 +30,43 @@ pub fn resolve(addr: &str) -> Result<SocketAddr> {
         .ok_or_else(|| anyhow!("{addr} resolves to no address"))
 }
 
-/// Connects with [`CALL_TIMEOUT`] and disables Nagle (requests are written in whole batches).
-pub async fn connect(addr: SocketAddr, what: &str) -> Result<TcpStream> {
-    let stream = compio::time::timeout(CALL_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| anyhow!("connecting to {what} {addr}: no answer in {CALL_TIMEOUT:?}"))?
-        .with_context(|| format!("connecting to {what} {addr}"))?;
-    stream
-        .set_nodelay(true)
-        .with_context(|| format!("setting TCP_NODELAY on the connection to {addr}"))?;
-    Ok(stream)
+/// Opens a client-library connection (multiplexed, binary headers, Nagle off) to `addr` on the
+/// current thread's runtime, with [`CALL_TIMEOUT`] to connect.
+pub async fn connect(addr: SocketAddr) -> Result<Rc<Connection>> {
+    let options = ConnectionOptions {
+        connect_timeout: CALL_TIMEOUT,
+        ..ConnectionOptions::default()
+    };
+    Ok(Connection::connect(&addr.to_string(), &options).await?)
 }
 
-/// A request/response connection for setup.
+/// A request/response connection for setup; `what` ("broker", "NameServer") appears in errors.
 #[derive(Debug)]
 pub struct RpcClient {
-    stream: TcpStream,
-    addr: SocketAddr,
+    connection: Rc<Connection>,
     what: &'static str,
-    codec: FrameCodec,
-    input: BytesMut,
-    next_opaque: i32,
 }
 
 impl RpcClient {
-    /// Connects to `addr`; `what` ("broker", "NameServer") appears in errors.
+    /// Connects to `addr`.
     pub async fn connect(addr: SocketAddr, what: &'static str) -> Result<Self> {
-        Ok(Self {
-            stream: connect(addr, what).await?,
-            addr,
-            what,
-            codec: FrameCodec::default(),
-            input: BytesMut::with_capacity(64 << 10),
-            next_opaque: 1,
-        })
+        let connection = connect(addr)
+            .await
+            .with_context(|| format!("connecting to {what} {addr}"))?;
+        Ok(Self { connection, what })
     }
 
-    /// Sends one request and waits for its response.
+    /// Sends one request and waits up to [`CALL_TIMEOUT`] for its response.
     pub async fn call<E: EncodeExt>(
         &mut self,
         code: RequestCode,
         header: &E,
         body: &[u8],
     ) -> Result<Command> {
-        let (addr, what) = (self.addr, self.what);
-        compio::time::timeout(CALL_TIMEOUT, self.call_unbounded(code, header, body))
+        self.connection
+            .request(code, header, body, CALL_TIMEOUT)
             .await
-            .map_err(|_| anyhow!("{what} {addr} did not answer {code} within {CALL_TIMEOUT:?}"))?
-    }
-
-    async fn call_unbounded<E: EncodeExt>(
-        &mut self,
-        code: RequestCode,
-        header: &E,
-        body: &[u8],
-    ) -> Result<Command> {
-        let opaque = self.next_opaque;
-        self.next_opaque += 1;
-        let mut out = BytesMut::new();
-        encode_frame(
-            &CommandHead::request(code, opaque, SerializeType::RocketMq),
-            header,
-            body,
-            &mut out,
-        );
-        let BufResult(written, _) = self.stream.write_all(out).await;
-        written.with_context(|| format!("sending {code} to {} {}", self.what, self.addr))?;
-        loop {
-            while let Some(command) = self
-                .codec
-                .decode(&mut self.input)
-                .with_context(|| format!("reading the answer of {} {}", self.what, self.addr))?
-            {
-                if command.is_response() && command.opaque == opaque {
-                    return Ok(command);
-                }
-            }
-            super::wire::reserve_for_read(&mut self.input, &self.codec, 64 << 10);
-            let BufResult(read, input) = self.stream.append(std::mem::take(&mut self.input)).await;
-            self.input = input;
-            if read.with_context(|| format!("reading from {} {}", self.what, self.addr))? == 0 {
-                bail!("{} {} closed the connection", self.what, self.addr);
-            }
-        }
+            .with_context(|| format!("{code} to {} {}", self.what, self.connection.addr()))
     }
 }
 

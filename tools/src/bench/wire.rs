@@ -217,51 +217,6 @@ pub fn append_pull(out: &mut BytesMut, opaque: i32, pull: &PullSpec<'_>) {
     encode_frame_head(&head, &header, 0, out);
 }
 
-/// The fixed fields of a frame read without decoding its ext fields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peek {
-    pub code: i32,
-    pub opaque: i32,
-    pub is_response: bool,
-}
-
-/// Reads code, opaque and the response bit straight from a complete frame with a binary header;
-/// `None` for a JSON header (decode it instead).
-pub fn peek(frame: &[u8], layout: &FrameLayout) -> Option<Peek> {
-    if layout.serialize_type != SerializeType::RocketMq || layout.header_bytes < 13 {
-        return None;
-    }
-    let be_i32 =
-        |at: usize| i32::from_be_bytes([frame[at], frame[at + 1], frame[at + 2], frame[at + 3]]);
-    Some(Peek {
-        code: i32::from(i16::from_be_bytes([frame[CODE_AT], frame[CODE_AT + 1]])),
-        opaque: be_i32(OPAQUE_AT),
-        is_response: be_i32(FLAG_AT) & ringmq_protocol::command::FLAG_RESPONSE != 0,
-    })
-}
-
-/// Makes room in a receive buffer for the next read: at least `chunk` bytes, and the whole of a
-/// partially received frame whose length prefix says it is larger. An impossible prefix is left
-/// for [`FrameCodec::check`] to report.
-pub fn reserve_for_read(input: &mut BytesMut, codec: &FrameCodec, chunk: usize) {
-    let mut frame_rest = 0;
-    if let Some(prefix) = input.get(..LENGTH_PREFIX_BYTES) {
-        let length = i32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
-        if let Ok(length) = usize::try_from(length) {
-            let frame = length + LENGTH_PREFIX_BYTES;
-            if frame <= codec.max_frame_bytes() {
-                frame_rest = frame.saturating_sub(input.len());
-            }
-        }
-    }
-    // A nearly full buffer would make the next read return only a few bytes; `reserve` moves the
-    // unread tail to the front when the buffer is no longer shared, so this rarely allocates.
-    let spare = input.capacity() - input.len();
-    if spare < chunk / 4 || spare < frame_rest {
-        input.reserve(chunk.max(frame_rest));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,47 +340,5 @@ mod tests {
         assert!(header.is_suspend() && header.has_subscription() && !header.has_commit_offset());
         assert_eq!(header.subscription, Some("*"));
         assert_eq!(header.suspend_timeout_ms, 1000);
-    }
-
-    #[test]
-    fn peek_reads_binary_responses_and_declines_json() {
-        let request = Command::request(RequestCode::SendMessageV2, 31);
-        for (serialize_type, expect_peek) in [
-            (SerializeType::RocketMq, true),
-            (SerializeType::Json, false),
-        ] {
-            let mut request = request.clone();
-            request.serialize_type = serialize_type;
-            let head =
-                CommandHead::response_to(&request, ringmq_protocol::ResponseCode::SystemBusy);
-            let mut out = BytesMut::new();
-            encode_frame(&head, &(), &[], &mut out);
-            let layout = FrameCodec::default().check(&out).unwrap().unwrap();
-            let peeked = peek(&out, &layout);
-            if expect_peek {
-                assert_eq!(
-                    peeked,
-                    Some(Peek {
-                        code: 2,
-                        opaque: 31,
-                        is_response: true
-                    })
-                );
-            } else {
-                assert_eq!(peeked, None);
-            }
-        }
-    }
-
-    #[test]
-    fn reserve_makes_room_for_a_large_partial_frame() {
-        let codec = FrameCodec::default();
-        let mut input = BytesMut::new();
-        input.extend_from_slice(&(1_000_000i32).to_be_bytes());
-        reserve_for_read(&mut input, &codec, 4096);
-        assert!(input.capacity() >= 1_000_004);
-        let mut input = BytesMut::new();
-        reserve_for_read(&mut input, &codec, 4096);
-        assert!(input.capacity() >= 4096);
     }
 }
