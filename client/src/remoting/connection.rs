@@ -17,12 +17,13 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::poll_fn;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use compio::BufResult;
@@ -40,6 +41,9 @@ use crate::notify::Notify;
 
 /// Bytes asked of each socket read: large, so one read carries many responses.
 const READ_CHUNK_BYTES: usize = 64 << 10;
+
+/// Longest the timeout sweeper sleeps when no request is due sooner.
+const IDLE_SWEEP: Duration = Duration::from_secs(1);
 
 /// Settings shared by every connection of a pool.
 #[derive(Clone)]
@@ -83,19 +87,47 @@ pub trait InboundHandler {
     fn on_request(&self, connection: &Rc<Connection>, request: Command);
 }
 
-/// One request's slot: its answer once it arrives, and the task to wake.
-#[derive(Debug, Default)]
+/// One request's slot: its answer once it arrives, the task to wake, and when it times out.
+#[derive(Debug)]
 struct Waiter {
     answer: Option<Result<Command>>,
     waker: Option<Waker>,
+    code: RequestCode,
+    timeout: Duration,
+    deadline: Instant,
 }
+
+/// Hashes opaques (sequential integers) with one multiplication: SipHash showed in profiles,
+/// and an identity hash would leave hashbrown's tag bits all equal.
+#[derive(Debug, Default, Clone, Copy)]
+struct OpaqueHasher(u64);
+
+impl Hasher for OpaqueHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 << 8 | u64::from(byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_i32(&mut self, value: i32) {
+        self.0 = u64::from(value.cast_unsigned()).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type PendingMap = HashMap<i32, Waiter, BuildHasherDefault<OpaqueHasher>>;
 
 #[derive(Debug)]
 struct State {
     /// Frames queued for the writer.
     out: BytesMut,
-    pending: HashMap<i32, Waiter>,
+    pending: PendingMap,
     next_opaque: i32,
+    /// When the timeout sweeper will next look; a request due earlier wakes it.
+    next_sweep: Instant,
     /// Why the connection ended; `None` while it is usable.
     closed: Option<ClientError>,
 }
@@ -108,6 +140,7 @@ pub struct Connection {
     serialize_type: SerializeType,
     state: RefCell<State>,
     writer_wake: Notify,
+    sweeper_wake: Notify,
     inbound: Option<Rc<dyn InboundHandler>>,
     tasks: RefCell<Vec<JoinHandle<()>>>,
 }
@@ -154,11 +187,13 @@ impl Connection {
             serialize_type: options.serialize_type,
             state: RefCell::new(State {
                 out: BytesMut::with_capacity(16 << 10),
-                pending: HashMap::new(),
+                pending: PendingMap::default(),
                 next_opaque: 1,
+                next_sweep: Instant::now() + IDLE_SWEEP,
                 closed: None,
             }),
             writer_wake: Notify::default(),
+            sweeper_wake: Notify::default(),
             inbound: options.inbound.clone(),
             tasks: RefCell::new(Vec::new()),
         });
@@ -166,7 +201,11 @@ impl Connection {
         let codec = FrameCodec::new(options.max_frame_bytes);
         let reader = compio::runtime::spawn(read_loop(Rc::clone(&connection), read_half, codec));
         let writer = compio::runtime::spawn(write_loop(Rc::clone(&connection), write_half));
-        connection.tasks.borrow_mut().extend([reader, writer]);
+        let sweeper = compio::runtime::spawn(sweep_loop(Rc::clone(&connection)));
+        connection
+            .tasks
+            .borrow_mut()
+            .extend([reader, writer, sweeper]);
         tracing::debug!(addr, %peer, "connected");
         Ok(connection)
     }
@@ -226,12 +265,13 @@ impl Connection {
         timeout: Duration,
         encode: impl FnOnce(i32, &mut BytesMut),
     ) -> Result<Command> {
-        let opaque = self.enqueue(encode, true)?;
-        let mut guard = PendingGuard {
+        let opaque = self.enqueue(encode, Some((code, timeout)))?;
+        let _guard = PendingGuard {
             connection: self,
             opaque,
         };
-        let answer = poll_fn(|cx| {
+        // No timer per request: the sweeper completes overdue requests with a timeout.
+        poll_fn(|cx| {
             let mut state = self.state.borrow_mut();
             // Only the guard removes the entry; a missing one would be a bug, not a hang.
             let Some(waiter) = state.pending.get_mut(&opaque) else {
@@ -243,17 +283,8 @@ impl Connection {
                 waiter.waker = Some(cx.waker().clone());
                 Poll::Pending
             }
-        });
-        let result = match compio::time::timeout(timeout, answer).await {
-            Ok(answer) => answer,
-            Err(_) => Err(ClientError::Timeout {
-                addr: self.addr.clone(),
-                code,
-                timeout,
-            }),
-        };
-        guard.disarm();
-        result
+        })
+        .await
     }
 
     /// Queues a oneway request (no answer is expected or awaited).
@@ -268,7 +299,7 @@ impl Connection {
                     out,
                 );
             },
-            false,
+            None,
         )
         .map(drop)
     }
@@ -299,8 +330,13 @@ impl Connection {
         drop(std::mem::take(&mut *self.tasks.borrow_mut()));
     }
 
-    /// Assigns an opaque, lets `encode` write the frame, registers the waiter when `awaited`.
-    fn enqueue(&self, encode: impl FnOnce(i32, &mut BytesMut), awaited: bool) -> Result<i32> {
+    /// Assigns an opaque, lets `encode` write the frame, and registers a waiter when the
+    /// request expects an answer (`awaited`: its code and timeout).
+    fn enqueue(
+        &self,
+        encode: impl FnOnce(i32, &mut BytesMut),
+        awaited: Option<(RequestCode, Duration)>,
+    ) -> Result<i32> {
         let mut state = self.state.borrow_mut();
         if let Some(reason) = &state.closed {
             return Err(reason.clone());
@@ -311,12 +347,53 @@ impl Connection {
         }
         state.next_opaque = opaque.wrapping_add(1);
         encode(opaque, &mut state.out);
-        if awaited {
-            state.pending.insert(opaque, Waiter::default());
+        let mut wake_sweeper = false;
+        if let Some((code, timeout)) = awaited {
+            let deadline = Instant::now() + timeout;
+            wake_sweeper = deadline < state.next_sweep;
+            state.pending.insert(
+                opaque,
+                Waiter {
+                    answer: None,
+                    waker: None,
+                    code,
+                    timeout,
+                    deadline,
+                },
+            );
         }
         drop(state);
         self.writer_wake.notify();
+        if wake_sweeper {
+            self.sweeper_wake.notify();
+        }
         Ok(opaque)
+    }
+
+    /// Completes every overdue request with a timeout; returns when the next one is due.
+    fn sweep(&self, now: Instant) -> Instant {
+        let mut state = self.state.borrow_mut();
+        let mut next = now + IDLE_SWEEP;
+        let mut wakers = Vec::new();
+        for waiter in state.pending.values_mut() {
+            if waiter.answer.is_some() {
+                continue;
+            }
+            if waiter.deadline <= now {
+                waiter.answer = Some(Err(ClientError::Timeout {
+                    addr: self.addr.clone(),
+                    code: waiter.code,
+                    timeout: waiter.timeout,
+                }));
+                wakers.extend(waiter.waker.take());
+            } else {
+                next = next.min(waiter.deadline);
+            }
+        }
+        state.next_sweep = next;
+        drop(state);
+        wakers.into_iter().for_each(Waker::wake);
+        next
     }
 
     /// Marks the connection failed (first reason wins) and completes every pending request.
@@ -380,22 +457,13 @@ struct PendingGuard<'a> {
     opaque: i32,
 }
 
-impl PendingGuard<'_> {
-    fn disarm(&mut self) {
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
         self.connection
             .state
             .borrow_mut()
             .pending
             .remove(&self.opaque);
-        self.opaque = 0;
-    }
-}
-
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        if self.opaque != 0 {
-            self.disarm();
-        }
     }
 }
 
@@ -444,6 +512,16 @@ fn reserve_for_read(input: &mut BytesMut, codec: FrameCodec) {
     let spare = input.capacity() - input.len();
     if spare < READ_CHUNK_BYTES / 4 || spare < frame_rest {
         input.reserve(READ_CHUNK_BYTES.max(frame_rest));
+    }
+}
+
+/// Times requests out: sleeps until the earliest deadline (an earlier request wakes it), then
+/// completes the overdue ones. One timer per connection instead of one per request.
+async fn sweep_loop(connection: Rc<Connection>) {
+    let mut next = Instant::now() + IDLE_SWEEP;
+    while !connection.is_closed() {
+        connection.sweeper_wake.wait_until(next).await;
+        next = connection.sweep(Instant::now());
     }
 }
 
