@@ -254,7 +254,7 @@ mod tests {
             body: Bytes::new(),
             tags: None,
             keys: Vec::new(),
-            properties: std::collections::BTreeMap::new(),
+            properties: BTreeMap::new(),
             offset_msg_id: String::new(),
             msg_id: String::new(),
             born_timestamp_ms: 0,

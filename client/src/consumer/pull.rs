@@ -67,14 +67,13 @@ impl PullConsumerBuilder {
                 "pull_batch_size must be at least 1".into(),
             ));
         }
-        let (instance, owns_instance) = match self.instance {
-            Some(instance) => (instance, false),
-            None => {
-                let config = self
-                    .config
-                    .unwrap_or_else(|| ClientConfig::new(&self.namesrv_addrs));
-                (ClientInstance::new(config)?, true)
-            }
+        let (instance, owns_instance) = if let Some(instance) = self.instance {
+            (instance, false)
+        } else {
+            let config = self
+                .config
+                .unwrap_or_else(|| ClientConfig::new(&self.namesrv_addrs));
+            (ClientInstance::new(config)?, true)
         };
         let data = consumer_data(&self.group, &[]);
         let registered = instance
@@ -445,7 +444,7 @@ async fn poll(
     let mut messages = Vec::new();
     let mut state = shared.state();
     for (queue, _) in &start {
-        for (moved_queue, from, next, batch) in reports.iter_mut() {
+        for (moved_queue, from, next, batch) in &mut reports {
             if moved_queue != queue {
                 continue;
             }

@@ -184,12 +184,13 @@ mod tests {
     }
 
     fn offsets(next: i64) -> Option<PullMessageResponseHeader> {
-        Some(PullMessageResponseHeader {
+        let header = PullMessageResponseHeader {
             suggest_which_broker_id: 0,
             next_begin_offset: next,
             min_offset: 0,
             max_offset: 10,
-        })
+        };
+        (next >= 0).then_some(header)
     }
 
     fn record(queue_offset: i64, body: &[u8]) -> Vec<u8> {

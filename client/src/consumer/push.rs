@@ -237,32 +237,18 @@ impl PushConsumerBuilder {
         H: FnMut(&[ReceivedMessage], &ConsumeContext) -> ConsumeOutcome + Send + 'static,
     {
         self.validate()?;
-        let (instance, owns_instance) = match self.instance {
-            Some(instance) => (instance, false),
-            None => {
-                let config = self
-                    .config
-                    .unwrap_or_else(|| ClientConfig::new(&self.namesrv_addrs));
-                (ClientInstance::new(config)?, true)
-            }
+        let settings = Settings::from_builder(&self);
+        let (instance, owns_instance) = if let Some(instance) = self.instance {
+            (instance, false)
+        } else {
+            let config = self
+                .config
+                .unwrap_or_else(|| ClientConfig::new(&self.namesrv_addrs));
+            (ClientInstance::new(config)?, true)
         };
         let result = start_on(
             &instance,
-            Settings::from_builder(
-                &self.group,
-                &self.subscriptions,
-                BuilderParts {
-                    mode: self.mode,
-                    start_position: self.start_position,
-                    batch_size: self.batch_size,
-                    pull_batch_size: self.pull_batch_size,
-                    pull_threshold: self.pull_threshold,
-                    rebalance_interval: self.rebalance_interval,
-                    commit_interval: self.commit_interval,
-                    long_poll_timeout: self.long_poll_timeout,
-                    orderly: self.orderly,
-                },
-            ),
+            settings,
             self.offset_store_dir,
             self.shutdown_timeout,
             handler,
@@ -280,19 +266,6 @@ impl PushConsumerBuilder {
             }
         }
     }
-}
-
-/// The builder's tunables, moved into [`Settings`].
-struct BuilderParts {
-    mode: ConsumeMode,
-    start_position: StartPosition,
-    batch_size: usize,
-    pull_batch_size: u32,
-    pull_threshold: usize,
-    rebalance_interval: Duration,
-    commit_interval: Duration,
-    long_poll_timeout: Duration,
-    orderly: bool,
 }
 
 /// A running consumer's fixed settings, shared by its tasks.
@@ -313,13 +286,15 @@ struct Settings {
 }
 
 impl Settings {
-    fn from_builder(group: &str, subscriptions: &[(String, String)], parts: BuilderParts) -> Self {
+    fn from_builder(builder: &PushConsumerBuilder) -> Self {
         let sub_version = now_ms();
-        let mut subscriptions: Vec<Subscription> = subscriptions
+        let group = &builder.group;
+        let mut subscriptions: Vec<Subscription> = builder
+            .subscriptions
             .iter()
             .map(|(topic, expression)| Subscription::new(topic, expression, sub_version))
             .collect();
-        if parts.mode == ConsumeMode::Clustering {
+        if builder.mode == ConsumeMode::Clustering {
             // Messages the group sends back come back through its retry topic.
             let retry = retry_topic(group);
             if !subscriptions.iter().any(|sub| sub.topic() == retry) {
@@ -327,17 +302,17 @@ impl Settings {
             }
         }
         Self {
-            group: group.to_owned(),
-            mode: parts.mode,
-            start_position: parts.start_position,
+            group: group.clone(),
+            mode: builder.mode,
+            start_position: builder.start_position,
             subscriptions,
-            batch_size: parts.batch_size,
-            pull_batch_size: parts.pull_batch_size,
-            pull_threshold: parts.pull_threshold,
-            rebalance_interval: parts.rebalance_interval,
-            commit_interval: parts.commit_interval,
-            long_poll_timeout: parts.long_poll_timeout,
-            orderly: parts.orderly,
+            batch_size: builder.batch_size,
+            pull_batch_size: builder.pull_batch_size,
+            pull_threshold: builder.pull_threshold,
+            rebalance_interval: builder.rebalance_interval,
+            commit_interval: builder.commit_interval,
+            long_poll_timeout: builder.long_poll_timeout,
+            orderly: builder.orderly,
         }
     }
 
@@ -473,15 +448,15 @@ impl PushConsumer {
             if thread.thread.thread().id() == std::thread::current().id() {
                 // Called from the handler: the thread ends once the handler returns.
             } else {
-                match thread.exited.recv_timeout(self.shutdown_timeout) {
-                    Err(flume::RecvTimeoutError::Disconnected) => {
-                        let _ = thread.thread.join();
-                    }
-                    _ => tracing::warn!(
+                let exited = thread.exited.recv_timeout(self.shutdown_timeout);
+                if let Err(flume::RecvTimeoutError::Disconnected) = exited {
+                    let _ = thread.thread.join();
+                } else {
+                    tracing::warn!(
                         group = %self.group,
                         timeout = ?self.shutdown_timeout,
                         "the consume handler is still running; its batch will be redelivered"
-                    ),
+                    );
                 }
             }
         }
