@@ -371,7 +371,16 @@ impl PullConsumer {
 
 impl Drop for PullConsumer {
     fn drop(&mut self) {
-        self.shutdown();
+        if std::thread::panicking() {
+            // compio aborts the process when a thread that is unwinding wakes one of its tasks,
+            // and the shutdown wakes the I/O thread: run it on a helper thread.
+            let this = &*self;
+            std::thread::scope(|scope| {
+                let _ = scope.spawn(|| this.shutdown()).join();
+            });
+        } else {
+            self.shutdown();
+        }
     }
 }
 

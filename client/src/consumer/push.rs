@@ -475,7 +475,20 @@ impl PushConsumer {
 
 impl Drop for PushConsumer {
     fn drop(&mut self) {
-        if let Err(error) = self.shutdown() {
+        let this = &*self;
+        let result = if std::thread::panicking() {
+            // compio aborts the process when a thread that is unwinding wakes one of its tasks,
+            // and the shutdown wakes the I/O thread: run it on a helper thread.
+            std::thread::scope(|scope| {
+                scope
+                    .spawn(|| this.shutdown())
+                    .join()
+                    .unwrap_or(Err(ClientError::Shutdown))
+            })
+        } else {
+            this.shutdown()
+        };
+        if let Err(error) = result {
             tracing::debug!(group = %self.group, %error, "consumer shutdown on drop");
         }
     }
