@@ -6,9 +6,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command as Process, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -254,6 +255,14 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// Logs to the test output when `RUST_LOG` asks for it (`RUST_LOG=ringmq_client=debug`).
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 /// Polls `condition` until it holds; fails naming `what` after [`DEADLINE`].
 fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -332,6 +341,7 @@ fn committed(broker: &Broker, group: &str, queue: &MessageQueue) -> Option<i64> 
 
 #[test]
 fn push_consumer_receives_every_message_once_and_commits() {
+    logs();
     let broker = Broker::start();
     broker.create_topic("push-once", 4);
     let mut sender = broker.client();
@@ -404,6 +414,7 @@ fn push_consumer_receives_every_message_once_and_commits() {
 
 #[test]
 fn retry_sends_the_message_back_and_it_returns_with_reconsume_times_one() {
+    logs();
     let broker = Broker::start();
     broker.create_topic("push-retry", 1);
     let mut sender = broker.client();
@@ -459,6 +470,7 @@ fn retry_sends_the_message_back_and_it_returns_with_reconsume_times_one() {
 
 #[test]
 fn a_restarted_consumer_resumes_from_the_committed_offset() {
+    logs();
     let broker = Broker::start();
     broker.create_topic("push-resume", 2);
     let mut sender = broker.client();
@@ -498,6 +510,7 @@ fn a_restarted_consumer_resumes_from_the_committed_offset() {
 
 #[test]
 fn group_members_split_the_queues_and_take_over_a_leaver() {
+    logs();
     let broker = Broker::start();
     broker.create_topic("push-split", 4);
     let seen = Seen::default();
@@ -554,6 +567,7 @@ fn group_members_split_the_queues_and_take_over_a_leaver() {
 
 #[test]
 fn orderly_consumer_retries_locally_in_order() {
+    logs();
     let broker = Broker::start();
     broker.create_topic("push-orderly", 2);
     let mut sender = broker.client();
@@ -605,6 +619,7 @@ fn orderly_consumer_retries_locally_in_order() {
 
 #[test]
 fn broadcasting_members_each_get_everything_and_keep_local_offsets() {
+    logs();
     let broker = Broker::start();
     broker.create_topic("push-broadcast", 2);
     let offsets_dir = tempfile::tempdir().unwrap();
@@ -645,11 +660,136 @@ fn broadcasting_members_each_get_everything_and_keep_local_offsets() {
     assert_eq!(bodies, ["late"], "resumed from the local offsets");
 }
 
+/// A TCP forwarder in front of a NameServer that the test can take away, closing every
+/// connection it carries, as if the NameServer died.
+struct Proxy {
+    addr: SocketAddr,
+    stopped: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<TcpStream>>>,
+    acceptor: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stopped = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let (acceptor_stopped, acceptor_connections) =
+            (Arc::clone(&stopped), Arc::clone(&connections));
+        let acceptor = std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if acceptor_stopped.load(Ordering::Acquire) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                let mut kept = acceptor_connections.lock().unwrap();
+                kept.push(client.try_clone().unwrap());
+                kept.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Self {
+            addr,
+            stopped,
+            connections,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    /// Closes every forwarded connection and refuses new ones.
+    fn stop(&mut self) {
+        self.stopped.store(true, Ordering::Release);
+        // Wakes the blocking accept so the acceptor sees the flag and closes the listener.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(acceptor) = self.acceptor.take() {
+            acceptor.join().unwrap();
+        }
+        for connection in self.connections.lock().unwrap().drain(..) {
+            let _ = connection.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+#[test]
+fn consumers_keep_working_when_every_nameserver_is_down() {
+    logs();
+    let broker = Broker::start();
+    broker.create_topic("no-namesrv", 2);
+    let mut proxy = Proxy::start(broker.namesrv);
+    let config = || {
+        ClientConfig::new(&proxy.addr.to_string())
+            .with_request_timeout(Duration::from_secs(5))
+            .with_heartbeat_interval(Duration::from_secs(1))
+            .with_route_refresh_interval(Duration::from_millis(200))
+    };
+    let seen = Seen::default();
+    let handler_seen = seen.clone();
+    let push = push_builder(&broker, "g-no-namesrv", "no-namesrv")
+        .config(config())
+        .start(move |messages, context| {
+            handler_seen.record(messages, &context.queue);
+            ConsumeOutcome::Success
+        })
+        .unwrap();
+    let puller = PullConsumer::builder("unused:1", "g-no-namesrv-pull")
+        .config(config())
+        .start_position(StartPosition::First)
+        .build()
+        .unwrap();
+    let queues = puller.queues("no-namesrv").wait().unwrap();
+    puller.assign(queues.clone()).wait().unwrap();
+    let topic_queues = || {
+        push.assigned_queues()
+            .iter()
+            .filter(|q| q.topic == "no-namesrv")
+            .count()
+    };
+    wait_until("the push consumer's queues", || topic_queues() == 2);
+
+    proxy.stop();
+    let mut sender = broker.client();
+    for i in 0..6 {
+        sender.send("no-namesrv", i % 2, &format!("n{i}"), None);
+    }
+    wait_until("delivery without a NameServer", || seen.all().len() >= 6);
+    let mut polled = Vec::new();
+    let start = Instant::now();
+    while polled.len() < 6 {
+        assert!(start.elapsed() < DEADLINE, "polling without a NameServer");
+        polled.extend(puller.poll(Duration::from_secs(1)).wait().unwrap());
+    }
+    puller.commit().wait().unwrap();
+    assert_eq!(puller.committed(&queues[0]).wait().unwrap(), Some(3));
+    // Several rebalances (every second) and route refreshes run against the cached routes.
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_secs(3) {
+        assert_eq!(topic_queues(), 2, "the assignment survives the outage");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sender.send("no-namesrv", 0, "later", None);
+    wait_until("a later message", || seen.bodies().contains_key("later"));
+    push.shutdown().unwrap();
+    puller.shutdown();
+}
+
 // ------------------------------------------------------------------------------------------------
 // Pull consumer
 
 #[test]
 fn pull_consumer_polls_seeks_and_commits() {
+    logs();
     let broker = Broker::start();
     broker.create_topic("pull-topic", 2);
     let mut sender = broker.client();
