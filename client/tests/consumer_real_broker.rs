@@ -212,7 +212,7 @@ impl Raw {
                     return command;
                 }
             }
-            let mut chunk = [0_u8; 64 << 10];
+            let mut chunk = [0_u8; 8 << 10];
             let read = self.stream.read(&mut chunk).unwrap();
             assert!(read > 0, "connection closed while waiting for {code}");
             self.input.extend_from_slice(&chunk[..read]);
