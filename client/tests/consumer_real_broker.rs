@@ -412,6 +412,64 @@ fn push_consumer_receives_every_message_once_and_commits() {
     }
 }
 
+/// Starts a consumer whose handler takes `work` per message, waits until it is handling the
+/// first message, shuts it down with `shutdown_timeout`, and returns the committed offset of
+/// queue 0 and how long the shutdown took.
+fn shutdown_during_a_batch(
+    broker: &Broker,
+    group: &str,
+    work: Duration,
+    shutdown_timeout: Duration,
+) -> (Option<i64>, Duration) {
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let consumer = push_builder(broker, group, "push-slow")
+        .shutdown_timeout(shutdown_timeout)
+        .start(move |_messages, _context| {
+            let _ = started_tx.send(());
+            // The handler's own work, not a wait for a condition.
+            std::thread::sleep(work);
+            ConsumeOutcome::Success
+        })
+        .unwrap();
+    started_rx
+        .recv_timeout(DEADLINE)
+        .expect("the handler starts");
+    let stopping = Instant::now();
+    consumer.shutdown().unwrap();
+    let took = stopping.elapsed();
+    let queue = MessageQueue {
+        broker_name: "broker-a".into(),
+        queue_id: 0,
+        topic: "push-slow".into(),
+    };
+    (committed(broker, group, &queue), took)
+}
+
+#[test]
+fn shutdown_waits_for_the_running_batch_within_its_timeout() {
+    logs();
+    let broker = Broker::start();
+    broker.create_topic("push-slow", 1);
+    broker.client().send("push-slow", 0, "slow", None);
+    // The batch ends within the timeout: it is committed.
+    let (offset, _) =
+        shutdown_during_a_batch(&broker, "g-slow-wait", Duration::from_millis(500), DEADLINE);
+    assert_eq!(
+        offset,
+        Some(1),
+        "the batch in the handler completed and was committed"
+    );
+    // It does not: shutdown returns after the timeout and the message stays uncommitted.
+    let (offset, took) = shutdown_during_a_batch(
+        &broker,
+        "g-slow-abandon",
+        Duration::from_secs(5),
+        Duration::from_millis(200),
+    );
+    assert_eq!(offset, Some(0), "an unfinished batch is not committed");
+    assert!(took < Duration::from_secs(4), "shutdown waited {took:?}");
+}
+
 #[test]
 fn retry_sends_the_message_back_and_it_returns_with_reconsume_times_one() {
     logs();

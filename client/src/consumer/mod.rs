@@ -135,6 +135,29 @@ pub struct ConsumeContext {
     pub orderly: bool,
 }
 
+impl ConsumeContext {
+    /// A context for a first delivery from `queue`, for calling a handler in the user's own
+    /// tests.
+    ///
+    /// ```
+    /// use ringmq_client::{ConsumeContext, MessageQueue};
+    ///
+    /// let context = ConsumeContext::new(MessageQueue {
+    ///     broker_name: "broker-a".into(),
+    ///     queue_id: 0,
+    ///     topic: "orders".into(),
+    /// });
+    /// assert_eq!(context.attempt, 0);
+    /// ```
+    pub const fn new(queue: MessageQueue) -> Self {
+        Self {
+            queue,
+            attempt: 0,
+            orderly: false,
+        }
+    }
+}
+
 /// The current wall-clock time in ms since the Unix epoch (subscription versions).
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
@@ -271,6 +294,13 @@ mod tests {
         assert!(!some.matches(Some("c")));
         assert!(!some.matches(None));
         assert_eq!(some.expression(), "a || b");
+    }
+
+    #[test]
+    fn handles_are_send_and_sync() {
+        const fn send_sync<T: Send + Sync>() {}
+        send_sync::<PushConsumer>();
+        send_sync::<PullConsumer>();
     }
 
     #[test]

@@ -689,6 +689,11 @@ impl PushIo {
             if settings.orderly {
                 deadline = deadline.min(next_lock);
             }
+            if self.pulls_stopped.get() {
+                // Shutting down: only the next control request matters (timers that are due
+                // would otherwise fire again and again).
+                deadline = Instant::now() + Duration::from_secs(3600);
+            }
             match either(
                 control.recv_async(),
                 self.rebalance_wake.wait_until(deadline),
@@ -822,7 +827,17 @@ impl PushIo {
             return Ok(queues.to_vec());
         }
         self.announce_to(&route).await;
-        let ids = consumer_ids(ctx, &self.settings.group, &route).await?;
+        let ids = match consumer_ids(ctx, &self.settings.group, &route).await {
+            Ok(ids) => ids,
+            Err(error) if !error.is_transport() => {
+                // The broker does not list the group: it restarted or dropped this client's
+                // connection since the last heartbeat. Announce again and ask once more.
+                tracing::debug!(group = %self.settings.group, topic, %error, "member list refused; heartbeating");
+                self.announce().await;
+                consumer_ids(ctx, &self.settings.group, &route).await?
+            }
+            Err(error) => return Err(error),
+        };
         if !ids.contains(&ctx.client_id) {
             tracing::debug!(group = %self.settings.group, topic, "this client is not in the group's member list yet");
         }
