@@ -16,10 +16,10 @@
 //! done (handled successfully, or sent back to the broker for a later retry), so a crash or a
 //! rebalance makes the next owner re-read from there: messages may be seen twice, never skipped.
 //!
-//! Module layout: [`pull_api`] (the PULL_MESSAGE exchange), [`offsets`] (broker and local offset
-//! stores, start positions), [`rebalance`] (queue allocation), [`process_queue`] (per-queue
-//! in-flight tracking), [`orderly`] (queue locks), [`consume`] (the consume thread), [`push`] and
-//! [`pull`] (the two consumers).
+//! Module layout: `pull_api` (the PULL_MESSAGE exchange), `offsets` (broker and local offset
+//! stores, start positions), `rebalance` (queue allocation), `process_queue` (per-queue in-flight
+//! tracking), `orderly` (queue locks), `consume` (the consume thread), `push` and `pull` (the two
+//! consumers).
 
 mod consume;
 mod offsets;
