@@ -3,6 +3,7 @@
 //! The Rust client library for RingMQ and any RocketMQ 4.x broker (DESIGN.md §1).
 
 pub mod config;
+pub mod consumer;
 pub mod error;
 mod instance;
 pub mod message;
@@ -11,6 +12,10 @@ pub mod remoting;
 pub mod route;
 
 pub use config::ClientConfig;
+pub use consumer::{
+    ConsumeContext, ConsumeMode, ConsumeOutcome, PullConsumer, PullConsumerBuilder, PushConsumer,
+    PushConsumerBuilder, StartPosition,
+};
 pub use error::{ClientError, Result};
 pub use instance::{ClientInstance, Pending};
 pub use message::{Message, MessageQueue, ReceivedMessage, SendResult, SendStatus};
