@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::BytesMut;
 use ringmq_protocol::body::{self, ClusterInfo, TopicRouteData, perm};
-use ringmq_protocol::header::{CreateTopicRequestHeader, GetRouteInfoRequestHeader};
+use ringmq_protocol::header::{
+    CreateTopicRequestHeader, GetRouteInfoRequestHeader, OffsetResponseHeader,
+    QueryConsumerOffsetRequestHeader, QueueRequestHeader,
+};
 use ringmq_protocol::{
     Command, CommandHead, EncodeExt, FrameCodec, RequestCode, ResponseCode, SerializeType,
     encode_frame,
@@ -173,4 +176,49 @@ pub fn create_topic(broker: &str, topic: &str, queues: i32) -> Result<()> {
     };
     RemotingClient::connect(broker)?.request_ok(RequestCode::UpdateAndCreateTopic, &header, &[])?;
     Ok(())
+}
+
+/// GET_MAX_OFFSET on the broker at `broker`: the offset the next message of the queue gets.
+pub fn max_offset(broker: &str, topic: &str, queue_id: i32) -> Result<i64> {
+    let answer = RemotingClient::connect(broker)?.request_ok(
+        RequestCode::GetMaxOffset,
+        &QueueRequestHeader { topic, queue_id },
+        &[],
+    )?;
+    let header: OffsetResponseHeader = answer
+        .header()
+        .with_context(|| format!("GET_MAX_OFFSET answer of {broker}"))?;
+    Ok(header.offset)
+}
+
+/// QUERY_CONSUMER_OFFSET on the broker at `broker`: the offset `group` committed for the queue,
+/// `None` on QUERY_NOT_FOUND. (A broker answers 0 for a group that never committed on a queue
+/// that still holds its first message, as RocketMQ does.)
+pub fn committed_offset(
+    broker: &str,
+    group: &str,
+    topic: &str,
+    queue_id: i32,
+) -> Result<Option<i64>> {
+    let header = QueryConsumerOffsetRequestHeader {
+        consumer_group: group,
+        topic,
+        queue_id,
+        set_zero_if_not_found: None,
+    };
+    let answer =
+        RemotingClient::connect(broker)?.request(RequestCode::QueryConsumerOffset, &header, &[])?;
+    match answer.response_code() {
+        ResponseCode::Success => {
+            let header: OffsetResponseHeader = answer
+                .header()
+                .with_context(|| format!("QUERY_CONSUMER_OFFSET answer of {broker}"))?;
+            Ok(Some(header.offset))
+        }
+        ResponseCode::QueryNotFound => Ok(None),
+        other => bail!(
+            "{broker} refused QUERY_CONSUMER_OFFSET: {other} ({})",
+            answer.remark.as_deref().unwrap_or_default()
+        ),
+    }
 }

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use ringmq_protocol::RequestCode;
-use ringmq_testkit::remoting::{RemotingClient, cluster_info, create_topic, topic_route};
+use ringmq_testkit::remoting::{
+    RemotingClient, cluster_info, committed_offset, create_topic, max_offset, topic_route,
+};
 use ringmq_testkit::{BrokerOptions, BrokerProcess, Cluster, DEADLINE, NamesrvProcess, wait_until};
 
 #[test]
@@ -42,6 +44,11 @@ fn embedded_broker_restarts_on_its_port_and_store() {
         topic_route(&namesrv, "Kept").ok().flatten()
     });
     assert!(broker.log_path().starts_with(broker.store_dir()));
+    assert_eq!(max_offset(&broker.addr(), "Kept", 0).unwrap(), 0);
+    // RocketMQ's rule: a group that never committed reads a queue still holding its first
+    // message from 0.
+    let never = committed_offset(&broker.addr(), "nobody", "Kept", 0).unwrap();
+    assert!(matches!(never, None | Some(0)), "{never:?}");
     // A connection open across the kill leaves the old port in TIME_WAIT on the broker side.
     let _open = RemotingClient::connect(&broker.addr()).unwrap();
     let addr = broker.addr();
