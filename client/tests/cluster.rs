@@ -13,6 +13,8 @@
 //! time ([`serial`]).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -26,6 +28,8 @@ use ringmq_client::{
 use ringmq_testkit::remoting::{committed_offset, max_offset};
 use ringmq_testkit::{Cluster, wait_until};
 
+use common::Handle;
+
 const BROKERS: [&str; 2] = ["broker-a", "broker-b"];
 /// Queues per broker of every test topic.
 const QUEUES: i32 = 4;
@@ -38,41 +42,6 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// A client handle that is dropped on a thread of its own when the test is panicking.
-///
-/// Why: dropping a producer or consumer wakes a task on the client's compio I/O thread, and
-/// compio (0.19) aborts the whole process when a task is woken from a thread that is unwinding
-/// (its schedule guard checks `thread::panicking()`). A failed assertion would then kill every
-/// test of this file and print no process logs. Handles held here leave the panicking thread
-/// first.
-struct Handle<T: Send + 'static>(Option<T>);
-
-impl<T: Send + 'static> Handle<T> {
-    const fn new(handle: T) -> Self {
-        Self(Some(handle))
-    }
-}
-
-impl<T: Send + 'static> std::ops::Deref for Handle<T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        self.0.as_ref().expect("present until dropped")
-    }
-}
-
-impl<T: Send + 'static> Drop for Handle<T> {
-    fn drop(&mut self) {
-        if let Some(handle) = self.0.take() {
-            if thread::panicking() {
-                let _joined = thread::spawn(move || drop(handle)).join();
-            } else {
-                drop(handle);
-            }
-        }
-    }
 }
 
 fn start_cluster() -> Cluster {

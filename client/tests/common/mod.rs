@@ -182,21 +182,69 @@ pub async fn bounded<T>(what: &str, future: impl Future<Output = T>) -> T {
 
 /// A route of one topic to `broker-a` at `broker_addr` with four read/write queues.
 pub fn route_data(broker_addr: &str) -> TopicRouteData {
-    let mut broker = BrokerData {
-        broker_name: "broker-a".into(),
-        cluster: "DefaultCluster".into(),
-        ..BrokerData::default()
-    };
-    broker.broker_addrs.insert(0, broker_addr.to_owned());
+    route_of(&[("broker-a", broker_addr)])
+}
+
+/// A route of one topic to each (broker name, master address), four read/write queues each.
+pub fn route_of(brokers: &[(&str, &str)]) -> TopicRouteData {
     TopicRouteData {
-        broker_datas: vec![broker],
-        queue_datas: vec![QueueData {
-            broker_name: "broker-a".into(),
-            perm: perm::READ | perm::WRITE,
-            read_queue_nums: 4,
-            write_queue_nums: 4,
-            topic_sys_flag: 0,
-        }],
+        broker_datas: brokers
+            .iter()
+            .map(|(name, addr)| {
+                let mut broker = BrokerData {
+                    broker_name: (*name).to_owned(),
+                    cluster: "DefaultCluster".into(),
+                    ..BrokerData::default()
+                };
+                broker.broker_addrs.insert(0, (*addr).to_owned());
+                broker
+            })
+            .collect(),
+        queue_datas: brokers
+            .iter()
+            .map(|(name, _)| QueueData {
+                broker_name: (*name).to_owned(),
+                perm: perm::READ | perm::WRITE,
+                read_queue_nums: 4,
+                write_queue_nums: 4,
+                topic_sys_flag: 0,
+            })
+            .collect(),
         ..TopicRouteData::default()
+    }
+}
+
+/// A client handle that is dropped on a thread of its own when the test is panicking.
+///
+/// Why: dropping a producer or consumer wakes a task on the client's compio I/O thread, and
+/// compio (0.19) aborts the whole process when a task is woken from a thread that is unwinding
+/// (its schedule guard checks `thread::panicking()`). A failed assertion would then kill every
+/// test of this file and print no process logs. Handles held here leave the panicking thread
+/// first.
+pub struct Handle<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> Handle<T> {
+    pub const fn new(handle: T) -> Self {
+        Self(Some(handle))
+    }
+}
+
+impl<T: Send + 'static> std::ops::Deref for Handle<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl<T: Send + 'static> Drop for Handle<T> {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            if thread::panicking() {
+                let _joined = thread::spawn(move || drop(handle)).join();
+            } else {
+                drop(handle);
+            }
+        }
     }
 }
