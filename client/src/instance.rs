@@ -128,13 +128,23 @@ impl ClientInstance {
             })
             .detach();
         });
-        let sent = self
+        let jobs = self
             .inner
             .jobs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(|jobs| jobs.send(job).is_ok());
+            .clone();
+        let sent = match jobs {
+            // Sending wakes the I/O thread's runtime, and compio aborts the process when a
+            // waker runs on an unwinding thread (a handle dropped during a panic): hand the
+            // send to another thread.
+            Some(jobs) if std::thread::panicking() => std::thread::Builder::new()
+                .name("ringmq-client-job".into())
+                .spawn(move || drop(jobs.send(job)))
+                .is_ok(),
+            Some(jobs) => jobs.send(job).is_ok(),
+            None => false,
+        };
         if !sent {
             let (tx, rx) = flume::bounded(1);
             let _ = tx.send(Err(ClientError::Shutdown));
@@ -173,6 +183,21 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Closing the job channel wakes the I/O thread's runtime, and compio aborts the
+            // process when a waker runs on a thread that is unwinding: stop from another thread.
+            let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner).take();
+            let thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
+            let _ = std::thread::Builder::new()
+                .name("ringmq-client-stop".into())
+                .spawn(move || {
+                    drop(jobs);
+                    if let Some(thread) = thread {
+                        let _ = thread.join();
+                    }
+                });
+            return;
+        }
         self.stop();
     }
 }

@@ -1,0 +1,143 @@
+//! A `ringmq-namesrv` process on an ephemeral loopback port.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::binary;
+use crate::process::{ManagedChild, wait_port_closed};
+
+static SEQUENCE: AtomicUsize = AtomicUsize::new(0);
+
+/// NameServer settings; the defaults are fast so tests see expiry in seconds.
+#[derive(Debug, Clone)]
+pub struct NamesrvOptions {
+    /// Address to listen on; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// How often expired brokers are looked for.
+    pub scan_interval_ms: u64,
+    /// How long a broker may go without registering (brokers started by the testkit register
+    /// every 500 ms).
+    pub broker_expiry_ms: u64,
+}
+
+impl Default for NamesrvOptions {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            scan_interval_ms: 200,
+            broker_expiry_ms: 5_000,
+        }
+    }
+}
+
+/// A running NameServer. Dropping it SIGKILLs it.
+#[derive(Debug)]
+pub struct NamesrvProcess {
+    process: ManagedChild,
+    addr: SocketAddr,
+    options: NamesrvOptions,
+    /// Holds the log file.
+    dir: tempfile::TempDir,
+}
+
+impl NamesrvProcess {
+    /// Starts a NameServer with [`NamesrvOptions::default`] and waits until it listens.
+    pub fn start() -> Self {
+        Self::start_with(NamesrvOptions::default())
+    }
+
+    /// Starts a NameServer with `options` and waits until it listens.
+    pub fn start_with(options: NamesrvOptions) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("ringmq-namesrv-")
+            .tempdir()
+            .expect("create a temporary directory");
+        let (process, addr) = spawn(&options, dir.path());
+        Self {
+            process,
+            addr,
+            options,
+            dir,
+        }
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The listening address.
+    pub const fn socket_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
+
+    /// SIGKILL by PID, then reap, then wait until the port refuses connections.
+    pub fn kill(&mut self) -> ExitStatus {
+        let status = self.process.kill();
+        wait_port_closed(self.process.label(), self.addr);
+        status
+    }
+
+    /// SIGTERM by PID, then wait for the exit and until the port refuses connections.
+    pub fn stop(&mut self) -> ExitStatus {
+        let status = self.process.terminate();
+        wait_port_closed(self.process.label(), self.addr);
+        status
+    }
+
+    /// Stops the process if running and starts a new one on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let options = NamesrvOptions {
+            listen: self.addr,
+            ..self.options.clone()
+        };
+        let (process, addr) = spawn(&options, self.dir.path());
+        assert_eq!(addr, self.addr, "the restarted NameServer moved");
+        self.process = process;
+    }
+
+    /// Its log (stdout and stderr) so far.
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+}
+
+fn spawn(options: &NamesrvOptions, dir: &Path) -> (ManagedChild, SocketAddr) {
+    let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+    let args = vec![
+        "--listen".to_owned(),
+        options.listen.to_string(),
+        "--scan-interval-ms".to_owned(),
+        options.scan_interval_ms.to_string(),
+        "--broker-expiry-ms".to_owned(),
+        options.broker_expiry_ms.to_string(),
+        "--workers".to_owned(),
+        "1".to_owned(),
+    ];
+    let mut process = ManagedChild::spawn(
+        &format!("ringmq-namesrv #{sequence}"),
+        &binary("ringmq-namesrv"),
+        &args,
+        &dir.join("namesrv.log"),
+    );
+    let lines = process.wait_for_lines(&["ringmq-namesrv listening on"]);
+    let addr = lines[0].parse().unwrap_or_else(|error| {
+        process.fail(&format!(
+            "printed an unparsable address {:?}: {error}",
+            lines[0]
+        ))
+    });
+    (process, addr)
+}
