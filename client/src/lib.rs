@@ -7,6 +7,7 @@ pub mod error;
 mod instance;
 pub mod message;
 mod notify;
+pub mod producer;
 pub mod remoting;
 pub mod route;
 
@@ -14,3 +15,4 @@ pub use config::ClientConfig;
 pub use error::{ClientError, Result};
 pub use instance::{ClientInstance, Pending};
 pub use message::{Message, MessageQueue, ReceivedMessage, SendResult, SendStatus};
+pub use producer::{Producer, ProducerBuilder};

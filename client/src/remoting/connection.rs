@@ -412,7 +412,7 @@ async fn read_loop(connection: Rc<Connection>, mut stream: TcpStream, codec: Fra
                 Err(error) => break 'read protocol_error(&connection.addr, error),
             }
         }
-        reserve_for_read(&mut input, &codec);
+        reserve_for_read(&mut input, codec);
         let BufResult(read, buffer) = stream.append(input).await;
         input = buffer;
         match read {
@@ -430,7 +430,7 @@ fn io_lost(addr: &str, error: &io::Error) -> ClientError {
 
 /// Makes room for the next read: at least a chunk, or the rest of a large frame whose start is
 /// already buffered.
-fn reserve_for_read(input: &mut BytesMut, codec: &FrameCodec) {
+fn reserve_for_read(input: &mut BytesMut, codec: FrameCodec) {
     let mut frame_rest = 0;
     if let Some(prefix) = input.get(..LENGTH_PREFIX_BYTES) {
         let length = i32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
