@@ -16,6 +16,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::net::IpAddr;
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,7 +26,7 @@ use bytes::BytesMut;
 use ringmq_protocol::header::{SendMessageRequestHeader, SendMessageResponseHeader};
 use ringmq_protocol::message::BatchMessage;
 use ringmq_protocol::message::batch::BATCH_ENTRY_FIXED_BYTES;
-use ringmq_protocol::message::properties::MAX_PROPERTIES_BYTES;
+use ringmq_protocol::message::properties::{MAX_PROPERTIES_BYTES, keys};
 use ringmq_protocol::{
     Command, CommandHead, RequestCode, ResponseCode, encode_frame, encode_frame_head,
 };
@@ -230,9 +231,10 @@ impl State {
     /// topic at a time). Not awaited: the retry goes on with the cached route and the fault
     /// tracker, and the next send sees the fresh route.
     fn schedule_refresh(self: &Rc<Self>, ctx: &Rc<IoContext>, topic: &str) {
-        if !self.refreshing.borrow_mut().insert(topic.to_owned()) {
+        if self.refreshing.borrow().contains(topic) {
             return;
         }
+        self.refreshing.borrow_mut().insert(topic.to_owned());
         let (ctx, state, topic) = (Rc::clone(ctx), Rc::clone(self), topic.to_owned());
         compio::runtime::spawn(async move {
             if let Err(error) = ctx.routes.refresh(&ctx.pool, &topic, ctx.timeout()).await {
@@ -257,14 +259,18 @@ impl State {
     }
 }
 
+/// One message and its id.
+#[derive(Debug)]
+struct Single {
+    message: Message,
+    unique_id: String,
+}
+
 /// What one send carries: one message or a batch, with the ids generated for it (kept across
 /// retries, so a retried message keeps its `UNIQ_KEY`, as in Java).
 #[derive(Debug)]
 enum Payload {
-    Single {
-        message: Message,
-        unique_id: String,
-    },
+    Single(Single),
     Batch {
         messages: Vec<Message>,
         /// Every message's id, `,`-joined: the batch's `msg_id` as Java reports it.
@@ -275,21 +281,21 @@ enum Payload {
 impl Payload {
     fn topic(&self) -> &str {
         match self {
-            Self::Single { message, .. } => message.topic(),
+            Self::Single(single) => single.message.topic(),
             Self::Batch { messages, .. } => messages.first().map_or("", Message::topic),
         }
     }
 
     const fn code(&self) -> RequestCode {
         match self {
-            Self::Single { .. } => RequestCode::SendMessageV2,
+            Self::Single(_) => RequestCode::SendMessageV2,
             Self::Batch { .. } => RequestCode::SendBatchMessage,
         }
     }
 
     fn into_msg_id(self) -> String {
         match self {
-            Self::Single { unique_id, .. } => unique_id,
+            Self::Single(single) => single.unique_id,
             Self::Batch { unique_ids, .. } => unique_ids,
         }
     }
@@ -299,7 +305,7 @@ impl Payload {
     fn encode(&self, state: &State, queue_id: i32, head: &CommandHead<'_>, out: &mut BytesMut) {
         let mut properties = state.properties.borrow_mut();
         match self {
-            Self::Single { message, unique_id } => {
+            Self::Single(Single { message, unique_id }) => {
                 message.write_properties(unique_id, &mut properties);
                 let header = request_header(
                     state.settings(),
@@ -669,13 +675,14 @@ fn no_writable_queue(topic: &str) -> ClientError {
     }
 }
 
-/// One attempt on a given queue (no failover), within `send_timeout`.
+/// One attempt on a given queue (no failover), ending by `deadline`.
 async fn send_once(
     ctx: &Rc<IoContext>,
     state: &Rc<State>,
     route: &TopicRoute,
     payload: Payload,
     queue: &MessageQueue,
+    deadline: Instant,
 ) -> Result<SendResult> {
     let topic = payload.topic();
     let addr = route
@@ -683,16 +690,8 @@ async fn send_once(
         .map(str::to_owned)
         .or_else(|| ctx.routes.master_addr(&queue.broker_name))
         .ok_or_else(|| no_writable_queue(topic))?;
-    match attempt(
-        ctx,
-        state,
-        &payload,
-        queue,
-        &addr,
-        state.settings().send_timeout,
-    )
-    .await
-    {
+    let left = deadline.saturating_duration_since(Instant::now());
+    match attempt(ctx, state, &payload, queue, &addr, left).await {
         Ok(mut result) => {
             result.msg_id = payload.into_msg_id();
             Ok(result)
@@ -705,11 +704,37 @@ async fn send_once(
 }
 
 /// Checks a single message and gives it its id.
-fn prepare(state: &State, message: Message) -> Result<Payload> {
+fn prepare(state: &State, message: Message) -> Result<Single> {
     validate_message(&message, state.settings())?;
+    identify(state, message)
+}
+
+/// Gives a checked message its id; its properties must fit a record. Writing them is the exact
+/// check, done only when a cheap upper bound does not already prove they fit.
+fn identify(state: &State, message: Message) -> Result<Single> {
     let unique_id = state.ids.next_id();
-    state.check_properties(&message, &unique_id)?;
-    Ok(Payload::Single { message, unique_id })
+    if properties_len_bound(&message, &unique_id) > MAX_PROPERTIES_BYTES {
+        state.check_properties(&message, &unique_id)?;
+    }
+    Ok(Single { message, unique_id })
+}
+
+/// At least the length of the properties string [`Message::write_properties`] writes: every
+/// entry it may write, at its longest, plus its two separator characters.
+fn properties_len_bound(message: &Message, unique_id: &str) -> usize {
+    let entry = |name: &str, value_len: usize| name.len() + value_len + 2;
+    let keys_len = message.keys().iter().map(|key| key.len() + 1).sum();
+    let user: usize = message
+        .properties()
+        .iter()
+        .map(|(name, value)| entry(name, value.len()))
+        .sum();
+    entry(keys::TAGS, message.tags().map_or(0, str::len))
+        + entry(keys::KEYS, keys_len)
+        + entry(keys::DELAY, 10)
+        + entry(keys::WAIT, 5)
+        + entry(keys::UNIQ_KEY, unique_id.len())
+        + user
 }
 
 /// `Producer::send`.
@@ -719,8 +744,8 @@ pub(crate) async fn send(
     message: Message,
 ) -> Result<SendResult> {
     let state = State::get(&ctx, &shared)?;
-    let payload = prepare(&state, message)?;
-    send_with_failover(&ctx, &state, payload).await
+    let single = prepare(&state, message)?;
+    send_with_failover(&ctx, &state, Payload::Single(single)).await
 }
 
 /// `Producer::send_batch`.
@@ -774,10 +799,20 @@ pub(crate) async fn send_to_queue(
             queue.topic
         )));
     }
-    let payload = prepare(&state, message)?;
-    let route = publish_route(&ctx, &queue.topic, state.settings().send_timeout).await?;
+    let single = prepare(&state, message)?;
+    let timeout = state.settings().send_timeout;
+    let deadline = Instant::now() + timeout;
+    let route = publish_route(&ctx, &queue.topic, timeout).await?;
     state.on_route(&ctx, &queue.topic, &route);
-    send_once(&ctx, &state, &route, payload, &queue).await
+    send_once(
+        &ctx,
+        &state,
+        &route,
+        Payload::Single(single),
+        &queue,
+        deadline,
+    )
+    .await
 }
 
 /// `Producer::send_with_selector` when the caller could not run the selector (first send to
@@ -792,21 +827,30 @@ where
     S: FnOnce(&[MessageQueue], &Message) -> usize,
 {
     let state = State::get(&ctx, &shared)?;
-    let payload = prepare(&state, message)?;
-    let topic = payload.topic();
-    let route = publish_route(&ctx, topic, state.settings().send_timeout).await?;
+    validate_message(&message, state.settings())?;
+    let topic = message.topic();
+    let timeout = state.settings().send_timeout;
+    let deadline = Instant::now() + timeout;
+    let route = publish_route(&ctx, topic, timeout).await?;
     state.on_route(&ctx, topic, &route);
     let queues = route.writable_queues();
     if queues.is_empty() {
         return Err(no_writable_queue(topic));
     }
-    let queue = {
-        let Payload::Single { message, .. } = &payload else {
-            return Err(no_writable_queue(topic));
-        };
-        queues[selector(queues, message) % queues.len()].clone()
-    };
-    send_once(&ctx, &state, &route, payload, &queue).await
+    // User code on the I/O thread: a panic must not take the thread down.
+    let index = std::panic::catch_unwind(AssertUnwindSafe(|| selector(queues, &message)))
+        .map_err(|_| ClientError::InvalidArgument("the queue selector panicked".into()))?;
+    let queue = queues[index % queues.len()].clone();
+    let single = identify(&state, message)?;
+    send_once(
+        &ctx,
+        &state,
+        &route,
+        Payload::Single(single),
+        &queue,
+        deadline,
+    )
+    .await
 }
 
 /// `Producer::send_oneway`: one attempt, done once the request is queued on the connection.
@@ -816,9 +860,10 @@ pub(crate) async fn send_oneway(
     message: Message,
 ) -> Result<()> {
     let state = State::get(&ctx, &shared)?;
-    let payload = prepare(&state, message)?;
-    let topic = payload.topic();
+    let Single { message, unique_id } = prepare(&state, message)?;
+    let topic = message.topic();
     let settings = state.settings();
+    let deadline = Instant::now() + settings.send_timeout;
     let route = publish_route(&ctx, topic, settings.send_timeout).await?;
     let cursor = state.on_route(&ctx, topic, &route);
     let queue = state
@@ -827,24 +872,22 @@ pub(crate) async fn send_oneway(
     let addr = route
         .master_addr(&queue.broker_name)
         .ok_or_else(|| no_writable_queue(topic))?;
-    let Payload::Single { message, unique_id } = &payload else {
-        return Err(no_writable_queue(topic));
-    };
     let began = Instant::now();
-    let queued = match compio::time::timeout(settings.send_timeout, ctx.pool.get(addr)).await {
+    let left = deadline.saturating_duration_since(began);
+    let queued = match compio::time::timeout(left, ctx.pool.get(addr)).await {
         Ok(Ok(connection)) => {
             // Synchronous from here: the properties borrow ends before any `.await`.
             let mut properties = state.properties.borrow_mut();
-            message.write_properties(unique_id, &mut properties);
+            message.write_properties(&unique_id, &mut properties);
             let header =
-                request_header(settings, message, queue.queue_id, Some(&properties), false);
+                request_header(settings, &message, queue.queue_id, Some(&properties), false);
             connection.oneway(RequestCode::SendMessageV2, &header.v2(), message.body())
         }
         Ok(Err(error)) => Err(error),
         Err(_) => Err(ClientError::Timeout {
             addr: addr.to_owned(),
             code: RequestCode::SendMessageV2,
-            timeout: settings.send_timeout,
+            timeout: left,
         }),
     };
     if queued.is_err() {
@@ -928,7 +971,7 @@ mod tests {
                 .with_keys(["k1", "k2"])
                 .with_flag(7)
                 .with_property("region", "eu");
-            let payload = prepare(&state, message).unwrap();
+            let payload = Payload::Single(prepare(&state, message).unwrap());
             let head = CommandHead::request(RequestCode::SendMessageV2, 42, serialize_type);
             let mut out = BytesMut::new();
             payload.encode(&state, 3, &head, &mut out);
@@ -951,7 +994,7 @@ mod tests {
             assert_eq!(properties.get("TAGS"), Some("paid"));
             assert_eq!(properties.get("KEYS"), Some("k1 k2"));
             assert_eq!(properties.get("region"), Some("eu"));
-            let Payload::Single { unique_id, .. } = &payload else {
+            let Payload::Single(Single { unique_id, .. }) = &payload else {
                 panic!("single");
             };
             assert_eq!(properties.get("UNIQ_KEY"), Some(unique_id.as_str()));
@@ -1038,6 +1081,32 @@ mod tests {
         let state = state();
         let huge = Message::new("t", "b").with_property("big", "v".repeat(MAX_PROPERTIES_BYTES));
         assert!(state.check_properties(&huge, "id").is_err());
+    }
+
+    #[test]
+    fn properties_bound_is_never_below_the_written_length() {
+        let state = state();
+        let messages = [
+            Message::new("t", "b"),
+            Message::new("t", "b")
+                .with_tags("tag")
+                .with_keys(["a", "bb", "ccc"])
+                .with_delay_level(18)
+                .with_wait_store_ok(false)
+                .with_property("x", "y")
+                .with_property("long", "v".repeat(1000)),
+        ];
+        for message in messages {
+            let id = state.ids.next_id();
+            let written = state.check_properties(&message, &id).unwrap();
+            assert!(properties_len_bound(&message, &id) >= written);
+        }
+        // Too long: refused by the exact check the bound triggers.
+        let huge = Message::new("t", "b").with_property("big", "v".repeat(MAX_PROPERTIES_BYTES));
+        assert!(matches!(
+            identify(&state, huge),
+            Err(ClientError::InvalidArgument(_))
+        ));
     }
 
     #[test]
