@@ -190,6 +190,7 @@ impl ClientError {
         Self::bad_response(addr, request, error.to_string())
     }
 
+    #[allow(dead_code)] // for the consumers' record decoding
     pub(crate) fn bad_record(addr: &str, request: RequestCode, error: &RecordError) -> Self {
         Self::bad_response(addr, request, error.to_string())
     }

@@ -8,6 +8,7 @@ pub mod error;
 mod instance;
 pub mod message;
 mod notify;
+pub mod producer;
 pub mod remoting;
 pub mod route;
 
@@ -19,3 +20,4 @@ pub use consumer::{
 pub use error::{ClientError, Result};
 pub use instance::{ClientInstance, Pending};
 pub use message::{Message, MessageQueue, ReceivedMessage, SendResult, SendStatus};
+pub use producer::{Producer, ProducerBuilder};

@@ -133,6 +133,12 @@ impl Message {
         self.flag
     }
 
+    /// Whether the broker answers only once the message is stored (see
+    /// [`Message::with_wait_store_ok`]).
+    pub const fn wait_store_ok(&self) -> bool {
+        self.wait_store_ok
+    }
+
     /// The user properties.
     pub const fn properties(&self) -> &BTreeMap<String, String> {
         &self.properties
