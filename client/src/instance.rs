@@ -186,8 +186,16 @@ impl Drop for Inner {
         if std::thread::panicking() {
             // Closing the job channel wakes the I/O thread's runtime, and compio aborts the
             // process when a waker runs on a thread that is unwinding: stop from another thread.
-            let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner).take();
-            let thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
+            let jobs = self
+                .jobs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            let thread = self
+                .thread
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
             let _ = std::thread::Builder::new()
                 .name("ringmq-client-stop".into())
                 .spawn(move || {

@@ -114,7 +114,8 @@ impl Hasher for OpaqueHasher {
     }
 
     fn write_i32(&mut self, value: i32) {
-        self.0 = u64::from(value.cast_unsigned()).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 =
+            u64::from(u32::from_ne_bytes(value.to_ne_bytes())).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 
