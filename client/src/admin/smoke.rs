@@ -85,7 +85,9 @@ pub(super) async fn send(ctx: &IoContext, message: Message) -> Result<SendResult
             what: "writable",
         });
     }
-    let queue = queues[NEXT_QUEUE.fetch_add(1, Ordering::Relaxed) % queues.len()].clone();
+    // Offset by the process id, so one-send processes (the admin CLI) spread over the queues too.
+    let turn = NEXT_QUEUE.fetch_add(1, Ordering::Relaxed) + std::process::id() as usize;
+    let queue = queues[turn % queues.len()].clone();
     let addr = route
         .master_addr(&queue.broker_name)
         .ok_or_else(|| ClientError::NoQueue {
