@@ -41,19 +41,48 @@ fn expect_exit(output: &Output, code: i32, what: &str) {
 fn topics_cluster_broker_messages_and_progress() {
     let broker = Broker::start();
     let n = broker.namesrv.as_str();
+    cluster_and_broker_status(n, &broker.addr);
+    create_update_and_inspect(n, &broker.addr);
+    let sent = send_then_look_up_and_consume(n);
+    progress_after_the_commit(n, &sent);
+    consume_from_last_waits_for_a_new_message(n);
+    operation_failures_exit_with_1(n, &broker.addr);
 
-    // cluster list: the broker is the master of the default cluster.
+    // topic delete: gone from the NameServer and the broker.
+    let deleted = admin(n, &["topic", "delete", "-t", TOPIC, "-c", CLUSTER]);
+    expect_exit(&deleted, 0, "topic delete");
+    let list = admin_json(n, &["topic", "list"]);
+    assert!(
+        !list["topics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|topic| topic == TOPIC)
+    );
+    expect_exit(
+        &admin(n, &["topic", "route", "-t", TOPIC]),
+        1,
+        "route of a deleted topic",
+    );
+}
+
+/// cluster list: the broker is the master of the default cluster; broker status answers.
+fn cluster_and_broker_status(n: &str, broker_addr: &str) {
     let clusters = admin_json(n, &["cluster", "list"]);
     let cluster = &clusters["clusters"][0];
     assert_eq!(cluster["cluster"], CLUSTER);
-    assert_eq!(cluster["brokers"][0]["addr"], broker.addr.as_str());
+    assert_eq!(cluster["brokers"][0]["addr"], broker_addr);
     assert_eq!(cluster["brokers"][0]["brokerId"], 0);
     let text = admin(n, &["cluster", "list"]);
     expect_exit(&text, 0, "cluster list");
     assert!(text.stdout.starts_with("CLUSTER"), "{}", text.stdout);
-    assert!(text.stdout.contains(&broker.addr), "{}", text.stdout);
+    assert!(text.stdout.contains(broker_addr), "{}", text.stdout);
+    let stats = admin_json(n, &["broker", "status", "-b", broker_addr]);
+    assert_eq!(stats["runtimeInfo"]["brokerVersionDesc"], "V4_9_8");
+}
 
-    // topic create on the cluster, then it shows up in route, list and status.
+/// topic create on the cluster, then it shows up in route, list and status; update works.
+fn create_update_and_inspect(n: &str, broker_addr: &str) {
     let created = admin(
         n,
         &[
@@ -61,17 +90,14 @@ fn topics_cluster_broker_messages_and_progress() {
         ],
     );
     expect_exit(&created, 0, "topic create");
-    assert!(created.stdout.contains(&broker.addr), "{}", created.stdout);
+    assert!(created.stdout.contains(broker_addr), "{}", created.stdout);
     let route = wait_for("the topic's route", DEADLINE, || {
         let output = admin(n, &["--json", "topic", "route", "-t", TOPIC]);
         (output.code == Some(0)).then(|| serde_json::from_str::<Value>(&output.stdout).unwrap())
     });
     assert_eq!(route["queueDatas"][0]["readQueueNums"], 2);
     assert_eq!(route["queueDatas"][0]["writeQueueNums"], 2);
-    assert_eq!(
-        route["brokerDatas"][0]["brokerAddrs"]["0"],
-        broker.addr.as_str()
-    );
+    assert_eq!(route["brokerDatas"][0]["brokerAddrs"]["0"], broker_addr);
     let list = admin_json(n, &["topic", "list"]);
     let topics: Vec<&str> = list["topics"]
         .as_array()
@@ -84,8 +110,8 @@ fn topics_cluster_broker_messages_and_progress() {
     assert_eq!(status["queues"].as_array().unwrap().len(), 2);
     assert_eq!(status["queues"][0]["maxOffset"], 0);
     assert!(status["queues"][0]["lastStoreTimestampMs"].is_null());
-
-    // topic update changes the queue counts.
+    let text = admin(n, &["topic", "status", "-t", TOPIC]);
+    assert!(text.stdout.starts_with("BROKER"), "{}", text.stdout);
     let updated = admin(
         n,
         &[
@@ -94,7 +120,7 @@ fn topics_cluster_broker_messages_and_progress() {
             "-t",
             TOPIC,
             "-b",
-            &broker.addr,
+            broker_addr,
             "-r",
             "2",
             "-w",
@@ -104,12 +130,17 @@ fn topics_cluster_broker_messages_and_progress() {
         ],
     );
     expect_exit(&updated, 0, "topic update");
+}
 
-    // broker status.
-    let stats = admin_json(n, &["broker", "status", "-b", &broker.addr]);
-    assert_eq!(stats["runtimeInfo"]["brokerVersionDesc"], "V4_9_8");
+/// Where `send` said the message went.
+struct Sent {
+    offset_msg_id: String,
+    queue_id: i64,
+    queue_offset: i64,
+}
 
-    // send, then find the message by offset id, by key, and consume it with a group.
+/// send, then find the message by offset id and by key, and consume it with a group.
+fn send_then_look_up_and_consume(n: &str) -> Sent {
     let sent = admin_json(
         n,
         &[
@@ -125,9 +156,6 @@ fn topics_cluster_broker_messages_and_progress() {
     );
     assert_eq!(sent["status"], "SEND_OK");
     let offset_msg_id = sent["offsetMsgId"].as_str().unwrap().to_owned();
-    let queue_id = sent["queueId"].as_i64().unwrap();
-    let queue_offset = sent["queueOffset"].as_i64().unwrap();
-
     let by_id = admin_json(n, &["message", "id", &offset_msg_id]);
     assert_eq!(by_id["body"], "hello admin");
     assert_eq!(by_id["tags"], "TagA");
@@ -145,18 +173,25 @@ fn topics_cluster_broker_messages_and_progress() {
     );
     assert_eq!(consumed["body"], "hello admin");
     assert_eq!(consumed["offsetMsgId"], offset_msg_id.as_str());
+    Sent {
+        offset_msg_id,
+        queue_id: sent["queueId"].as_i64().unwrap(),
+        queue_offset: sent["queueOffset"].as_i64().unwrap(),
+    }
+}
 
-    // The consume committed past the message: no lag left, and nothing more to consume.
+/// The consume committed past the message: no lag left, and nothing more to consume.
+fn progress_after_the_commit(n: &str, sent: &Sent) {
     let progress = admin_json(n, &["consumer", "progress", "-g", "cli-group", "-t", TOPIC]);
     assert_eq!(progress["totalLag"], 0, "{progress}");
     let queue = progress["queues"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|queue| queue["queue"]["queueId"] == queue_id)
+        .find(|queue| queue["queue"]["queueId"] == sent.queue_id)
         .unwrap();
-    assert_eq!(queue["committedOffset"], queue_offset + 1);
-    assert_eq!(queue["brokerOffset"], queue_offset + 1);
+    assert_eq!(queue["committedOffset"], sent.queue_offset + 1);
+    assert_eq!(queue["brokerOffset"], sent.queue_offset + 1);
     let other = admin_json(
         n,
         &["consumer", "progress", "-g", "never-consumed", "-t", TOPIC],
@@ -179,32 +214,14 @@ fn topics_cluster_broker_messages_and_progress() {
     expect_exit(&drained, 3, "consume with nothing left");
 
     let status = admin_json(n, &["topic", "status", "-t", TOPIC]);
-    let queue = &status["queues"][usize::try_from(queue_id).unwrap()];
-    assert_eq!(queue["maxOffset"], queue_offset + 1);
+    let queue = &status["queues"][usize::try_from(sent.queue_id).unwrap()];
+    assert_eq!(queue["maxOffset"], sent.queue_offset + 1);
     assert!(
         queue["lastStoreTimestampMs"].as_i64().unwrap() > 0,
         "{status}"
     );
-
-    consume_from_last_waits_for_a_new_message(n);
-    operation_failures_exit_with_1(n, &broker.addr);
-
-    // topic delete: gone from the NameServer and the broker.
-    let deleted = admin(n, &["topic", "delete", "-t", TOPIC, "-c", CLUSTER]);
-    expect_exit(&deleted, 0, "topic delete");
-    let list = admin_json(n, &["topic", "list"]);
-    assert!(
-        !list["topics"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|topic| topic == TOPIC)
-    );
-    expect_exit(
-        &admin(n, &["topic", "route", "-t", TOPIC]),
-        1,
-        "route of a deleted topic",
-    );
+    let by_id = admin_json(n, &["message", "id", &sent.offset_msg_id]);
+    assert_eq!(by_id["queueOffset"], sent.queue_offset);
 }
 
 /// `consume --from last` long-polls: it prints a message sent after it started. Messages are

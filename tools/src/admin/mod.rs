@@ -110,7 +110,9 @@ impl Failure {
         serde_json::json!({
             "error": self.message,
             "exitCode": self.exit_code,
-            "responseCode": error.and_then(ClientError::response_code).map(|code| code.as_i32()),
+            "responseCode": error
+                .and_then(ClientError::response_code)
+                .map(ringmq_protocol::ResponseCode::as_i32),
             "remark": error.and_then(ClientError::remark),
         })
     }
