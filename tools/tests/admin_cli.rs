@@ -67,8 +67,13 @@ fn topics_cluster_broker_messages_and_progress() {
 }
 
 /// cluster list: the broker is the master of the default cluster; broker status answers.
+/// (Also the first command: it waits for the broker's registration.)
 fn cluster_and_broker_status(n: &str, broker_addr: &str) {
-    let clusters = admin_json(n, &["cluster", "list"]);
+    // The broker registers with its NameServer after it prints its addresses.
+    let clusters = wait_for("the broker's registration", DEADLINE, || {
+        let clusters = admin_json(n, &["cluster", "list"]);
+        (!clusters["clusters"].as_array().unwrap().is_empty()).then_some(clusters)
+    });
     let cluster = &clusters["clusters"][0];
     assert_eq!(cluster["cluster"], CLUSTER);
     assert_eq!(cluster["brokers"][0]["addr"], broker_addr);
