@@ -2,15 +2,21 @@
 //! (`<store>/config/topics.json`) before publishing the new snapshot every shard reads.
 //!
 //! Changes arrive from any shard as [`TopicChange`]s (UPDATE_AND_CREATE_TOPIC, auto-creation on
-//! send, retry topics on heartbeat) and are applied one at a time, so two shards creating the
-//! same topic at once both see it created once.
+//! send, retry topics on heartbeat, DELETE_TOPIC_IN_BROKER) and are applied one at a time, so two
+//! shards creating the same topic at once both see it created once.
+//!
+//! Deleting a topic removes its config only. Its stored messages stay where they are: the
+//! records in the commit log until retention removes their segment by age, the consume-queue
+//! entries and the consumer groups' committed offsets untouched. Until then a topic re-created
+//! under the same name continues its queues' offsets (and its old messages are readable again);
+//! while it does not exist, sends, pulls and routes for it are refused as for any unknown topic.
 
 use std::sync::Arc;
 
 use ringmq_storage::{io::UringStorage, metadata::TopicConfigTable};
 
 use crate::{
-    shared::{BrokerShared, TopicChange},
+    shared::{BrokerShared, TopicChange, TopicEdit},
     topics::{self, TopicSnapshot},
 };
 
@@ -54,13 +60,28 @@ pub(crate) async fn serve_topic_changes(
     changes: flume::Receiver<TopicChange>,
 ) {
     while let Ok(change) = changes.recv_async().await {
-        let name = change.config.topic_name.clone();
-        let result = match table.upsert(change.config).await {
+        let (name, saved, what) = match change.edit {
+            TopicEdit::Upsert(config) => {
+                let name = config.topic_name.clone();
+                (name, table.upsert(config).await, "created or updated")
+            }
+            TopicEdit::Delete(name) => {
+                let saved = table.remove(&name).await;
+                let what = match &saved {
+                    Ok(None) => "to delete is unknown; nothing to do",
+                    _ => "deleted",
+                };
+                (name, saved.map(drop), what)
+            }
+        };
+        let result = match saved {
             Ok(()) => {
                 publish(&shared, &table);
-                // Tell every NameServer now rather than at the next 30 s heartbeat.
+                // Tell every NameServer now rather than at the next 30 s heartbeat. A deleted
+                // topic simply no longer appears in the registration: NameServers keep its
+                // queue data until DELETE_TOPIC_IN_NAMESRV (as in RocketMQ).
                 let _ = shared.register_now.try_send(());
-                tracing::info!(topic = %name, "topic created or updated");
+                tracing::info!(topic = %name, "topic {what}");
                 Ok(())
             }
             Err(err) => {
@@ -77,10 +98,20 @@ pub(crate) async fn apply(
     shared: &BrokerShared,
     config: ringmq_protocol::body::TopicConfig,
 ) -> Result<(), String> {
+    edit(shared, TopicEdit::Upsert(config)).await
+}
+
+/// Deletes a topic's config through the table's writer and waits until every shard sees it
+/// gone. Deleting an unknown topic succeeds (RocketMQ answers SUCCESS too).
+pub(crate) async fn delete(shared: &BrokerShared, topic: &str) -> Result<(), String> {
+    edit(shared, TopicEdit::Delete(topic.to_owned())).await
+}
+
+async fn edit(shared: &BrokerShared, edit: TopicEdit) -> Result<(), String> {
     let (reply, answer) = flume::bounded(1);
     shared
         .topic_changes
-        .send_async(TopicChange { config, reply })
+        .send_async(TopicChange { edit, reply })
         .await
         .map_err(|_| "the broker is stopping".to_owned())?;
     answer

@@ -103,10 +103,19 @@ pub(crate) enum ShardMessage {
     Close,
 }
 
+/// What a [`TopicChange`] does to the topic table.
+#[derive(Debug)]
+pub(crate) enum TopicEdit {
+    /// Create the topic, or replace its config.
+    Upsert(TopicConfig),
+    /// Remove the topic's config (DELETE_TOPIC_IN_BROKER); removing an unknown topic is a no-op.
+    Delete(String),
+}
+
 /// A change to the broker-wide topic table, handled by its one writer (shard 0).
 #[derive(Debug)]
 pub(crate) struct TopicChange {
-    pub config: TopicConfig,
+    pub edit: TopicEdit,
     pub reply: flume::Sender<Result<(), String>>,
 }
 

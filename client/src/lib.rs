@@ -2,6 +2,7 @@
 //!
 //! The Rust client library for RingMQ and any RocketMQ 4.x broker (DESIGN.md §1).
 
+pub mod admin;
 pub mod config;
 pub mod consumer;
 pub mod error;

@@ -8,8 +8,8 @@ use ringmq_protocol::{
     body::{self, KvTable, TopicConfig, TopicFilterType, perm},
     encode_frame_head,
     header::{
-        CreateTopicRequestHeader, QueryMessageRequestHeader, QueryMessageResponseHeader,
-        ViewMessageRequestHeader,
+        CreateTopicRequestHeader, DeleteTopicRequestHeader, QueryMessageRequestHeader,
+        QueryMessageResponseHeader, ViewMessageRequestHeader,
     },
     message::{Properties, StoredRecord, properties::keys},
 };
@@ -78,6 +78,39 @@ pub(super) async fn create_topic(ctx: &ShardCtx, command: &Command) -> Handled {
         order: header.order,
     };
     match metadata::apply(&ctx.shared, config).await {
+        Ok(()) => success(command),
+        Err(reason) => error(command, ResponseCode::SystemError, &reason),
+    }
+}
+
+/// DELETE_TOPIC_IN_BROKER (215): removes the topic's config, persists the table and re-registers
+/// with the NameServers (which keep the topic's queue data until DELETE_TOPIC_IN_NAMESRV).
+/// Stored messages are not deleted: see `crate::metadata`. An unknown topic is a success, as in
+/// RocketMQ, so a delete can be repeated after a partial failure.
+pub(super) async fn delete_topic(ctx: &ShardCtx, command: &Command) -> Handled {
+    let header: DeleteTopicRequestHeader<'_> = match command.header() {
+        Ok(header) => header,
+        Err(err) => return bad_header(command, &err),
+    };
+    if ctx.shared.config.broker_role == BrokerRole::Slave {
+        return error(
+            command,
+            ResponseCode::SystemError,
+            "the broker is a slave: topics are deleted on its master",
+        );
+    }
+    if let Err(reason) = topics::validate_name(header.topic) {
+        return error(command, ResponseCode::SystemError, &reason);
+    }
+    if header.topic == topics::AUTO_CREATE_TEMPLATE {
+        // Without it auto-creation stops, and the broker would re-create it at the next start.
+        return error(
+            command,
+            ResponseCode::SystemError,
+            &format!("The topic[{}] is conflict with system topic.", header.topic),
+        );
+    }
+    match metadata::delete(&ctx.shared, header.topic).await {
         Ok(()) => success(command),
         Err(reason) => error(command, ResponseCode::SystemError, &reason),
     }

@@ -218,6 +218,7 @@ async fn handle(ctx: &Rc<ShardCtx>, command: Command, origin: &Origin) -> Handle
         RequestCode::UnlockBatchMq => client::unlock(ctx, &command),
         RequestCode::CheckClientConfig => client::check_client_config(&command),
         RequestCode::UpdateAndCreateTopic => Box::pin(admin::create_topic(ctx, &command)).await,
+        RequestCode::DeleteTopicInBroker => Box::pin(admin::delete_topic(ctx, &command)).await,
         RequestCode::GetAllTopicConfig => admin::all_topic_config(ctx, &command),
         RequestCode::GetBrokerRuntimeInfo => admin::runtime_info(ctx, &command),
         RequestCode::ViewMessageById => Box::pin(admin::view_message(ctx, &command)).await,
@@ -243,6 +244,7 @@ fn kind_of(code: RequestCode) -> RequestKind {
         | RequestCode::SearchOffsetByTimestamp
         | RequestCode::GetEarliestMsgStoretime => RequestKind::Offset,
         RequestCode::UpdateAndCreateTopic
+        | RequestCode::DeleteTopicInBroker
         | RequestCode::GetAllTopicConfig
         | RequestCode::GetBrokerRuntimeInfo
         | RequestCode::ViewMessageById

@@ -1,0 +1,273 @@
+//! Topic operations: create/update, delete, list, route and per-queue status.
+
+use ringmq_protocol::RequestCode;
+use ringmq_protocol::body::{ClusterInfo, TopicFilterType, TopicList, TopicRouteData};
+use ringmq_protocol::header::{
+    CreateTopicRequestHeader, DeleteTopicFromNamesrvRequestHeader, DeleteTopicRequestHeader,
+};
+
+use super::{QueueStatus, TopicSpec, TopicTarget, read_addr, rpc};
+use crate::error::{ClientError, Result};
+use crate::instance::IoContext;
+use crate::message::MessageQueue;
+use crate::route::TopicRoute;
+
+/// The template topic brokers create new topics from (sent as `defaultTopic`).
+const TEMPLATE_TOPIC: &str = "TBW102";
+/// Group named in the admin's own pulls (they carry their subscription and commit nothing).
+pub(super) const ADMIN_GROUP: &str = "RINGMQ_ADMIN";
+
+pub(super) async fn create(
+    ctx: &IoContext,
+    spec: &TopicSpec,
+    target: &TopicTarget,
+) -> Result<Vec<String>> {
+    if spec.name.trim().is_empty() {
+        return Err(ClientError::InvalidArgument(
+            "the topic name is empty".into(),
+        ));
+    }
+    let brokers = match target {
+        TopicTarget::Broker(addr) => vec![addr.clone()],
+        TopicTarget::Cluster(cluster) => masters_of(&rpc::cluster_info(ctx).await?, cluster)?,
+    };
+    let header = CreateTopicRequestHeader {
+        topic: &spec.name,
+        default_topic: TEMPLATE_TOPIC,
+        read_queue_nums: spec.read_queues,
+        write_queue_nums: spec.write_queues,
+        perm: spec.perm,
+        topic_filter_type: TopicFilterType::SingleTag.name(),
+        topic_sys_flag: Some(0),
+        order: spec.order,
+    };
+    for addr in &brokers {
+        rpc::call(ctx, addr, RequestCode::UpdateAndCreateTopic, &header, &[]).await?;
+    }
+    Ok(brokers)
+}
+
+pub(super) async fn delete(ctx: &IoContext, topic: &str, cluster: &str) -> Result<()> {
+    if topic.trim().is_empty() {
+        return Err(ClientError::InvalidArgument(
+            "the topic name is empty".into(),
+        ));
+    }
+    for addr in masters_of(&rpc::cluster_info(ctx).await?, cluster)? {
+        let header = DeleteTopicRequestHeader { topic };
+        rpc::call(ctx, &addr, RequestCode::DeleteTopicInBroker, &header, &[]).await?;
+    }
+    // Every NameServer, not just one: they do not share state. Brokers no longer announce the
+    // topic, so a NameServer that restarts later does not learn it again.
+    let header = DeleteTopicFromNamesrvRequestHeader {
+        topic,
+        cluster_name: Some(cluster),
+    };
+    for addr in ctx.routes.namesrv_addrs() {
+        rpc::call(ctx, addr, RequestCode::DeleteTopicInNamesrv, &header, &[]).await?;
+    }
+    Ok(())
+}
+
+pub(super) async fn list(ctx: &IoContext) -> Result<Vec<String>> {
+    let code = RequestCode::GetAllTopicListFromNameserver;
+    let (addr, answer) = rpc::namesrv_call(ctx, code, &()).await?;
+    let mut list: TopicList = rpc::json(&answer, &addr, code, "TopicList")?;
+    list.topic_list.sort();
+    list.topic_list.dedup();
+    Ok(list.topic_list)
+}
+
+pub(super) async fn route(ctx: &IoContext, topic: &str) -> Result<TopicRouteData> {
+    ctx.routes
+        .fetch(&ctx.pool, topic, ctx.timeout())
+        .await?
+        .ok_or_else(|| ClientError::TopicNotFound {
+            topic: topic.to_owned(),
+        })
+}
+
+pub(super) async fn status(ctx: &IoContext, topic: &str) -> Result<Vec<QueueStatus>> {
+    let route = TopicRoute::new(topic, route(ctx, topic).await?);
+    let mut status = Vec::new();
+    for (queue, addr) in queues_of(&route, |data| {
+        data.read_queue_nums.max(data.write_queue_nums)
+    }) {
+        let min_offset =
+            rpc::queue_offset(ctx, &addr, RequestCode::GetMinOffset, topic, queue.queue_id).await?;
+        let max_offset =
+            rpc::queue_offset(ctx, &addr, RequestCode::GetMaxOffset, topic, queue.queue_id).await?;
+        let last_store_timestamp_ms = if max_offset > min_offset {
+            last_store_time(ctx, &addr, &queue, max_offset - 1).await
+        } else {
+            None
+        };
+        status.push(QueueStatus {
+            queue,
+            broker_addr: addr,
+            min_offset,
+            max_offset,
+            last_store_timestamp_ms,
+        });
+    }
+    Ok(status)
+}
+
+/// The store time of the message at `offset`, read with a one-message pull (brokers have no
+/// request that answers it directly: Java's GET_TOPIC_STATS_INFO is not implemented by RingMQ).
+/// `None` when the pull is refused (a write-only topic) or finds nothing.
+async fn last_store_time(
+    ctx: &IoContext,
+    addr: &str,
+    queue: &MessageQueue,
+    offset: i64,
+) -> Option<i64> {
+    let pulled = rpc::pull(
+        ctx,
+        addr,
+        ADMIN_GROUP,
+        queue,
+        offset,
+        1,
+        std::time::Duration::ZERO,
+    )
+    .await;
+    match pulled {
+        Ok(pulled) => pulled
+            .messages
+            .first()
+            .map(|message| message.store_timestamp_ms),
+        Err(error) => {
+            tracing::debug!(%error, queue = queue.queue_id, "no last store time");
+            None
+        }
+    }
+}
+
+/// The queues of every broker group of a route with the address to ask about them, by broker
+/// name then queue id; `count` says how many queues a group's `QueueData` stands for. Groups
+/// with no registered address are left out.
+pub(super) fn queues_of(
+    route: &TopicRoute,
+    count: impl Fn(&ringmq_protocol::body::QueueData) -> i32,
+) -> Vec<(MessageQueue, String)> {
+    let mut datas: Vec<_> = route.data.queue_datas.iter().collect();
+    datas.sort_by(|a, b| a.broker_name.cmp(&b.broker_name));
+    let mut queues = Vec::new();
+    for data in datas {
+        let Some(addr) = route.broker(&data.broker_name).and_then(read_addr) else {
+            tracing::debug!(broker = %data.broker_name, "broker group without an address");
+            continue;
+        };
+        queues.extend((0..count(data)).map(|queue_id| {
+            let queue = MessageQueue {
+                broker_name: data.broker_name.clone(),
+                queue_id,
+                topic: route.topic.clone(),
+            };
+            (queue, addr.to_owned())
+        }));
+    }
+    queues
+}
+
+/// The master addresses of `cluster`'s broker groups.
+fn masters_of(info: &ClusterInfo, cluster: &str) -> Result<Vec<String>> {
+    let Some(names) = info.cluster_addr_table.get(cluster) else {
+        let known: Vec<&str> = info.cluster_addr_table.keys().map(String::as_str).collect();
+        return Err(ClientError::InvalidArgument(format!(
+            "cluster {cluster} is unknown to the NameServers (known: {})",
+            known.join(", ")
+        )));
+    };
+    let masters: Vec<String> = names
+        .iter()
+        .filter_map(|name| info.broker_addr_table.get(name))
+        .filter_map(|broker| broker.master_addr().map(str::to_owned))
+        .collect();
+    if masters.is_empty() {
+        return Err(ClientError::InvalidArgument(format!(
+            "cluster {cluster} has no registered master"
+        )));
+    }
+    Ok(masters)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringmq_protocol::body::{BrokerData, QueueData};
+
+    fn broker(name: &str, addrs: &[(i64, &str)]) -> BrokerData {
+        BrokerData {
+            broker_name: name.into(),
+            cluster: "c".into(),
+            broker_addrs: addrs.iter().map(|(id, a)| (*id, (*a).to_owned())).collect(),
+            ..BrokerData::default()
+        }
+    }
+
+    #[test]
+    fn masters_of_a_cluster_skip_groups_without_one() {
+        let mut info = ClusterInfo::default();
+        info.cluster_addr_table
+            .insert("c".into(), ["a".into(), "b".into()].into());
+        info.broker_addr_table
+            .insert("a".into(), broker("a", &[(0, "a:1"), (1, "a:2")]));
+        info.broker_addr_table
+            .insert("b".into(), broker("b", &[(1, "b:2")]));
+        assert_eq!(masters_of(&info, "c").unwrap(), ["a:1"]);
+        let unknown = masters_of(&info, "x").unwrap_err().to_string();
+        assert!(unknown.contains("known: c"), "{unknown}");
+        info.broker_addr_table.remove("a");
+        assert!(masters_of(&info, "c").is_err());
+    }
+
+    #[test]
+    fn queues_are_listed_per_group_with_the_address_to_ask() {
+        let data = TopicRouteData {
+            broker_datas: vec![
+                broker("b", &[(1, "b:2")]),
+                broker("a", &[(0, "a:1"), (1, "a:2")]),
+            ],
+            queue_datas: vec![
+                QueueData {
+                    broker_name: "b".into(),
+                    perm: 6,
+                    read_queue_nums: 1,
+                    write_queue_nums: 2,
+                    topic_sys_flag: 0,
+                },
+                QueueData {
+                    broker_name: "a".into(),
+                    perm: 6,
+                    read_queue_nums: 2,
+                    write_queue_nums: 2,
+                    topic_sys_flag: 0,
+                },
+                QueueData {
+                    broker_name: "gone".into(),
+                    perm: 6,
+                    read_queue_nums: 1,
+                    write_queue_nums: 1,
+                    topic_sys_flag: 0,
+                },
+            ],
+            ..TopicRouteData::default()
+        };
+        let route = TopicRoute::new("t", data);
+        let queues: Vec<_> = queues_of(&route, |d| d.read_queue_nums.max(d.write_queue_nums))
+            .into_iter()
+            .map(|(q, addr)| (q.broker_name, q.queue_id, addr))
+            .collect();
+        assert_eq!(
+            queues,
+            [
+                ("a".into(), 0, "a:1".into()),
+                ("a".into(), 1, "a:1".into()),
+                ("b".into(), 0, "b:2".into()),
+                ("b".into(), 1, "b:2".into()),
+            ]
+        );
+    }
+}
