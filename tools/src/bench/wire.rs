@@ -13,10 +13,7 @@ use ringmq_protocol::frame::{HEADER_MARKER_BYTES, LENGTH_PREFIX_BYTES};
 use ringmq_protocol::header::{PullMessageRequestHeader, SendMessageRequestHeader, pull_sys_flag};
 use ringmq_protocol::message::properties::keys;
 use ringmq_protocol::message::{BatchMessage, PropertiesWriter};
-use ringmq_protocol::{
-    CommandHead, FrameCodec, FrameLayout, RequestCode, SerializeType, encode_frame,
-    encode_frame_head,
-};
+use ringmq_protocol::{CommandHead, RequestCode, SerializeType, encode_frame, encode_frame_head};
 
 /// Producer group of every send.
 pub const PRODUCER_GROUP: &str = "ringmq-bench";
@@ -34,10 +31,6 @@ pub const PULL_SUSPEND_MS: i64 = 1000;
 /// Offset of `opaque` in a frame with a binary header: length prefix, marker, code (2), language
 /// (1), version (2).
 const OPAQUE_AT: usize = LENGTH_PREFIX_BYTES + HEADER_MARKER_BYTES + 5;
-/// Offset of `code` in a frame with a binary header.
-const CODE_AT: usize = LENGTH_PREFIX_BYTES + HEADER_MARKER_BYTES;
-/// Offset of `flag` in a frame with a binary header.
-const FLAG_AT: usize = OPAQUE_AT + 4;
 /// Placeholder born timestamp: 13 digits, like every millisecond clock reading until 2286.
 const BORN_PLACEHOLDER_MS: i64 = 1_000_000_000_000;
 const BORN_DIGITS: usize = 13;
@@ -225,7 +218,10 @@ mod tests {
 
     fn decode(bytes: &[u8]) -> Command {
         let mut buf = BytesMut::from(bytes);
-        let command = FrameCodec::default().decode(&mut buf).unwrap().unwrap();
+        let command = ringmq_protocol::FrameCodec::default()
+            .decode(&mut buf)
+            .unwrap()
+            .unwrap();
         assert!(buf.is_empty(), "one frame");
         command
     }
