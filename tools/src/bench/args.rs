@@ -79,6 +79,18 @@ impl fmt::Display for Mode {
     }
 }
 
+/// Which client drives the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// Pre-encoded requests on the client library's connection layer: the least client cost per
+    /// message, so the broker is what is measured.
+    #[default]
+    Raw,
+    /// The client library's `Producer` and `PushConsumer`, as an application uses them.
+    Client,
+}
+
 /// RocketMQ's `flushDiskType`, for the in-process broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 pub enum FlushDiskType {
@@ -137,6 +149,12 @@ pub struct Args {
     /// Topic; created (or updated) with --queues queues before the run.
     #[arg(long, default_value = "BenchTopic")]
     pub topic: String,
+
+    /// raw: pre-encoded requests (connections x inflight outstanding). client: the client
+    /// library's Producer (connections x inflight concurrent sends) and PushConsumer (one consumer,
+    /// handler batches of 32); needs -n or --local.
+    #[arg(long, value_enum, default_value_t = Api::Raw)]
+    pub api: Api,
 
     /// Queues of the topic; producers write them round-robin, consumers split them.
     #[arg(long, default_value_t = 8)]
@@ -214,6 +232,7 @@ pub enum Target {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Params {
     pub mode: Mode,
+    pub api: Api,
     pub target: Target,
     pub topic: String,
     pub queues: u32,
@@ -289,6 +308,9 @@ impl Args {
                 ));
             }
         };
+        if self.api == Api::Client && matches!(target, Target::Broker(_)) {
+            usage("--api client finds brokers through a NameServer: use -n/--namesrv or --local")?;
+        }
         if mode == Mode::Consume && matches!(target, Target::Local { .. }) {
             usage(
                 "consume --local would read the empty topic of a fresh broker: use e2e --local, \
@@ -347,6 +369,7 @@ impl Args {
         }
         Ok(Params {
             mode,
+            api: self.api,
             target,
             topic: self.topic,
             queues: self.queues,

@@ -41,6 +41,10 @@ pub struct RunContext {
     /// Zero of the e2e timestamps (process-local, monotonic).
     pub epoch: Instant,
     pub control: Control,
+    /// `--api client`: the producer every producer job shares.
+    pub producer: Option<ringmq_client::Producer>,
+    /// `--api client`: the NameServers the client library uses.
+    pub namesrv: Option<String>,
 }
 
 impl RunContext {

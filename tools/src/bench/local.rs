@@ -79,6 +79,13 @@ mod imp {
             self.addr
         }
 
+        /// The broker's embedded NameServer (`--api client` finds the broker through it).
+        pub fn namesrv_addr(&self) -> Option<SocketAddr> {
+            let mut addr = self.broker.as_ref()?.namesrv_addr()?;
+            addr.set_ip(self.addr.ip());
+            Some(addr)
+        }
+
         /// Stops the broker gracefully and deletes its directory.
         pub fn shutdown(mut self) {
             if let Some(broker) = self.broker.take() {
@@ -118,6 +125,11 @@ mod imp {
 
         /// Unreachable.
         pub const fn addr(&self) -> SocketAddr {
+            match self.never {}
+        }
+
+        /// Unreachable.
+        pub const fn namesrv_addr(&self) -> Option<SocketAddr> {
             match self.never {}
         }
 

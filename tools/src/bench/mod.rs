@@ -25,6 +25,7 @@
 #![allow(clippy::cast_precision_loss)]
 
 pub mod args;
+pub mod client_api;
 pub mod conn;
 pub mod consumer;
 pub mod local;
@@ -42,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-pub use args::{Args, Mode, Params, Target, UsageError};
+pub use args::{Api, Args, Mode, Params, Target, UsageError};
 pub use stats::Summary;
 
 use conn::{Control, RunContext};
@@ -60,14 +61,25 @@ pub fn run(params: &Params) -> Result<Summary> {
         Target::Namesrv(_) | Target::Broker(_) => None,
     };
     let local_addr = local.as_ref().map(|(_, addr)| *addr);
-    let result = run_against(params, local_addr);
+    let namesrv = match (&params.target, &local) {
+        (Target::Namesrv(addr), _) => Some(addr.clone()),
+        (Target::Local { .. }, Some((broker, _))) => {
+            broker.namesrv_addr().map(|addr| addr.to_string())
+        }
+        _ => None,
+    };
+    let result = run_against(params, local_addr, namesrv);
     if let Some((broker, _)) = local {
         broker.shutdown();
     }
     result
 }
 
-fn run_against(params: &Params, local_addr: Option<SocketAddr>) -> Result<Summary> {
+fn run_against(
+    params: &Params,
+    local_addr: Option<SocketAddr>,
+    namesrv: Option<String>,
+) -> Result<Summary> {
     let (broker, ranges) = {
         let runtime = compio::runtime::Runtime::new().context("starting the setup runtime")?;
         runtime.block_on(setup(params, local_addr))?
@@ -80,6 +92,19 @@ fn run_against(params: &Params, local_addr: Option<SocketAddr>) -> Result<Summar
         .filter(|job| matches!(job, runner::Job::Producer(_)))
         .count();
     let planned = Duration::from_secs(params.warmup_secs + params.duration_secs);
+    let client_api = params.api == Api::Client;
+    let producer = match (&namesrv, client_api && params.mode.produces()) {
+        (Some(namesrv), true) => Some(client_api::build_producer(namesrv)?),
+        _ => None,
+    };
+    // The raw consumers stop at the end offsets; the push consumer stops at the backlog's size.
+    let receive_cap = match (params.mode, client_api) {
+        (Mode::Consume, true) => params
+            .messages
+            .or_else(|| ranges.as_ref().map(QueueRanges::backlog)),
+        (Mode::Consume, false) => params.messages,
+        _ => None,
+    };
     let ctx = Arc::new(RunContext {
         mode: params.mode,
         broker,
@@ -88,9 +113,11 @@ fn run_against(params: &Params, local_addr: Option<SocketAddr>) -> Result<Summar
         size: params.size,
         batch: params.batch,
         inflight: params.inflight,
-        receive_cap: params.messages.filter(|_| params.mode == Mode::Consume),
+        receive_cap,
         epoch: Instant::now(),
         control: Control::new(producers, Instant::now() + planned + GRACE),
+        producer,
+        namesrv,
     });
     let measurement = runner::execute(params, &ctx, threads)?;
     Ok(Summary::new(
@@ -147,19 +174,9 @@ async fn setup(
 /// The line on stderr that says what is about to run.
 fn announce(params: &Params, broker: SocketAddr, ranges: Option<&QueueRanges>) {
     let backlog = ranges
-        .and_then(|ranges| {
-            let end = ranges.end.as_ref()?;
-            Some(
-                ranges
-                    .start
-                    .iter()
-                    .zip(end)
-                    .map(|(start, end)| (end - start).max(0) as u64)
-                    .sum::<u64>(),
-            )
-        })
-        .map_or(String::new(), |messages| {
-            format!(", backlog {} messages", stats::thousands(messages))
+        .filter(|ranges| ranges.end.is_some())
+        .map_or(String::new(), |ranges| {
+            format!(", backlog {} messages", stats::thousands(ranges.backlog()))
         });
     eprintln!(
         "ringmq-bench {}: broker {broker}, topic {} ({} queues){backlog}; warm-up {} s, measuring {} s",

@@ -33,16 +33,76 @@ pub struct ProducerJob {
     pub rate: Option<f64>,
 }
 
-/// What the window's tasks share on their thread (one thread: `Cell`s, no locks).
+/// What a producer's window of tasks share on their thread (one thread: `Cell`s, no locks):
+/// how many requests went out, the next queue, the pacer, and whether one of them failed.
 #[derive(Debug)]
-struct Window {
-    /// Requests issued so far.
+pub struct Window {
     requests_sent: Cell<u64>,
-    /// Next queue to send to.
     next_queue: Cell<usize>,
     pacer: RefCell<Option<Pacer>>,
     /// Set by the first failed request: every task stops.
     failed: Cell<bool>,
+    /// Requests this producer may send; `None`: until told to stop.
+    request_cap: Option<u64>,
+    /// Messages per request.
+    batch: u64,
+}
+
+/// What a task of the window does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Send one request to this queue index.
+    Send(usize),
+    /// Nothing is due yet under `--rate`: look again at this moment.
+    WaitUntil(Instant),
+    /// The producer is done (cap, stop, or failure).
+    Stop,
+}
+
+impl Window {
+    /// The window of `job` over `queues` queues.
+    pub fn new(ctx: &RunContext, job: &ProducerJob, queues: usize) -> Self {
+        let batch = ctx.batch as u64;
+        Self {
+            requests_sent: Cell::new(0),
+            next_queue: Cell::new(job.index % queues.max(1)),
+            pacer: RefCell::new(job.rate.map(|rate| Pacer::new(Instant::now(), rate))),
+            failed: Cell::new(false),
+            request_cap: job.cap.map(|messages| messages.div_ceil(batch)),
+            batch,
+        }
+    }
+
+    /// Decides what a task does next and, for [`Claim::Send`], counts the request as issued.
+    pub fn claim(&self, ctx: &RunContext, queues: usize) -> Claim {
+        if ctx.control.producers_should_stop() || self.failed.get() {
+            return Claim::Stop;
+        }
+        if self
+            .request_cap
+            .is_some_and(|cap| self.requests_sent.get() >= cap)
+        {
+            return Claim::Stop;
+        }
+        if let Some(pacer) = self.pacer.borrow_mut().as_mut() {
+            let now = Instant::now();
+            if pacer.due(now) < self.batch {
+                return Claim::WaitUntil(
+                    pacer.deadline_of_next(self.batch).min(now + CHECK_INTERVAL),
+                );
+            }
+            pacer.issued(self.batch);
+        }
+        self.requests_sent.set(self.requests_sent.get() + 1);
+        let queue = self.next_queue.get();
+        self.next_queue.set((queue + 1) % queues.max(1));
+        Claim::Send(queue)
+    }
+
+    /// A request failed: the whole window stops.
+    pub fn fail(&self) {
+        self.failed.set(true);
+    }
 }
 
 /// Runs one producer connection until its cap, the stop flag, or a failure.
@@ -70,18 +130,12 @@ pub async fn run(
             .collect::<Result<Vec<_>>>()?,
     );
     let connection = rpc::connect(ctx.broker).await?;
-    let window = Rc::new(Window {
-        requests_sent: Cell::new(0),
-        next_queue: Cell::new(job.index % templates.len()),
-        pacer: RefCell::new(job.rate.map(|rate| Pacer::new(Instant::now(), rate))),
-        failed: Cell::new(false),
-    });
+    let window = Rc::new(Window::new(ctx, &job, templates.len()));
     let tasks: Vec<_> = (0..ctx.inflight)
         .map(|_| {
             compio::runtime::spawn(send_loop(
                 Rc::clone(&connection),
                 Arc::clone(ctx),
-                job,
                 Rc::clone(&templates),
                 Rc::clone(&window),
                 Arc::clone(recorder),
@@ -117,13 +171,11 @@ fn unix_millis() -> i64 {
 async fn send_loop(
     connection: Rc<Connection>,
     ctx: Arc<RunContext>,
-    job: ProducerJob,
     templates: Rc<Vec<SendTemplate>>,
     window: Rc<Window>,
     recorder: Arc<Mutex<Recorder>>,
 ) -> Result<()> {
     let batch = ctx.batch as u64;
-    let request_cap = job.cap.map(|messages| messages.div_ceil(batch));
     let code = if ctx.batch > 1 {
         RequestCode::SendBatchMessage
     } else {
@@ -132,32 +184,14 @@ async fn send_loop(
     let e2e = ctx.mode == Mode::E2e;
     let message_bytes = ctx.size as u64;
     loop {
-        if ctx.control.producers_should_stop() || window.failed.get() {
-            return Ok(());
-        }
-        if request_cap.is_some_and(|cap| window.requests_sent.get() >= cap) {
-            return Ok(());
-        }
-        let wait_until = {
-            let mut pacer = window.pacer.borrow_mut();
-            match pacer.as_mut() {
-                Some(pacer) if pacer.due(Instant::now()) < batch => {
-                    Some(pacer.deadline_of_next(batch))
-                }
-                Some(pacer) => {
-                    pacer.issued(batch);
-                    None
-                }
-                None => None,
+        let queue = match window.claim(&ctx, templates.len()) {
+            Claim::Send(queue) => queue,
+            Claim::WaitUntil(deadline) => {
+                compio::time::sleep_until(deadline).await;
+                continue;
             }
+            Claim::Stop => return Ok(()),
         };
-        if let Some(deadline) = wait_until {
-            compio::time::sleep_until(deadline.min(Instant::now() + CHECK_INTERVAL)).await;
-            continue;
-        }
-        window.requests_sent.set(window.requests_sent.get() + 1);
-        let queue = window.next_queue.get();
-        window.next_queue.set((queue + 1) % templates.len());
         let born_ms = unix_millis();
         let stamp = e2e.then(|| ctx.nanos_since_epoch());
         let sent_at = Instant::now();
@@ -169,7 +203,7 @@ async fn send_loop(
         let answer = match answer {
             Ok(answer) => answer,
             Err(error) => {
-                window.failed.set(true);
+                window.fail();
                 ctx.control.fail();
                 return Err(error).with_context(|| format!("sending to broker {}", ctx.broker));
             }

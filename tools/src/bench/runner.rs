@@ -15,12 +15,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::args::{Mode, Params};
+use super::args::{Api, Mode, Params};
+use super::client_api;
 use super::conn::{Control, RunContext, lock};
 use super::consumer::{self, ConsumerJob, QueueStream};
 use super::pending::split_evenly;
 use super::producer::{self, ProducerJob};
 use super::stats::{Recorder, progress_line};
+use ringmq_client::StartPosition;
 
 /// How long past its planned end a run may take before it is abandoned.
 pub const GRACE: Duration = Duration::from_secs(30);
@@ -47,6 +49,19 @@ pub struct QueueRanges {
     pub end: Option<Vec<i64>>,
 }
 
+impl QueueRanges {
+    /// Messages between the start and end offsets (0 when reading without an end).
+    pub fn backlog(&self) -> u64 {
+        self.end.as_ref().map_or(0, |end| {
+            self.start
+                .iter()
+                .zip(end)
+                .map(|(start, end)| u64::try_from(end - start).unwrap_or(0))
+                .sum()
+        })
+    }
+}
+
 /// The jobs of each client thread: producer connections (each with its share of `--messages` and
 /// `--rate`), then consumer connections (queue `q` on connection `q % n`, with at most one
 /// connection per queue), dealt round-robin over the threads.
@@ -65,7 +80,9 @@ pub fn plan(params: &Params, ranges: Option<&QueueRanges>) -> Vec<Vec<Job>> {
             jobs.push(Job::Producer(ProducerJob { index, cap, rate }));
         }
     }
-    if let (true, Some(ranges)) = (params.mode.consumes(), ranges) {
+    // `--api client` consumes with one push consumer on a thread of its own (see `execute`).
+    let raw = params.api == Api::Raw;
+    if let (true, true, Some(ranges)) = (raw, params.mode.consumes(), ranges) {
         let connections = params.connections.min(params.queues as usize);
         let mut consumers = vec![Vec::new(); connections];
         for queue_id in 0..params.queues as usize {
@@ -120,7 +137,13 @@ pub fn execute(
             .context("starting a client thread")?;
         handles.push(handle);
     }
-    let reporter = Reporter::new(params, start);
+    let mut recorders = recorders;
+    if params.api == Api::Client && params.mode.consumes() {
+        handles.push(spawn_client_consumer(params, ctx, &mut recorders)?);
+    }
+    let mut reporter = Reporter::new(params, start);
+    // `--api client` consume caps at the backlog it found (the raw consumers stop at offsets).
+    reporter.receive_cap = ctx.receive_cap;
     let measurement = reporter.run(ctx, &recorders, &handles)?;
     for handle in handles {
         handle
@@ -128,6 +151,44 @@ pub fn execute(
             .map_err(|_| anyhow!("a client thread panicked"))??;
     }
     Ok(measurement)
+}
+
+/// `--api client`: the push consumer, on a thread of its own with its own recorder. It starts at
+/// the queues' first offsets to read the backlog (consume) or at their ends (e2e).
+fn spawn_client_consumer(
+    params: &Params,
+    ctx: &Arc<RunContext>,
+    recorders: &mut Vec<Arc<Mutex<Recorder>>>,
+) -> Result<JoinHandle<Result<()>>> {
+    let namesrv = ctx
+        .namesrv
+        .clone()
+        .ok_or_else(|| anyhow!("--api client has no NameServer address"))?;
+    // e2e: from the run's start by store time (the producers may already be sending while the
+    // consumer joins its group, so "the queues' ends" would skip the first messages).
+    let start = if params.mode == Mode::Consume {
+        StartPosition::First
+    } else {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| {
+                i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+            });
+        StartPosition::Timestamp(now_ms - 1000)
+    };
+    let recorder = Arc::new(Mutex::new(Recorder::new()));
+    recorders.push(Arc::clone(&recorder));
+    let ctx = Arc::clone(ctx);
+    std::thread::Builder::new()
+        .name("bench-consumer".into())
+        .spawn(move || {
+            let result = client_api::consume(&ctx, &namesrv, start, &recorder);
+            if result.is_err() {
+                ctx.control.fail();
+            }
+            result
+        })
+        .context("starting the consumer thread")
 }
 
 /// One client thread: a runtime running its connections to completion. The first connection error
@@ -147,7 +208,12 @@ fn run_thread(
                 compio::runtime::spawn(async move {
                     let result = match job {
                         Job::Producer(job) => {
-                            let result = producer::run(&ctx, job, &recorder).await;
+                            let result = match &ctx.producer {
+                                Some(producer) => {
+                                    client_api::produce(&ctx, job, &recorder, producer).await
+                                }
+                                None => producer::run(&ctx, job, &recorder).await,
+                            };
                             ctx.control.producer_finished();
                             result
                         }
@@ -187,7 +253,8 @@ struct Phase {
 #[derive(Debug)]
 struct Reporter {
     mode: Mode,
-    messages: Option<u64>,
+    /// consume: stop once this many messages arrived.
+    receive_cap: Option<u64>,
     start: Instant,
     warmup_end: Instant,
     stop_at: Instant,
@@ -200,7 +267,7 @@ impl Reporter {
         let stop_at = warmup_end + Duration::from_secs(params.duration_secs);
         Self {
             mode: params.mode,
-            messages: params.messages,
+            receive_cap: params.messages.filter(|_| params.mode == Mode::Consume),
             start,
             warmup_end,
             stop_at,
@@ -227,7 +294,7 @@ impl Reporter {
                 }
             }
             Mode::Consume => {
-                if self.messages.is_some_and(|cap| received >= cap) {
+                if self.receive_cap.is_some_and(|cap| received >= cap) {
                     control.stop_consumers();
                     phase.work_done_at.get_or_insert(now);
                 }
