@@ -458,6 +458,26 @@ mod tests {
     }
 
     #[test]
+    fn the_client_api_needs_a_namesrv() {
+        assert_eq!(
+            parse("ringmq-bench produce --broker h:1").unwrap().api,
+            Api::Raw
+        );
+        let error = parse("ringmq-bench produce --broker h:1 --api client").unwrap_err();
+        assert!(error.contains("--api client"), "{error}");
+        assert_eq!(
+            parse("ringmq-bench e2e -n h:1 --api client").unwrap().api,
+            Api::Client
+        );
+        assert_eq!(
+            parse("ringmq-bench produce --local --api client")
+                .unwrap()
+                .api,
+            Api::Client
+        );
+    }
+
+    #[test]
     fn local_only_flags_are_refused_elsewhere() {
         let error = parse("ringmq-bench produce --broker h:1 --shards 2").unwrap_err();
         assert!(
