@@ -59,7 +59,7 @@ impl ClientConfig {
             heartbeat_interval: Duration::from_secs(30),
             serialize_type: SerializeType::RocketMq,
             reconnect_backoff: Backoff::default(),
-            max_frame_bytes: 256 << 20,
+            max_frame_bytes: crate::remoting::DEFAULT_MAX_FRAME_BYTES,
         }
     }
 

@@ -48,6 +48,15 @@ pub enum ClientError {
         #[source]
         source: Arc<DecodeError>,
     },
+    /// More than [`MAX_QUEUED_OUT_BYTES`](crate::remoting::MAX_QUEUED_OUT_BYTES) wait to be
+    /// written to the peer (it stopped reading): the request was refused, not sent.
+    #[error("{addr} is not reading: {queued_bytes} bytes already wait to be written")]
+    Overloaded {
+        /// `host:port` of the peer.
+        addr: String,
+        /// Bytes queued when the request was refused.
+        queued_bytes: usize,
+    },
     /// No response arrived in time. The request may or may not have taken effect.
     #[error("{addr} did not answer {code} within {timeout:?}")]
     Timeout {
@@ -148,6 +157,7 @@ impl ClientError {
             self,
             Self::Connect { .. }
                 | Self::ConnectionLost { .. }
+                | Self::Overloaded { .. }
                 | Self::Protocol { .. }
                 | Self::Timeout { .. }
         )

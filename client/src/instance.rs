@@ -153,8 +153,14 @@ impl ClientInstance {
         Pending::new(rx)
     }
 
-    /// Stops the I/O thread: tells brokers the client's groups are gone, closes every
-    /// connection. Idempotent; later calls on handles fail with [`ClientError::Shutdown`].
+    /// Stops the I/O thread: tells brokers that the groups still registered are gone
+    /// (UNREGISTER_CLIENT, best effort) and closes every connection. Idempotent; later calls
+    /// on handles fail with [`ClientError::Shutdown`].
+    ///
+    /// Shut producers and consumers down first: a push consumer commits its final offsets in
+    /// its own `shutdown`, which needs the I/O thread; stopping the instance under a running
+    /// consumer leaves the offsets of its last few seconds uncommitted (they are delivered
+    /// again, never lost).
     pub fn shutdown(&self) {
         self.inner.stop();
     }
@@ -489,6 +495,20 @@ fn io_thread(
         ctx.stopped.set(true);
         ctx.stopping.notify();
         drop((refresher, heartbeater));
+        let (producers, consumers) = {
+            let groups = ctx.groups.borrow();
+            let consumers: Vec<String> = groups.consumers.keys().cloned().collect();
+            (
+                groups.producers.iter().cloned().collect::<Vec<_>>(),
+                consumers,
+            )
+        };
+        for group in &producers {
+            ctx.unregister(Some(group), None).await;
+        }
+        for group in &consumers {
+            ctx.unregister(None, Some(group)).await;
+        }
         ctx.pool.close_all("client shut down");
     });
 }

@@ -351,7 +351,9 @@ impl ReceivedMessage {
 
 /// Inflates a zlib-compressed body, bounded by [`MAX_INFLATED_BODY_BYTES`].
 fn inflate(compressed: &[u8]) -> Result<Bytes, MessageDecodeError> {
-    let mut out = Vec::with_capacity(compressed.len() * 4);
+    // Capped: a small hostile body must not reserve a gigabyte that the `Bytes` then keeps.
+    let capacity = compressed.len().saturating_mul(4).min(1 << 20);
+    let mut out = Vec::with_capacity(capacity);
     flate2::read::ZlibDecoder::new(compressed)
         .take(MAX_INFLATED_BODY_BYTES + 1)
         .read_to_end(&mut out)

@@ -18,6 +18,10 @@ use crate::error::{ClientError, Result};
 use crate::message::MessageQueue;
 use crate::remoting::ConnectionPool;
 
+/// Most queues per broker group a route may declare; larger counts come from a broken or
+/// hostile NameServer and are clamped rather than allocated.
+pub const MAX_QUEUES_PER_BROKER: i32 = 65_536;
+
 /// A topic's route, with the queue lists producers and consumers use derived once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicRoute {
@@ -44,18 +48,26 @@ impl TopicRoute {
                 .find(|broker| broker.broker_name == queues.broker_name);
             let has_master = broker.is_some_and(|broker| broker.master_addr().is_some());
             if perm::is_writeable(queues.perm) && has_master {
-                writable.extend((0..queues.write_queue_nums).map(|queue_id| MessageQueue {
-                    broker_name: queues.broker_name.clone(),
-                    queue_id,
-                    topic: topic.to_owned(),
-                }));
+                writable.extend(
+                    (0..queues.write_queue_nums.clamp(0, MAX_QUEUES_PER_BROKER)).map(|queue_id| {
+                        MessageQueue {
+                            broker_name: queues.broker_name.clone(),
+                            queue_id,
+                            topic: topic.to_owned(),
+                        }
+                    }),
+                );
             }
             if perm::is_readable(queues.perm) && broker.is_some() {
-                readable.extend((0..queues.read_queue_nums).map(|queue_id| MessageQueue {
-                    broker_name: queues.broker_name.clone(),
-                    queue_id,
-                    topic: topic.to_owned(),
-                }));
+                readable.extend(
+                    (0..queues.read_queue_nums.clamp(0, MAX_QUEUES_PER_BROKER)).map(|queue_id| {
+                        MessageQueue {
+                            broker_name: queues.broker_name.clone(),
+                            queue_id,
+                            topic: topic.to_owned(),
+                        }
+                    }),
+                );
             }
         }
         Self {
@@ -280,14 +292,23 @@ impl RouteTable {
             .and_then(|broker| broker.master_addr().map(str::to_owned))
     }
 
-    /// Caches a fetched route and learns its brokers' addresses.
+    /// Where to read `broker_name`'s queues: the broker id the last pull answer suggested
+    /// (`suggestWhichBrokerId`, PROTOCOL.md §8.5) when it is registered, else the master, else
+    /// any slave — so consumers keep reading from a slave while the master is down, as Java's
+    /// `findBrokerAddressInSubscribe` does.
+    pub fn subscribe_addr(&self, broker_name: &str, suggested_id: Option<i64>) -> Option<String> {
+        let brokers = self.brokers.borrow();
+        let addrs = &brokers.get(broker_name)?.broker_addrs;
+        suggested_id
+            .and_then(|id| addrs.get(&id))
+            .or_else(|| addrs.get(&0))
+            .or_else(|| addrs.values().next())
+            .cloned()
+    }
+
+    /// Caches a fetched route and re-learns the brokers' addresses from every cached route, so a
+    /// broker group that left every route stops getting heartbeats.
     pub fn store(&self, topic: &str, data: TopicRouteData) -> Rc<TopicRoute> {
-        {
-            let mut brokers = self.brokers.borrow_mut();
-            for broker in &data.broker_datas {
-                brokers.insert(broker.broker_name.clone(), broker.clone());
-            }
-        }
         let route = Rc::new(TopicRoute::new(topic, data));
         let mut routes = self.routes.borrow_mut();
         let changed = routes.get(topic).is_none_or(|old| old.data != route.data);
@@ -295,6 +316,15 @@ impl RouteTable {
             tracing::debug!(topic, queues = route.writable.len(), "route updated");
         }
         routes.insert(topic.to_owned(), Rc::clone(&route));
+        if changed {
+            let mut brokers = self.brokers.borrow_mut();
+            brokers.clear();
+            for cached in routes.values() {
+                for broker in &cached.data.broker_datas {
+                    brokers.insert(broker.broker_name.clone(), broker.clone());
+                }
+            }
+        }
         route
     }
 
@@ -385,5 +415,49 @@ mod tests {
         assert_eq!(readable, [("a", 0), ("b", 0), ("b", 1), ("c", 0)]);
         assert_eq!(route.master_addr("b"), Some("b:1"));
         assert_eq!(route.master_addr("c"), None);
+
+        let table = RouteTable::new(vec!["ns:1".into()]);
+        table.store("t", route.data.clone());
+        assert_eq!(table.subscribe_addr("b", None).as_deref(), Some("b:1"));
+        assert_eq!(
+            table.subscribe_addr("b", Some(1)).as_deref(),
+            Some("b-slave:1"),
+            "suggested"
+        );
+        assert_eq!(
+            table.subscribe_addr("b", Some(7)).as_deref(),
+            Some("b:1"),
+            "unknown id: master"
+        );
+        assert_eq!(
+            table.subscribe_addr("c", None).as_deref(),
+            Some("c-slave:1"),
+            "no master: a slave"
+        );
+        assert_eq!(table.subscribe_addr("x", None), None);
+        // A broker group no cached route names any more is forgotten.
+        table.store("t", TopicRouteData::default());
+        assert!(table.brokers().is_empty());
+    }
+
+    #[test]
+    fn hostile_queue_counts_are_clamped() {
+        let data = TopicRouteData {
+            broker_datas: vec![broker("a", Some("a:1"))],
+            queue_datas: vec![QueueData {
+                broker_name: "a".into(),
+                perm: perm::READ | perm::WRITE,
+                read_queue_nums: i32::MAX,
+                write_queue_nums: -5,
+                topic_sys_flag: 0,
+            }],
+            ..TopicRouteData::default()
+        };
+        let route = TopicRoute::new("t", data);
+        assert!(route.writable_queues().is_empty());
+        assert_eq!(
+            route.readable_queues().len(),
+            MAX_QUEUES_PER_BROKER as usize
+        );
     }
 }

@@ -42,6 +42,16 @@ use crate::notify::Notify;
 /// Bytes asked of each socket read: large, so one read carries many responses.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
+/// Most buffer growth one read may ask for.
+const MAX_READ_RESERVE_BYTES: usize = 4 << 20;
+
+/// Most bytes queued for the writer; past it requests are refused (a peer that stopped reading
+/// must not make the client buffer without bound).
+pub const MAX_QUEUED_OUT_BYTES: usize = 64 << 20;
+
+/// Default largest frame accepted from a server.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 << 20;
+
 /// Longest the timeout sweeper sleeps when no request is due sooner.
 const IDLE_SWEEP: Duration = Duration::from_secs(1);
 
@@ -50,7 +60,7 @@ const IDLE_SWEEP: Duration = Duration::from_secs(1);
 pub struct ConnectionOptions {
     /// Longest wait for a TCP connect.
     pub connect_timeout: Duration,
-    /// Largest frame accepted from the peer (a PULL answer of 32 x 4 MiB fits the default).
+    /// Largest frame accepted from the peer.
     pub max_frame_bytes: usize,
     /// Header encoding of requests: binary ("ROCKETMQ") by default, JSON on request.
     pub serialize_type: SerializeType,
@@ -62,7 +72,7 @@ impl Default for ConnectionOptions {
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_secs(3),
-            max_frame_bytes: 256 << 20,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             serialize_type: SerializeType::RocketMq,
             inbound: None,
         }
@@ -342,6 +352,12 @@ impl Connection {
         if let Some(reason) = &state.closed {
             return Err(reason.clone());
         }
+        if state.out.len() >= MAX_QUEUED_OUT_BYTES {
+            return Err(ClientError::Overloaded {
+                addr: self.addr.clone(),
+                queued_bytes: state.out.len(),
+            });
+        }
         let mut opaque = state.next_opaque;
         while state.pending.contains_key(&opaque) {
             opaque = opaque.wrapping_add(1);
@@ -510,6 +526,9 @@ fn reserve_for_read(input: &mut BytesMut, codec: FrameCodec) {
             }
         }
     }
+    // Grown in steps, never by more than MAX_READ_RESERVE_BYTES at once: memory follows the
+    // bytes that really arrive, not what a length prefix claims.
+    let frame_rest = frame_rest.min(MAX_READ_RESERVE_BYTES);
     let spare = input.capacity() - input.len();
     if spare < READ_CHUNK_BYTES / 4 || spare < frame_rest {
         input.reserve(READ_CHUNK_BYTES.max(frame_rest));

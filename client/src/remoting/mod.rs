@@ -6,5 +6,8 @@
 mod connection;
 mod pool;
 
-pub use connection::{Connection, ConnectionOptions, InboundHandler, expect_success, resolve};
+pub use connection::{
+    Connection, ConnectionOptions, DEFAULT_MAX_FRAME_BYTES, InboundHandler, MAX_QUEUED_OUT_BYTES,
+    expect_success, resolve,
+};
 pub use pool::{Backoff, ConnectionPool};
