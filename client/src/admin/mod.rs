@@ -13,7 +13,6 @@
 
 mod queries;
 mod rpc;
-mod smoke;
 mod topics;
 
 use std::collections::BTreeMap;
@@ -21,12 +20,10 @@ use std::collections::BTreeMap;
 use ringmq_protocol::body::{BrokerData, ClusterInfo, TopicRouteData, perm};
 use serde::Serialize;
 
-pub use smoke::{ConsumeFrom, ConsumeOne};
-
 use crate::config::ClientConfig;
 use crate::error::Result;
 use crate::instance::{ClientInstance, Pending};
-use crate::message::{Message, MessageQueue, ReceivedMessage, SendResult};
+use crate::message::{MessageQueue, ReceivedMessage};
 
 /// A topic's settings for [`Admin::create_topic`] and [`Admin::update_topic`].
 ///
@@ -369,56 +366,6 @@ impl Admin {
         };
         self.instance
             .run(move |ctx| async move { queries::messages_by_key(&ctx, &query).await })
-    }
-
-    /// Stores `offset` as `group`'s committed offset of `queue` (UPDATE_CONSUMER_OFFSET, the
-    /// next offset the group will consume), on the queue's master.
-    ///
-    /// ```no_run
-    /// # use ringmq_client::{ClientConfig, MessageQueue, admin::Admin};
-    /// # let admin = Admin::new(ClientConfig::new("127.0.0.1:9876"))?;
-    /// let queue = MessageQueue { topic: "orders".into(), broker_name: "broker-a".into(), queue_id: 0 };
-    /// admin.commit_offset("order-processors", queue, 100).wait()?;
-    /// # Ok::<(), ringmq_client::ClientError>(())
-    /// ```
-    pub fn commit_offset(&self, group: &str, queue: MessageQueue, offset: i64) -> Pending<()> {
-        let group = group.to_owned();
-        self.instance
-            .run(move |ctx| async move { smoke::commit(&ctx, &group, &queue, offset).await })
-    }
-
-    /// Sends one message (SEND_MESSAGE_V2) to a writable queue of its topic, with no retry:
-    /// a smoke test of the write path. Applications use the producer, which retries on other
-    /// broker groups and avoids slow ones.
-    ///
-    /// ```no_run
-    /// # use ringmq_client::{ClientConfig, Message, admin::Admin};
-    /// # let admin = Admin::new(ClientConfig::new("127.0.0.1:9876"))?;
-    /// let sent = admin.send_one(Message::new("orders", "hello")).wait()?;
-    /// println!("{} at {}", sent.offset_msg_id, sent.queue_offset);
-    /// # Ok::<(), ringmq_client::ClientError>(())
-    /// ```
-    pub fn send_one(&self, message: Message) -> Pending<SendResult> {
-        self.instance
-            .run(move |ctx| async move { smoke::send(&ctx, message).await })
-    }
-
-    /// Reads one message of a topic, waiting up to `request.timeout` for one: a smoke test of
-    /// the read path (see [`ConsumeOne`]). `None` when nothing arrived in time.
-    ///
-    /// ```no_run
-    /// # use std::time::Duration;
-    /// # use ringmq_client::{ClientConfig, admin::{Admin, ConsumeFrom, ConsumeOne}};
-    /// # let admin = Admin::new(ClientConfig::new("127.0.0.1:9876"))?;
-    /// let request = ConsumeOne::new("orders", ConsumeFrom::First, Duration::from_secs(5));
-    /// if let Some(message) = admin.consume_one(request).wait()? {
-    ///     println!("{:?}", message.body);
-    /// }
-    /// # Ok::<(), ringmq_client::ClientError>(())
-    /// ```
-    pub fn consume_one(&self, request: ConsumeOne) -> Pending<Option<ReceivedMessage>> {
-        self.instance
-            .run(move |ctx| async move { smoke::consume(&ctx, &request).await })
     }
 }
 

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use ringmq_protocol::body::{self, ClusterInfo, KvTable};
 use ringmq_protocol::header::{
-    OffsetResponseHeader, PullMessageRequestHeader, PullMessageResponseHeader,
-    QueryConsumerOffsetRequestHeader, QueueRequestHeader, UpdateConsumerOffsetRequestHeader,
-    pull_sys_flag,
+    OffsetResponseHeader, PullMessageRequestHeader, QueryConsumerOffsetRequestHeader,
+    QueueRequestHeader, pull_sys_flag,
 };
 use ringmq_protocol::{Command, EncodeExt, RequestCode, ResponseCode};
 use serde::de::DeserializeOwned;
@@ -141,41 +140,12 @@ pub(super) async fn committed_offset(
     Ok((header.offset >= 0).then_some(header.offset))
 }
 
-/// UPDATE_CONSUMER_OFFSET as an answered request (Java sends it oneway; an admin wants to know
-/// it landed).
-pub(super) async fn commit_offset(
-    ctx: &IoContext,
-    addr: &str,
-    group: &str,
-    topic: &str,
-    queue_id: i32,
-    offset: i64,
-) -> Result<()> {
-    let header = UpdateConsumerOffsetRequestHeader {
-        consumer_group: group,
-        topic,
-        queue_id,
-        commit_offset: offset,
-    };
-    call(ctx, addr, RequestCode::UpdateConsumerOffset, &header, &[]).await?;
-    Ok(())
-}
-
-/// What one PULL_MESSAGE found.
-#[derive(Debug)]
-pub(super) struct Pulled {
-    /// The messages (empty unless the broker answered FOUND).
-    pub messages: Vec<ReceivedMessage>,
-    /// Where the next pull of the queue starts.
-    pub next_begin_offset: i64,
-}
-
-/// One PULL_MESSAGE of at most `max_messages` from `offset`, with its own subscription (`*`,
-/// so no heartbeat is needed) and without committing anything. `suspend` > 0 lets the broker
-/// hold the request that long while nothing is new (long polling).
+/// One PULL_MESSAGE of at most `max_messages` from `offset`, answered at once (no long
+/// polling), with its own subscription (`*`, so no heartbeat is needed) and committing
+/// nothing.
 ///
 /// PULL_NOT_FOUND, PULL_RETRY_IMMEDIATELY and PULL_OFFSET_MOVED are answers, not errors: they
-/// come back with no message and the offset to continue from.
+/// come back as no message.
 pub(super) async fn pull(
     ctx: &IoContext,
     addr: &str,
@@ -183,19 +153,17 @@ pub(super) async fn pull(
     queue: &MessageQueue,
     offset: i64,
     max_messages: i32,
-    suspend: Duration,
-) -> Result<Pulled> {
+) -> Result<Vec<ReceivedMessage>> {
     let code = RequestCode::PullMessage;
-    let suspend_ms = i64::try_from(suspend.as_millis()).unwrap_or(i64::MAX);
     let header = PullMessageRequestHeader {
         consumer_group: group,
         topic: &queue.topic,
         queue_id: queue.queue_id,
         queue_offset: offset,
         max_msg_nums: max_messages,
-        sys_flag: pull_sys_flag::build(false, suspend_ms > 0, true),
+        sys_flag: pull_sys_flag::build(false, false, true),
         commit_offset: 0,
-        suspend_timeout_ms: suspend_ms,
+        suspend_timeout_ms: 0,
         subscription: Some("*"),
         sub_version: 0,
         expression_type: Some("TAG"),
@@ -203,35 +171,20 @@ pub(super) async fn pull(
     };
     let answer = ctx
         .pool
-        .request(addr, code, &header, &[], ctx.timeout() + suspend)
+        .request(addr, code, &header, &[], ctx.timeout())
         .await?;
-    let status = answer.response_code();
-    if !matches!(
-        status,
-        ResponseCode::Success
-            | ResponseCode::PullNotFound
-            | ResponseCode::PullRetryImmediately
-            | ResponseCode::PullOffsetMoved
-    ) {
-        return Err(ClientError::broker(
+    match answer.response_code() {
+        ResponseCode::Success => messages(&answer, addr, code),
+        ResponseCode::PullNotFound
+        | ResponseCode::PullRetryImmediately
+        | ResponseCode::PullOffsetMoved => Ok(Vec::new()),
+        refused => Err(ClientError::broker(
             addr,
             code,
-            status,
+            refused,
             answer.remark.as_deref(),
-        ));
+        )),
     }
-    let offsets: PullMessageResponseHeader = answer
-        .header()
-        .map_err(|error| ClientError::bad_field(addr, code, &error))?;
-    let messages = if status == ResponseCode::Success {
-        messages(&answer, addr, code)?
-    } else {
-        Vec::new()
-    };
-    Ok(Pulled {
-        messages,
-        next_begin_offset: offsets.next_begin_offset,
-    })
 }
 
 /// The stored records of a PULL_MESSAGE, VIEW_MESSAGE_BY_ID or QUERY_MESSAGE answer.

@@ -122,21 +122,8 @@ async fn last_store_time(
     queue: &MessageQueue,
     offset: i64,
 ) -> Option<i64> {
-    let pulled = rpc::pull(
-        ctx,
-        addr,
-        ADMIN_GROUP,
-        queue,
-        offset,
-        1,
-        std::time::Duration::ZERO,
-    )
-    .await;
-    match pulled {
-        Ok(pulled) => pulled
-            .messages
-            .first()
-            .map(|message| message.store_timestamp_ms),
+    match rpc::pull(ctx, addr, ADMIN_GROUP, queue, offset, 1).await {
+        Ok(messages) => messages.first().map(|message| message.store_timestamp_ms),
         Err(error) => {
             tracing::debug!(%error, queue = queue.queue_id, "no last store time");
             None

@@ -50,7 +50,8 @@ pub struct Cli {
     /// Print one JSON document instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Limit for connecting and for each request, ms (also how long `consume` waits).
+    /// Limit for connecting and for each request, ms (also the budget of a `send`, retries
+    /// included, and how long `consume` waits).
     #[arg(long = "timeout-ms", global = true, default_value_t = 5000,
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub timeout_ms: u64,
@@ -120,10 +121,15 @@ impl Failure {
 
 impl From<ClientError> for Failure {
     /// Transport failures (nothing reachable, no answer in time) exit with
-    /// [`EXIT_UNREACHABLE`]; refusals and everything else with [`EXIT_FAILED`].
+    /// [`EXIT_UNREACHABLE`]; refusals and everything else with [`EXIT_FAILED`]. A send whose
+    /// retries ran out is judged by its last attempt.
     fn from(error: ClientError) -> Self {
-        let exit_code = if error.is_transport()
-            || matches!(error, ClientError::NameServersUnreachable { .. })
+        let cause = match &error {
+            ClientError::RetriesExhausted { last, .. } => last.as_ref(),
+            other => other,
+        };
+        let exit_code = if cause.is_transport()
+            || matches!(cause, ClientError::NameServersUnreachable { .. })
         {
             EXIT_UNREACHABLE
         } else {
@@ -157,7 +163,7 @@ pub fn run(cli: &Cli) -> Outcome {
         Command::Broker(command) => cluster::run_broker(&admin, command),
         Command::Consumer(command) => consumer::run(&admin, command),
         Command::Message(command) => message::run(&admin, command),
-        Command::Send(args) => smoke::send(&admin, args),
+        Command::Send(args) => smoke::send(&admin, args, timeout),
         Command::Consume(args) => smoke::consume(&admin, args, timeout),
     };
     admin.instance().shutdown();
