@@ -88,11 +88,11 @@ impl PullConsumerBuilder {
         Ok(PullConsumer {
             instance,
             owns_instance,
-            shared: Arc::new(Shared {
+            shared: Arc::new(PullShared {
                 group: self.group,
                 start_position: self.start_position,
                 pull_batch_size: self.pull_batch_size,
-                state: Mutex::new(State::default()),
+                state: Mutex::new(PullState::default()),
             }),
             shut_down: AtomicBool::new(false),
         })
@@ -114,7 +114,7 @@ fn consumer_data(group: &str, topics: &[String]) -> ConsumerData {
 }
 
 #[derive(Debug, Default)]
-struct State {
+struct PullState {
     /// Assigned queues, in assignment order.
     assigned: Vec<MessageQueue>,
     /// Next offset to read, per assigned queue.
@@ -124,15 +124,15 @@ struct State {
 }
 
 #[derive(Debug)]
-struct Shared {
+struct PullShared {
     group: String,
     start_position: StartPosition,
     pull_batch_size: u32,
-    state: Mutex<State>,
+    state: Mutex<PullState>,
 }
 
-impl Shared {
-    fn state(&self) -> MutexGuard<'_, State> {
+impl PullShared {
+    fn state(&self) -> MutexGuard<'_, PullState> {
         // Never held across an await or user code; a poisoned lock still holds valid data.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -174,7 +174,7 @@ impl Shared {
 pub struct PullConsumer {
     instance: ClientInstance,
     owns_instance: bool,
-    shared: Arc<Shared>,
+    shared: Arc<PullShared>,
     shut_down: AtomicBool,
 }
 
@@ -387,7 +387,7 @@ impl Drop for PullConsumer {
 /// One poll: a long-polling task per assigned queue, the first messages win.
 async fn poll(
     ctx: &Rc<IoContext>,
-    shared: &Arc<Shared>,
+    shared: &Arc<PullShared>,
     timeout: Duration,
 ) -> Result<Vec<ReceivedMessage>> {
     let start: Vec<(MessageQueue, i64)> = {
@@ -496,7 +496,7 @@ fn record(
 /// reported (with its messages, if any), so the poll can apply it.
 async fn poll_queue(
     ctx: Rc<IoContext>,
-    shared: Arc<Shared>,
+    shared: Arc<PullShared>,
     queue: MessageQueue,
     mut offset: i64,
     deadline: Instant,
