@@ -9,18 +9,25 @@ use super::PushConsumer;
 use super::start_on;
 use crate::config::ClientConfig;
 use crate::consumer::{
-    ConsumeContext, ConsumeMode, ConsumeOutcome, StartPosition, Subscription, now_ms, retry_topic,
-    validate_group,
+    ConsumeContext, ConsumeMode, ConsumeOutcome, MAX_RECONSUME_TIMES, StartPosition, Subscription,
+    now_ms, retry_topic, validate_group,
 };
 use crate::error::{ClientError, Result};
 use crate::instance::ClientInstance;
 use crate::message::ReceivedMessage;
 
+/// Default [`PushConsumerBuilder::pull_threshold_bytes_per_queue`]: 100 MiB.
+pub(super) const DEFAULT_PULL_THRESHOLD_BYTES: u64 = 100 << 20;
+/// Default [`PushConsumerBuilder::consume_concurrently_max_span`].
+pub(super) const DEFAULT_MAX_SPAN: u64 = 2000;
+
 /// Builds and starts a [`PushConsumer`].
 ///
 /// Defaults: clustering, [`StartPosition::Last`], pulls of 32 messages, handler batches of 1,
 /// rebalance every 20 s, offset commits every 5 s, broker long-poll hold 15 s, not orderly,
-/// pulls of a queue paused while 1000 of its messages are not done.
+/// pulls of a queue paused while 1000 of its messages or 100 MiB of their bodies are not done
+/// (and, concurrent mode, while the offsets not done span more than 2000), 16 redeliveries
+/// before the dead-letter queue (orderly: unlimited local retries).
 #[derive(Debug)]
 #[must_use = "a builder does nothing until start is called"]
 pub struct PushConsumerBuilder {
@@ -34,6 +41,9 @@ pub struct PushConsumerBuilder {
     batch_size: usize,
     pull_batch_size: u32,
     pull_threshold: usize,
+    pull_threshold_bytes: u64,
+    max_span: u64,
+    max_reconsume_times: i32,
     rebalance_interval: Duration,
     commit_interval: Duration,
     long_poll_timeout: Duration,
@@ -55,6 +65,9 @@ impl PushConsumerBuilder {
             batch_size: 1,
             pull_batch_size: 32,
             pull_threshold: 1000,
+            pull_threshold_bytes: DEFAULT_PULL_THRESHOLD_BYTES,
+            max_span: DEFAULT_MAX_SPAN,
+            max_reconsume_times: -1,
             rebalance_interval: Duration::from_secs(20),
             commit_interval: Duration::from_secs(5),
             long_poll_timeout: Duration::from_secs(15),
@@ -118,6 +131,30 @@ impl PushConsumerBuilder {
         self
     }
 
+    /// Pulls of a queue also pause while the bodies of its messages pulled and not yet done
+    /// take more than this many bytes (RocketMQ `pullThresholdSizeForQueue`, 100 MiB).
+    pub const fn pull_threshold_bytes_per_queue(mut self, bytes: u64) -> Self {
+        self.pull_threshold_bytes = bytes;
+        self
+    }
+
+    /// Concurrent consumers: pulls of a queue pause while its oldest message not done is more
+    /// than this many offsets behind its newest pulled one (RocketMQ
+    /// `consumeConcurrentlyMaxSpan`, 2000), so one stuck message cannot let the uncommitted
+    /// range grow without bound. Orderly consumers handle a queue in order and ignore it.
+    pub const fn consume_concurrently_max_span(mut self, offsets: u64) -> Self {
+        self.max_span = offsets;
+        self
+    }
+
+    /// How often a failed message is retried before it goes to the group's dead-letter queue
+    /// (RocketMQ `maxReconsumeTimes`). -1 (the default) means RocketMQ's defaults: 16 broker
+    /// redeliveries for a concurrent consumer, unlimited local retries for an orderly one.
+    pub const fn max_reconsume_times(mut self, times: i32) -> Self {
+        self.max_reconsume_times = times;
+        self
+    }
+
     /// How often queues are re-split even without a membership change notice.
     pub const fn rebalance_interval(mut self, interval: Duration) -> Self {
         self.rebalance_interval = interval;
@@ -172,11 +209,23 @@ impl PushConsumerBuilder {
                 "subscription topic {topic:?} is empty"
             )));
         }
-        if self.batch_size == 0 || self.pull_batch_size == 0 || self.pull_threshold == 0 {
+        if self.batch_size == 0
+            || self.pull_batch_size == 0
+            || self.pull_threshold == 0
+            || self.pull_threshold_bytes == 0
+            || self.max_span == 0
+        {
             return Err(ClientError::InvalidArgument(
-                "batch_size, pull_batch_size and pull_threshold_per_queue must be at least 1"
+                "batch_size, pull_batch_size, pull_threshold_per_queue, \
+                 pull_threshold_bytes_per_queue and consume_concurrently_max_span must be at least 1"
                     .into(),
             ));
+        }
+        if self.max_reconsume_times < -1 {
+            return Err(ClientError::InvalidArgument(format!(
+                "max_reconsume_times {} must be -1 (default) or at least 0",
+                self.max_reconsume_times
+            )));
         }
         for (name, value) in [
             ("rebalance_interval", self.rebalance_interval),
@@ -242,6 +291,12 @@ pub(super) struct PushSettings {
     pub(super) batch_size: usize,
     pub(super) pull_batch_size: u32,
     pub(super) pull_threshold: usize,
+    /// Pending body bytes per queue that pause its pulls.
+    pub(super) pull_threshold_bytes: u64,
+    /// Concurrent: widest offset span of a queue's messages not done before its pulls pause.
+    pub(super) max_span: u64,
+    /// Resolved `max_reconsume_times` (see the builder; `i32::MAX` = unlimited).
+    pub(super) max_reconsume_times: i32,
     pub(super) rebalance_interval: Duration,
     pub(super) commit_interval: Duration,
     pub(super) long_poll_timeout: Duration,
@@ -272,6 +327,13 @@ impl PushSettings {
             batch_size: builder.batch_size,
             pull_batch_size: builder.pull_batch_size,
             pull_threshold: builder.pull_threshold,
+            pull_threshold_bytes: builder.pull_threshold_bytes,
+            max_span: builder.max_span,
+            max_reconsume_times: match builder.max_reconsume_times {
+                -1 if builder.orderly => i32::MAX,
+                -1 => MAX_RECONSUME_TIMES,
+                times => times,
+            },
             rebalance_interval: builder.rebalance_interval,
             commit_interval: builder.commit_interval,
             long_poll_timeout: builder.long_poll_timeout,

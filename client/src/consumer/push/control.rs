@@ -16,7 +16,7 @@ use crate::consumer::consume::Signal;
 use crate::consumer::offsets::{self, LocalOffsetStore};
 use crate::consumer::process_queue::ProcessQueue;
 use crate::consumer::rebalance::{allocate_averagely, consumer_ids};
-use crate::consumer::{Either, either, orderly, register_group};
+use crate::consumer::{Either, RETRY_TOPIC_PREFIX, either, join_all, orderly, register_group};
 use crate::error::{ClientError, Result};
 use crate::instance::IoContext;
 use crate::message::MessageQueue;
@@ -224,7 +224,7 @@ impl PushIo {
                 }
                 Err(error) => {
                     let first = self.failing_topics.borrow_mut().insert(topic.to_owned());
-                    if first && !topic.starts_with(crate::consumer::RETRY_TOPIC_PREFIX) {
+                    if first && !topic.starts_with(RETRY_TOPIC_PREFIX) {
                         tracing::warn!(group = %settings.group, topic, %error, "cannot rebalance topic; keeping its queues");
                     } else {
                         tracing::debug!(group = %settings.group, topic, %error, "cannot rebalance topic; keeping its queues");
@@ -247,7 +247,12 @@ impl PushIo {
         for queue in &removed {
             self.remove_queue(queue).await;
         }
-        let mut complete = failed_topics.is_empty();
+        // A retry topic the brokers do not have yet (created with the group's first send-back)
+        // does not make the rebalance incomplete: retrying every few seconds would rebalance
+        // everything until then. The regular interval picks it up.
+        let mut complete = failed_topics
+            .iter()
+            .all(|topic| topic.starts_with(RETRY_TOPIC_PREFIX));
         if settings.orderly && !added.is_empty() {
             let (granted, _) = orderly::lock(ctx, &settings.group, added.iter()).await;
             let before = added.len();
@@ -405,28 +410,29 @@ impl PushIo {
     }
 
     /// Commits the committable offsets of `queues` that changed since their last commit: to
-    /// their brokers (clustering; a broker that fails to answer is skipped for the rest of the
-    /// round) or to the local file (broadcasting). Returns the first failure.
+    /// their brokers (clustering; all queues at once, each request awaited so a commit counts
+    /// only once its broker confirmed it, which keeps the final commit at shutdown durable) or
+    /// to the local file (broadcasting). Returns the first failure.
     async fn commit_queues(&self, queues: &[Arc<ProcessQueue>]) -> Result<()> {
         if !self.settings.clustering() {
             return self.commit_local(queues).await;
         }
+        let candidates: Vec<(&Arc<ProcessQueue>, i64)> = queues
+            .iter()
+            .filter_map(|queue| Some((queue, queue.commit_candidate()?)))
+            .collect();
+        let commits = candidates
+            .iter()
+            .map(|(queue, offset)| {
+                offsets::update(&self.ctx, &self.settings.group, queue.queue(), *offset)
+            })
+            .collect();
+        let results = join_all(commits).await;
         let mut first_error = None;
-        let mut unreachable: BTreeSet<String> = BTreeSet::new();
-        for process_queue in queues {
-            let queue = process_queue.queue();
-            if unreachable.contains(&queue.broker_name) {
-                continue;
-            }
-            let Some(offset) = process_queue.commit_candidate() else {
-                continue;
-            };
-            match offsets::update(&self.ctx, &self.settings.group, queue, offset).await {
+        for ((process_queue, offset), result) in candidates.into_iter().zip(results) {
+            match result {
                 Ok(()) => process_queue.mark_committed(offset),
                 Err(error) => {
-                    if error.is_transport() {
-                        unreachable.insert(queue.broker_name.clone());
-                    }
                     first_error.get_or_insert(error);
                 }
             }
@@ -436,19 +442,16 @@ impl PushIo {
 
     /// Writes the local offset file (off the I/O thread) with the offsets of `queues`.
     async fn commit_local(&self, queues: &[Arc<ProcessQueue>]) -> Result<()> {
+        // Exactly the (queue, offset) pairs written: a queue's offset may move on while the
+        // file is written, and only what is in the file counts as committed.
+        let snapshot: Vec<(Arc<ProcessQueue>, i64)>;
         let (path, bytes) = {
             let mut local = self.local.borrow_mut();
             let Some(store) = local.as_mut() else {
                 return Ok(());
             };
-            let mut changed = false;
-            for process_queue in queues {
-                if let Some(offset) = process_queue.commit_candidate() {
-                    store.set(process_queue.queue(), offset);
-                    changed = true;
-                }
-            }
-            if !changed {
+            snapshot = stage_local(store, queues);
+            if snapshot.is_empty() {
                 return Ok(());
             }
             store.snapshot()
@@ -459,8 +462,8 @@ impl PushIo {
         .await;
         match written {
             Ok(Ok(())) => {
-                for process_queue in queues {
-                    process_queue.mark_committed(process_queue.committable());
+                for (process_queue, offset) in snapshot {
+                    process_queue.mark_committed(offset);
                 }
                 Ok(())
             }
@@ -530,5 +533,82 @@ impl PushIo {
         self.ctx.unregister(None, Some(&self.settings.group)).await;
         tracing::info!(group = %self.settings.group, "consumer stopped");
         committed
+    }
+}
+
+/// Puts the changed committable offsets of `queues` into `store` and returns exactly those
+/// (queue, offset) pairs: what the next file write commits.
+fn stage_local(
+    store: &mut LocalOffsetStore,
+    queues: &[Arc<ProcessQueue>],
+) -> Vec<(Arc<ProcessQueue>, i64)> {
+    let staged: Vec<(Arc<ProcessQueue>, i64)> = queues
+        .iter()
+        .filter_map(|queue| Some((Arc::clone(queue), queue.commit_candidate()?)))
+        .collect();
+    for (process_queue, offset) in &staged {
+        store.set(process_queue.queue(), *offset);
+    }
+    staged
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::message::ReceivedMessage;
+
+    fn message(offset: i64) -> ReceivedMessage {
+        ReceivedMessage {
+            topic: "t".into(),
+            queue_id: 0,
+            queue_offset: offset,
+            commit_log_offset: offset,
+            body: bytes::Bytes::new(),
+            tags: None,
+            keys: Vec::new(),
+            properties: BTreeMap::new(),
+            offset_msg_id: String::new(),
+            msg_id: String::new(),
+            born_timestamp_ms: 0,
+            store_timestamp_ms: 0,
+            born_host: "127.0.0.1:1".parse().unwrap(),
+            store_host: "127.0.0.1:2".parse().unwrap(),
+            reconsume_times: 0,
+            flag: 0,
+        }
+    }
+
+    #[test]
+    fn broadcast_commit_marks_exactly_the_offsets_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = LocalOffsetStore::path(dir.path(), "I", "g");
+        let mut store = LocalOffsetStore::load(path, "g").unwrap();
+        let queue = Arc::new(ProcessQueue::new(
+            MessageQueue {
+                broker_name: "b".into(),
+                queue_id: 0,
+                topic: "t".into(),
+            },
+            10,
+        ));
+        queue.put(vec![message(10), message(11)], 12);
+        let staged = stage_local(&mut store, std::slice::from_ref(&queue));
+        assert_eq!(staged.len(), 1);
+        assert_eq!(staged[0].1, 10);
+        assert_eq!(store.get(queue.queue()), Some(10));
+        // While the file is written, the consume thread finishes both messages.
+        queue.done([10, 11]);
+        for (process_queue, offset) in staged {
+            process_queue.mark_committed(offset);
+        }
+        assert_eq!(
+            queue.commit_candidate(),
+            Some(12),
+            "12 was never written: the next round must write it"
+        );
+        assert!(stage_local(&mut store, std::slice::from_ref(&queue)).len() == 1);
+        assert_eq!(store.get(queue.queue()), Some(12));
     }
 }

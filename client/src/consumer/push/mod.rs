@@ -21,6 +21,7 @@ mod builder;
 mod control;
 mod pull_loop;
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -43,6 +44,8 @@ pub(super) struct PushShared {
     assigned: Mutex<Vec<MessageQueue>>,
     /// Set at shutdown: the consume thread takes no new batch.
     stopping: Arc<AtomicBool>,
+    /// Set when the consume thread died of a panic outside the handler.
+    consume_failed: Arc<AtomicBool>,
 }
 
 /// Requests from the handle to the control task.
@@ -123,6 +126,12 @@ impl PushConsumer {
         &self.group
     }
 
+    /// False once the consume thread has died (a panic outside the handler, which is logged):
+    /// the consumer then takes no more messages, and [`Self::shutdown`] reports the failure.
+    pub fn is_healthy(&self) -> bool {
+        !self.shared.consume_failed.load(Ordering::Acquire)
+    }
+
     /// Stops the consumer: stops pulling, waits (up to the shutdown timeout) for the batch the
     /// handler is running, commits the offsets, releases orderly queue locks, and leaves the
     /// group (the other members take over its queues from the committed offsets). Messages
@@ -169,6 +178,12 @@ impl PushConsumer {
         };
         if self.owns_instance {
             self.instance.shutdown();
+        }
+        if !self.is_healthy() {
+            return result.and(Err(ClientError::InvalidArgument(
+                "the consume thread had panicked; messages after its last batch were not consumed"
+                    .into(),
+            )));
         }
         result
     }
@@ -223,12 +238,16 @@ where
     let (signals_tx, signals_rx) = flume::unbounded();
     let (control_tx, control_rx) = flume::unbounded();
     let (exited_tx, exited_rx) = flume::bounded::<()>(1);
+    let failed = Arc::clone(&shared.consume_failed);
+    let thread_group = settings.group.clone();
     let consume = ConsumeLoop::new(
         handler,
         ConsumeSettings {
             group: settings.group.clone(),
             batch_size: settings.batch_size,
             orderly: settings.orderly,
+            broadcasting: !settings.clustering(),
+            max_reconsume_times: settings.max_reconsume_times,
         },
         instance.clone(),
         signals_rx,
@@ -238,7 +257,12 @@ where
         .name(format!("ringmq-consume-{}", settings.group))
         .spawn(move || {
             let _exited = exited_tx;
-            consume.run();
+            // The handler's panics are caught per batch; anything else that panics here stops
+            // consumption, which must not go unnoticed.
+            if catch_unwind(AssertUnwindSafe(|| consume.run())).is_err() {
+                failed.store(true, Ordering::Release);
+                tracing::error!(group = %thread_group, "the consume thread panicked; this consumer no longer consumes (shut it down and start a new one)");
+            }
         })
         .map_err(|error| {
             ClientError::InvalidArgument(format!("cannot start the consume thread: {error}"))

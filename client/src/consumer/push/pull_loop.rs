@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use super::builder::PushSettings;
 use crate::consumer::consume::Signal;
-use crate::consumer::master_addr;
 use crate::consumer::process_queue::ProcessQueue;
 use crate::consumer::pull_api::{self, PullRequest, PullStatus};
+use crate::consumer::{BrokerRole, broker_addr};
 use crate::instance::IoContext;
 use crate::message::ReceivedMessage;
 
@@ -33,13 +33,16 @@ pub(super) async fn pull_loop(
         return;
     };
     let mut failing = false;
+    // The broker id the last pull answer suggested (`None` after a failure: back to the master,
+    // else any slave).
+    let mut suggested: Option<i64> = None;
     // Bounded by the queue's life: every iteration awaits a pull or a pause, and the task is
     // cancelled when the queue is dropped.
     loop {
         if queue.is_dropped() || ctx.stopped.get() {
             return;
         }
-        if queue.backlog() >= settings.pull_threshold {
+        if flow_controlled(&settings, &queue) {
             if !ctx.tick(FLOW_CONTROL_PAUSE).await {
                 return;
             }
@@ -53,7 +56,7 @@ pub(super) async fn pull_loop(
         }
         let offset = queue.next_offset();
         let result = async {
-            let addr = master_addr(&ctx, queue.queue()).await?;
+            let addr = broker_addr(&ctx, queue.queue(), BrokerRole::Read(suggested)).await?;
             let request = PullRequest {
                 group: &settings.group,
                 queue: queue.queue(),
@@ -69,6 +72,7 @@ pub(super) async fn pull_loop(
         .await;
         match result {
             Ok(result) => {
+                suggested = Some(result.suggested_broker_id);
                 if failing {
                     tracing::info!(group = %settings.group, queue = ?queue.queue(), "pulls work again");
                     failing = false;
@@ -109,10 +113,19 @@ pub(super) async fn pull_loop(
                     tracing::debug!(group = %settings.group, queue = ?queue.queue(), %error, "pull failed");
                 }
                 failing = true;
+                suggested = None;
                 if !ctx.tick(PULL_ERROR_PAUSE).await {
                     return;
                 }
             }
         }
     }
+}
+
+/// Whether `queue`'s pulls must pause: too many messages or bytes not done, or (concurrent) too
+/// wide a span between its oldest and newest offsets not done.
+pub(super) fn flow_controlled(settings: &PushSettings, queue: &ProcessQueue) -> bool {
+    queue.backlog() >= settings.pull_threshold
+        || queue.backlog_bytes() >= settings.pull_threshold_bytes
+        || (!settings.orderly && queue.span() > settings.max_span)
 }
