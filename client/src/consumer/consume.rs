@@ -675,6 +675,124 @@ mod tests {
         assert!(!parse(&properties).contains_key(keys::DELAY));
     }
 
+    /// A fake NameServer + broker on one address: routes every topic to broker "b" at itself,
+    /// refuses CONSUMER_SEND_MSG_BACK, stores SEND_MESSAGE_V2, answers anything else with
+    /// SUCCESS. Records every request. Serves until the test process ends (threads are idle
+    /// once the client closes its connection).
+    fn fake_broker() -> (String, Arc<std::sync::Mutex<Vec<ringmq_protocol::Command>>>) {
+        use std::io::{Read, Write};
+
+        use bytes::BytesMut;
+        use ringmq_protocol::body::{self, BrokerData, QueueData, TopicRouteData, perm};
+        use ringmq_protocol::{CommandHead, FrameCodec, ResponseCode, encode_frame};
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (route_addr, seen) = (addr.clone(), Arc::clone(&requests));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let (route_addr, seen) = (route_addr.clone(), Arc::clone(&seen));
+                std::thread::spawn(move || {
+                    let codec = FrameCodec::default();
+                    let mut input = BytesMut::new();
+                    let mut chunk = vec![0u8; 64 << 10];
+                    while let Ok(read) = stream.read(&mut chunk) {
+                        if read == 0 {
+                            return;
+                        }
+                        input.extend_from_slice(&chunk[..read]);
+                        while let Ok(Some(request)) = codec.decode(&mut input) {
+                            seen.lock().unwrap().push(request.clone());
+                            let mut body = Vec::new();
+                            let code = match request.request_code() {
+                                RequestCode::GetRouteinfoByTopic => {
+                                    let mut broker = BrokerData {
+                                        broker_name: "b".into(),
+                                        cluster: "c".into(),
+                                        ..BrokerData::default()
+                                    };
+                                    broker.broker_addrs.insert(0, route_addr.clone());
+                                    body = body::to_vec(&TopicRouteData {
+                                        broker_datas: vec![broker],
+                                        queue_datas: vec![QueueData {
+                                            broker_name: "b".into(),
+                                            perm: perm::READ | perm::WRITE,
+                                            read_queue_nums: 1,
+                                            write_queue_nums: 1,
+                                            topic_sys_flag: 0,
+                                        }],
+                                        ..TopicRouteData::default()
+                                    });
+                                    ResponseCode::Success
+                                }
+                                RequestCode::ConsumerSendMsgBack => ResponseCode::SystemError,
+                                _ => ResponseCode::Success,
+                            };
+                            if request.is_oneway() {
+                                continue;
+                            }
+                            let mut head = CommandHead::response_to(&request, code);
+                            head.remark = Some("fake");
+                            let mut out = BytesMut::new();
+                            encode_frame(&head, &(), &body, &mut out);
+                            if stream.write_all(&out).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, requests)
+    }
+
+    #[test]
+    fn a_refused_send_back_falls_back_to_the_retry_topic() {
+        use crate::config::ClientConfig;
+
+        let (addr, requests) = fake_broker();
+        let instance = ClientInstance::new(
+            ClientConfig::new(&addr).with_request_timeout(Duration::from_secs(3)),
+        )
+        .unwrap();
+        let queue = MessageQueue {
+            broker_name: "b".into(),
+            queue_id: 1,
+            topic: "orders".into(),
+        };
+        let sent = instance
+            .run(move |ctx| async move {
+                send_back_or_resend(&ctx, "g", &queue, &message(1), 0, 16).await
+            })
+            .wait();
+        instance.shutdown();
+        sent.unwrap();
+        let requests = requests.lock().unwrap().clone();
+        let codes: Vec<RequestCode> = requests
+            .iter()
+            .map(ringmq_protocol::Command::request_code)
+            .collect();
+        assert!(
+            codes.contains(&RequestCode::ConsumerSendMsgBack),
+            "{codes:?}"
+        );
+        let send = requests
+            .iter()
+            .find(|r| r.request_code() == RequestCode::SendMessageV2)
+            .expect("the fallback send");
+        let header = SendMessageRequestHeader::from_command(send).unwrap();
+        assert_eq!(header.topic, "%RETRY%g");
+        assert_eq!(header.producer_group, INNER_PRODUCER_GROUP);
+        assert_eq!(header.reconsume_times, Some(2));
+        assert_eq!(header.max_reconsume_times, Some(16));
+        let properties = parse(header.properties.unwrap());
+        assert_eq!(properties[keys::RETRY_TOPIC], "orders");
+        assert_eq!(properties[keys::DELAY], "4");
+        assert_eq!(send.body.as_ref(), b"x");
+    }
+
     #[test]
     fn local_redelivery_backs_off_up_to_a_cap() {
         assert_eq!(redeliver_delay(0), REDELIVER_DELAY);
