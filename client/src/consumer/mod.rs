@@ -18,8 +18,16 @@
 //!
 //! Module layout: `pull_api` (the PULL_MESSAGE exchange), `offsets` (broker and local offset
 //! stores, start positions), `rebalance` (queue allocation), `process_queue` (per-queue in-flight
-//! tracking), `orderly` (queue locks), `consume` (the consume thread), `push` and `pull` (the two
-//! consumers).
+//! tracking), `orderly` (queue locks), `consume` (the consume thread, send-backs and their
+//! retry-topic fallback), `push` (builder, handle, `control`: rebalance/commits/locks,
+//! `pull_loop`) and `pull` (the two consumers).
+//!
+//! ## Broker addresses
+//!
+//! Pulls go where the last pull answer of the queue suggested (`suggestWhichBrokerId`), else to
+//! the master, else to any slave, so reading goes on while a master is down; offset queries go
+//! to the master, else a slave; commits, locks and send-backs need the master. A missing address
+//! refreshes the topic's route at most once per [`ROUTE_REFRESH_MIN_GAP`].
 
 mod consume;
 mod offsets;

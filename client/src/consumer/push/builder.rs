@@ -360,3 +360,40 @@ impl PushSettings {
         matches!(self.mode, ConsumeMode::Clustering)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_reconsume_times_defaults_follow_java() {
+        let builder = || PushConsumerBuilder::new("127.0.0.1:9876", "g").subscribe("t", "*");
+        assert_eq!(
+            PushSettings::from_builder(&builder()).max_reconsume_times,
+            MAX_RECONSUME_TIMES
+        );
+        assert_eq!(
+            PushSettings::from_builder(&builder().orderly(true)).max_reconsume_times,
+            i32::MAX,
+            "orderly: unlimited local retries"
+        );
+        let explicit = builder().orderly(true).max_reconsume_times(3);
+        assert_eq!(PushSettings::from_builder(&explicit).max_reconsume_times, 3);
+        assert!(builder().max_reconsume_times(-2).validate().is_err());
+        assert!(
+            builder()
+                .pull_threshold_bytes_per_queue(0)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            builder()
+                .consume_concurrently_max_span(0)
+                .validate()
+                .is_err()
+        );
+        let settings = PushSettings::from_builder(&builder());
+        assert_eq!(settings.pull_threshold_bytes, 100 << 20);
+        assert_eq!(settings.max_span, 2000);
+    }
+}

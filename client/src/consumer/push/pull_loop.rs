@@ -129,3 +129,68 @@ pub(super) fn flow_controlled(settings: &PushSettings, queue: &ProcessQueue) -> 
         || queue.backlog_bytes() >= settings.pull_threshold_bytes
         || (!settings.orderly && queue.span() > settings.max_span)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::consumer::push::PushConsumerBuilder;
+    use crate::message::MessageQueue;
+
+    fn message(offset: i64, bytes: usize) -> ReceivedMessage {
+        ReceivedMessage {
+            topic: "t".into(),
+            queue_id: 0,
+            queue_offset: offset,
+            commit_log_offset: offset,
+            body: bytes::Bytes::from(vec![0u8; bytes]),
+            tags: None,
+            keys: Vec::new(),
+            properties: BTreeMap::new(),
+            offset_msg_id: String::new(),
+            msg_id: String::new(),
+            born_timestamp_ms: 0,
+            store_timestamp_ms: 0,
+            born_host: "127.0.0.1:1".parse().unwrap(),
+            store_host: "127.0.0.1:2".parse().unwrap(),
+            reconsume_times: 0,
+            flag: 0,
+        }
+    }
+
+    fn queue() -> ProcessQueue {
+        ProcessQueue::new(
+            MessageQueue {
+                broker_name: "b".into(),
+                queue_id: 0,
+                topic: "t".into(),
+            },
+            0,
+        )
+    }
+
+    #[test]
+    fn pulls_pause_on_bytes_and_span() {
+        let builder = || {
+            PushConsumerBuilder::new("127.0.0.1:9876", "g")
+                .subscribe("t", "*")
+                .pull_threshold_bytes_per_queue(1000)
+                .consume_concurrently_max_span(10)
+        };
+        let settings = PushSettings::from_builder(&builder());
+        let pq = queue();
+        pq.put(vec![message(0, 600)], 1);
+        assert!(!flow_controlled(&settings, &pq));
+        pq.put(vec![message(1, 400)], 2);
+        assert!(flow_controlled(&settings, &pq), "1000 bytes pending");
+        pq.done([0, 1]);
+        assert!(!flow_controlled(&settings, &pq));
+        pq.put(vec![message(2, 1), message(13, 1)], 14);
+        assert!(flow_controlled(&settings, &pq), "span 11 > 10");
+        let orderly = PushSettings::from_builder(&builder().orderly(true));
+        assert!(!flow_controlled(&orderly, &pq), "orderly ignores the span");
+    }
+}
