@@ -27,7 +27,7 @@
 //! Pulls go where the last pull answer of the queue suggested (`suggestWhichBrokerId`), else to
 //! the master, else to any slave, so reading goes on while a master is down; offset queries go
 //! to the master, else a slave; commits, locks and send-backs need the master. A missing address
-//! refreshes the topic's route at most once per [`ROUTE_REFRESH_MIN_GAP`].
+//! refreshes the topic's route at most once per 3 s per topic.
 
 mod consume;
 mod offsets;
