@@ -936,3 +936,75 @@ fn pull_consumer_polls_seeks_and_commits() {
     assert_eq!(resumed.position(&queues[1]), Some(6));
     resumed.shutdown();
 }
+
+#[test]
+fn pull_consumer_keeps_messages_of_a_dropped_poll_and_keeps_pulls_parked() {
+    logs();
+    let broker = Broker::start();
+    broker.create_topic("pull-drop", 2);
+    let mut sender = broker.client();
+    let consumer = PullConsumer::builder("unused:1", "g-pull-drop")
+        .config(broker.config())
+        .start_position(StartPosition::First)
+        .build()
+        .unwrap();
+    let queues = consumer.queues("pull-drop").wait().unwrap();
+    consumer.assign(queues.clone()).wait().unwrap();
+    assert!(
+        consumer
+            .poll(Duration::from_millis(200))
+            .wait()
+            .unwrap()
+            .is_empty()
+    );
+
+    // A poll dropped while it waits, then a new poll: the message goes to the new one, and the
+    // positions move only with what it returns.
+    let dropped = consumer.poll(Duration::from_secs(20));
+    drop(dropped);
+    let waiting = consumer.poll(Duration::from_secs(20));
+    sender.send("pull-drop", 0, "after-drop", None);
+    let got = waiting.wait().unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body.as_ref(), b"after-drop");
+    assert_eq!(consumer.position(&queues[0]), Some(1));
+    assert_eq!(consumer.position(&queues[1]), Some(0));
+
+    // Pulls stay parked across polls: a message sent while nobody polls waits in the consumer
+    // (positions unchanged) and the next poll returns it at once.
+    assert!(
+        consumer
+            .poll(Duration::from_millis(100))
+            .wait()
+            .unwrap()
+            .is_empty()
+    );
+    sender.send("pull-drop", 1, "buffered", None);
+    let deadline = Instant::now() + DEADLINE;
+    let mut buffered = Vec::new();
+    while buffered.is_empty() {
+        assert!(Instant::now() < deadline, "the buffered message");
+        buffered = consumer.poll(Duration::from_millis(500)).wait().unwrap();
+    }
+    assert_eq!(buffered[0].body.as_ref(), b"buffered");
+    assert_eq!(consumer.position(&queues[1]), Some(1));
+
+    // A seek discards the queue's buffered result: the sought offset is read again.
+    sender.send("pull-drop", 1, "second", None);
+    consumer.seek(&queues[1], 0).wait().unwrap();
+    let mut again = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while again.len() < 2 {
+        assert!(Instant::now() < deadline, "re-reading after the seek");
+        again.extend(consumer.poll(Duration::from_secs(2)).wait().unwrap());
+    }
+    assert_eq!(
+        again
+            .iter()
+            .map(|m| (m.queue_id, m.queue_offset))
+            .collect::<Vec<_>>(),
+        [(1, 0), (1, 1)]
+    );
+    assert_eq!(consumer.position(&queues[1]), Some(2));
+    consumer.shutdown();
+}

@@ -18,8 +18,16 @@
 //!
 //! Module layout: `pull_api` (the PULL_MESSAGE exchange), `offsets` (broker and local offset
 //! stores, start positions), `rebalance` (queue allocation), `process_queue` (per-queue in-flight
-//! tracking), `orderly` (queue locks), `consume` (the consume thread), `push` and `pull` (the two
-//! consumers).
+//! tracking), `orderly` (queue locks), `consume` (the consume thread, send-backs and their
+//! retry-topic fallback), `push` (builder, handle, `control`: rebalance/commits/locks,
+//! `pull_loop`) and `pull` (the two consumers).
+//!
+//! ## Broker addresses
+//!
+//! Pulls go where the last pull answer of the queue suggested (`suggestWhichBrokerId`), else to
+//! the master, else to any slave, so reading goes on while a master is down; offset queries go
+//! to the master, else a slave; commits, locks and send-backs need the master. A missing address
+//! refreshes the topic's route at most once per 3 s per topic.
 
 mod consume;
 mod offsets;
@@ -30,11 +38,13 @@ mod pull_api;
 mod push;
 mod rebalance;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::{Future, poll_fn};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::rc::Rc;
 use std::task::Poll;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ringmq_protocol::body::{ConsumeFromWhere, MessageModel, SubscriptionData};
 
@@ -48,8 +58,9 @@ use crate::message::MessageQueue;
 /// Prefix of a consumer group's retry topic: messages the group sent back for a later retry.
 pub(crate) const RETRY_TOPIC_PREFIX: &str = "%RETRY%";
 
-/// Deliveries a message gets before the broker moves it to the group's dead-letter queue
-/// (RocketMQ's default `maxReconsumeTimes`).
+/// Redeliveries a concurrent consumer's message gets before the broker moves it to the group's
+/// dead-letter queue (RocketMQ's default `maxReconsumeTimes`). Orderly consumers default to
+/// unlimited local retries, as Java's do.
 pub(crate) const MAX_RECONSUME_TIMES: i32 = 16;
 
 /// The retry topic of `group`.
@@ -114,10 +125,19 @@ impl ConsumeMode {
 pub enum ConsumeOutcome {
     /// Every message of the batch is done; its offsets may be committed.
     Success,
-    /// The batch failed. A concurrent consumer sends each message back to its broker, which
-    /// redelivers it later through the group's retry topic (with `reconsume_times` one higher).
+    /// The batch failed. A concurrent clustering consumer sends each message back to its
+    /// broker, which redelivers it later through the group's retry topic (with
+    /// `reconsume_times` one higher); after `max_reconsume_times` redeliveries (default 16) the
+    /// broker moves it to the group's dead-letter queue. Should the broker refuse the send-back,
+    /// the message is sent to the retry topic as a normal message (as Java's consumer does), and
+    /// failing that it is handed to the handler again locally, with a growing pause.
+    ///
     /// An orderly consumer instead retries the same batch after a pause, keeping the queue's
-    /// order, and only sends it back once the retries are used up.
+    /// order; by default forever (Java's default), else until `max_reconsume_times` local
+    /// retries are used up, when the batch goes to the dead-letter queue and the queue moves on.
+    ///
+    /// A broadcasting consumer drops the batch with a warning, as Java's does: no member reads
+    /// the retry topic in broadcasting mode, so a send-back would never be delivered.
     Retry,
 }
 
@@ -217,23 +237,111 @@ pub(crate) fn validate_group(group: &str) -> Result<()> {
     }
 }
 
-/// The master address of `broker_name`: from the brokers learned from routes (works while every
-/// NameServer is down), else from a fresh route of `topic`.
-pub(crate) async fn master_addr(ctx: &IoContext, queue: &MessageQueue) -> Result<String> {
-    if let Some(addr) = ctx.routes.master_addr(&queue.broker_name) {
+/// Least time between two route refreshes of one topic forced by a missing broker address: a
+/// broker group without a master (or gone from every route) must not make every failed pull,
+/// commit or lock ask the NameServers again.
+pub(crate) const ROUTE_REFRESH_MIN_GAP: Duration = Duration::from_secs(3);
+
+thread_local! {
+    /// When a consumer last forced a refresh of each topic's route, on this I/O thread (each
+    /// client instance has an I/O thread of its own).
+    static FORCED_REFRESHES: RefCell<HashMap<String, Instant>> = RefCell::new(HashMap::new());
+}
+
+/// Whether a forced refresh of `topic` is allowed now (and records it when it is).
+fn may_refresh(topic: &str, now: Instant) -> bool {
+    FORCED_REFRESHES.with(|refreshes| {
+        let mut refreshes = refreshes.borrow_mut();
+        if refreshes
+            .get(topic)
+            .is_some_and(|last| now.saturating_duration_since(*last) < ROUTE_REFRESH_MIN_GAP)
+        {
+            return false;
+        }
+        if refreshes.len() >= 4096 {
+            refreshes
+                .retain(|_, last| now.saturating_duration_since(*last) < ROUTE_REFRESH_MIN_GAP);
+        }
+        refreshes.insert(topic.to_owned(), now);
+        true
+    })
+}
+
+/// Which address of a broker group a request needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BrokerRole {
+    /// The master only: offset commits, queue locks, send-backs (a slave refuses or ignores
+    /// them).
+    Master,
+    /// Where to read: the suggested broker id when registered, else the master, else any slave
+    /// (pulls, offset queries). See [`crate::route::RouteTable::subscribe_addr`].
+    Read(Option<i64>),
+}
+
+/// The address of `queue`'s broker group for `role`: from the brokers learned from routes
+/// (works while every NameServer is down), else from a fresh route of the queue's topic, at
+/// most once per [`ROUTE_REFRESH_MIN_GAP`] per topic.
+pub(crate) async fn broker_addr(
+    ctx: &IoContext,
+    queue: &MessageQueue,
+    role: BrokerRole,
+) -> Result<String> {
+    let lookup = || match role {
+        BrokerRole::Master => ctx.routes.master_addr(&queue.broker_name),
+        BrokerRole::Read(suggested) => ctx.routes.subscribe_addr(&queue.broker_name, suggested),
+    };
+    if let Some(addr) = lookup() {
         return Ok(addr);
     }
-    let route = ctx
-        .routes
-        .refresh(&ctx.pool, &queue.topic, ctx.timeout())
-        .await?;
-    route
-        .master_addr(&queue.broker_name)
-        .map(str::to_owned)
-        .ok_or_else(|| ClientError::NoQueue {
-            topic: queue.topic.clone(),
-            what: "readable",
-        })
+    if may_refresh(&queue.topic, Instant::now()) {
+        if let Err(error) = ctx
+            .routes
+            .refresh(&ctx.pool, &queue.topic, ctx.timeout())
+            .await
+        {
+            tracing::debug!(topic = %queue.topic, %error, "route refresh for a broker address failed");
+        }
+        if let Some(addr) = lookup() {
+            return Ok(addr);
+        }
+    }
+    Err(ClientError::NoQueue {
+        topic: queue.topic.clone(),
+        what: if role == BrokerRole::Master {
+            "writable"
+        } else {
+            "readable"
+        },
+    })
+}
+
+/// The master address of `queue`'s broker group (see [`broker_addr`]).
+pub(crate) async fn master_addr(ctx: &IoContext, queue: &MessageQueue) -> Result<String> {
+    broker_addr(ctx, queue, BrokerRole::Master).await
+}
+
+/// Runs `futures` concurrently on the current task; their outputs in input order.
+pub(crate) async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    poll_fn(|cx| {
+        let mut waiting = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => waiting = true,
+                }
+            }
+        }
+        if waiting {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 /// Which of two futures finished first.

@@ -15,20 +15,21 @@ use ringmq_protocol::header::{
 use ringmq_protocol::{RequestCode, ResponseCode};
 use serde::{Deserialize, Serialize};
 
-use super::{RETRY_TOPIC_PREFIX, StartPosition, master_addr};
+use super::{BrokerRole, RETRY_TOPIC_PREFIX, StartPosition, broker_addr, master_addr};
 use crate::error::{ClientError, Result};
 use crate::instance::IoContext;
 use crate::message::MessageQueue;
 use crate::remoting::expect_success;
 
-/// Sends a single-offset request to the queue's master and reads the `offset` answer.
+/// Sends a single-offset query to the queue's master (a slave while the group has no master:
+/// it holds the queue and a synced copy of the group offsets) and reads the `offset` answer.
 async fn offset_request<E: ringmq_protocol::EncodeExt>(
     ctx: &IoContext,
     queue: &MessageQueue,
     code: RequestCode,
     header: &E,
 ) -> Result<Option<i64>> {
-    let addr = master_addr(ctx, queue).await?;
+    let addr = broker_addr(ctx, queue, BrokerRole::Read(None)).await?;
     let answer = ctx
         .pool
         .request(&addr, code, header, &[], ctx.timeout())
@@ -62,7 +63,10 @@ pub(crate) async fn query(
     Ok(offset.filter(|&offset| offset >= 0))
 }
 
-/// Stores the group's offset of `queue` at its master (UPDATE_CONSUMER_OFFSET).
+/// Stores the group's offset of `queue` at its master (UPDATE_CONSUMER_OFFSET). Only the master:
+/// a slave's offsets are overwritten by its next sync from the master, so a commit there would
+/// be lost (Java's `updateConsumeOffsetToBroker` also asks for the master only). Without a master
+/// the commit fails and the next commit round tries again.
 pub(crate) async fn update(
     ctx: &IoContext,
     group: &str,

@@ -13,7 +13,7 @@
 //! - once dropped (rebalanced away, consumer stopping) a queue takes no messages and hands none
 //!   out; what was in flight is left to the next owner, who reads from the committed offset.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -28,8 +28,10 @@ pub(crate) const LOCK_VALIDITY: Duration = Duration::from_secs(30);
 struct State {
     /// Pulled, not yet handed to the handler, by queue offset.
     pending: BTreeMap<i64, ReceivedMessage>,
-    /// Every offset pulled and not yet done.
-    in_flight: BTreeSet<i64>,
+    /// Every offset pulled and not yet done, with its message's body size in bytes.
+    in_flight: BTreeMap<i64, u64>,
+    /// Sum of the body sizes in `in_flight` (flow control by bytes).
+    in_flight_bytes: u64,
     /// Where the next pull reads.
     next_offset: i64,
     /// The consume thread holds this queue (see the module invariants).
@@ -62,7 +64,8 @@ impl ProcessQueue {
             consuming: AtomicBool::new(false),
             state: Mutex::new(State {
                 pending: BTreeMap::new(),
-                in_flight: BTreeSet::new(),
+                in_flight: BTreeMap::new(),
+                in_flight_bytes: 0,
                 next_offset: offset,
                 scheduled: false,
                 attempts: 0,
@@ -111,6 +114,24 @@ impl ProcessQueue {
         self.state().in_flight.len()
     }
 
+    /// Body bytes of the messages pulled and not yet done (flow control).
+    pub(crate) fn backlog_bytes(&self) -> u64 {
+        self.state().in_flight_bytes
+    }
+
+    /// Distance from the oldest offset not done to the newest one (0 when at most one is in
+    /// flight): RocketMQ's `getMaxSpan`, which concurrent consumers keep bounded.
+    pub(crate) fn span(&self) -> u64 {
+        let state = self.state();
+        match (
+            state.in_flight.first_key_value(),
+            state.in_flight.last_key_value(),
+        ) {
+            (Some((&first, _)), Some((&last, _))) => last.abs_diff(first),
+            _ => 0,
+        }
+    }
+
     /// Adds pulled messages and moves the next pull to `next_offset`. True when the caller must
     /// wake the consume thread (it just took the token).
     pub(crate) fn put(&self, messages: Vec<ReceivedMessage>, next_offset: i64) -> bool {
@@ -119,7 +140,12 @@ impl ProcessQueue {
         }
         let mut state = self.state();
         for message in messages {
-            if state.in_flight.insert(message.queue_offset) {
+            let bytes = message.body.len() as u64;
+            if let std::collections::btree_map::Entry::Vacant(entry) =
+                state.in_flight.entry(message.queue_offset)
+            {
+                entry.insert(bytes);
+                state.in_flight_bytes = state.in_flight_bytes.saturating_add(bytes);
                 state.pending.insert(message.queue_offset, message);
             }
         }
@@ -142,8 +168,10 @@ impl ProcessQueue {
         let state = self.state();
         state
             .in_flight
-            .first()
-            .map_or(state.next_offset, |&first| first.min(state.next_offset))
+            .first_key_value()
+            .map_or(state.next_offset, |(&first, _)| {
+                first.min(state.next_offset)
+            })
     }
 
     /// The committable offset, when it differs from the last one committed.
@@ -151,8 +179,10 @@ impl ProcessQueue {
         let state = self.state();
         let offset = state
             .in_flight
-            .first()
-            .map_or(state.next_offset, |&first| first.min(state.next_offset));
+            .first_key_value()
+            .map_or(state.next_offset, |(&first, _)| {
+                first.min(state.next_offset)
+            });
         (state.committed != Some(offset)).then_some(offset)
     }
 
@@ -195,7 +225,9 @@ impl ProcessQueue {
     pub(crate) fn done<I: IntoIterator<Item = i64>>(&self, offsets: I) {
         let mut state = self.state();
         for offset in offsets {
-            state.in_flight.remove(&offset);
+            if let Some(bytes) = state.in_flight.remove(&offset) {
+                state.in_flight_bytes = state.in_flight_bytes.saturating_sub(bytes);
+            }
         }
     }
 
@@ -210,7 +242,7 @@ impl ProcessQueue {
     /// Orderly: counts a failed attempt of the head batch; returns the count.
     pub(crate) fn bump_attempts(&self) -> u32 {
         let mut state = self.state();
-        state.attempts += 1;
+        state.attempts = state.attempts.saturating_add(1);
         state.attempts
     }
 
@@ -338,6 +370,27 @@ mod tests {
             "a dropped queue hands nothing out"
         );
         assert!(!pq.put(vec![message(13)], 14));
+    }
+
+    #[test]
+    fn flow_control_counts_bytes_and_span() {
+        let pq = queue();
+        let sized = |offset: i64, bytes: usize| {
+            let mut m = message(offset);
+            m.body = Bytes::from(vec![0u8; bytes]);
+            m
+        };
+        pq.put(vec![sized(10, 100), sized(11, 50), sized(2010, 7)], 2011);
+        assert_eq!(pq.backlog_bytes(), 157);
+        assert_eq!(pq.span(), 2000);
+        // A redelivered duplicate is not counted twice.
+        pq.put(vec![sized(11, 50)], 2011);
+        assert_eq!(pq.backlog_bytes(), 157);
+        pq.done([10]);
+        assert_eq!(pq.backlog_bytes(), 57);
+        assert_eq!(pq.span(), 1999);
+        pq.done([11, 2010, 99]);
+        assert_eq!((pq.backlog_bytes(), pq.span(), pq.backlog()), (0, 0, 0));
     }
 
     #[test]

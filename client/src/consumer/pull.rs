@@ -1,20 +1,25 @@
 //! The pull consumer: the caller picks the queues, polls them, moves the read positions and
 //! commits them when it chooses.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use ringmq_protocol::body::{ConsumeType, ConsumerData, MessageModel};
 
 use super::pull_api::{self, PullRequest, PullStatus};
-use super::{StartPosition, Subscription, master_addr, offsets, register_group, validate_group};
+use super::{
+    BrokerRole, StartPosition, Subscription, broker_addr, offsets, register_group, validate_group,
+};
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
 use crate::instance::{ClientInstance, IoContext, Pending};
 use crate::message::{MessageQueue, ReceivedMessage};
+use crate::notify::Notify;
+use compio::runtime::JoinHandle;
 
 /// Pause of one queue's polling after a failed pull.
 const POLL_ERROR_PAUSE: Duration = Duration::from_millis(500);
@@ -88,11 +93,12 @@ impl PullConsumerBuilder {
         Ok(PullConsumer {
             instance,
             owns_instance,
-            shared: Arc::new(Shared {
+            shared: Arc::new(PullShared {
+                id: NEXT_PULL_CONSUMER_ID.fetch_add(1, Ordering::Relaxed),
                 group: self.group,
                 start_position: self.start_position,
                 pull_batch_size: self.pull_batch_size,
-                state: Mutex::new(State::default()),
+                state: Mutex::new(PullState::default()),
             }),
             shut_down: AtomicBool::new(false),
         })
@@ -114,7 +120,11 @@ fn consumer_data(group: &str, topics: &[String]) -> ConsumerData {
 }
 
 #[derive(Debug, Default)]
-struct State {
+struct PullState {
+    /// Bumped by every call of the consumer's user that may move or read positions (poll,
+    /// seek, assign, commit, shutdown): a poll whose caller went on to another call is stale
+    /// and hands nothing out.
+    generation: u64,
     /// Assigned queues, in assignment order.
     assigned: Vec<MessageQueue>,
     /// Next offset to read, per assigned queue.
@@ -124,19 +134,31 @@ struct State {
 }
 
 #[derive(Debug)]
-struct Shared {
+struct PullShared {
+    /// Identifies the consumer's I/O-side state (see [`PullIo`]).
+    id: u64,
     group: String,
     start_position: StartPosition,
     pull_batch_size: u32,
-    state: Mutex<State>,
+    state: Mutex<PullState>,
 }
 
-impl Shared {
-    fn state(&self) -> MutexGuard<'_, State> {
+impl PullShared {
+    fn state(&self) -> MutexGuard<'_, PullState> {
         // Never held across an await or user code; a poisoned lock still holds valid data.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Starts a new call of the user: earlier polls still running become stale.
+    fn next_generation(&self) -> u64 {
+        let mut state = self.state();
+        state.generation = state.generation.wrapping_add(1);
+        state.generation
+    }
 }
+
+/// Source of [`PullShared::id`].
+static NEXT_PULL_CONSUMER_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A pull consumer: reads the queues it is given, from positions it controls.
 ///
@@ -174,22 +196,8 @@ impl Shared {
 pub struct PullConsumer {
     instance: ClientInstance,
     owns_instance: bool,
-    shared: Arc<Shared>,
+    shared: Arc<PullShared>,
     shut_down: AtomicBool,
-}
-
-/// What one queue's poll task reports.
-#[derive(Debug)]
-enum QueuePoll {
-    /// The position moved from `from` to `next`, with these messages (maybe none).
-    Moved {
-        queue: MessageQueue,
-        from: i64,
-        next: i64,
-        messages: Vec<ReceivedMessage>,
-    },
-    /// A pull of the queue failed (the task pauses and tries again).
-    Failed(MessageQueue, ClientError),
 }
 
 impl PullConsumer {
@@ -231,6 +239,7 @@ impl PullConsumer {
     /// On failure nothing changes.
     pub fn assign(&self, queues: Vec<MessageQueue>) -> Pending<()> {
         let shared = Arc::clone(&self.shared);
+        shared.next_generation();
         self.instance.run(move |ctx| async move {
             let mut unique: Vec<MessageQueue> = Vec::with_capacity(queues.len());
             for queue in queues {
@@ -258,6 +267,7 @@ impl PullConsumer {
                 state.assigned = unique;
                 state.positions = positions;
                 state.cursor = 0;
+                PullIo::of(shared.id).retain(&state.assigned);
             }
             let data = consumer_data(&shared.group, &topics);
             ctx.groups
@@ -269,24 +279,28 @@ impl PullConsumer {
         })
     }
 
-    /// Long-polls every assigned queue at once and returns as soon as any has messages (with
-    /// whatever the others returned by then), or an empty list once `timeout` has passed. The
-    /// positions of the queues whose messages are returned move past them. Queues take turns
-    /// being first in the result. Fails only when no queue is assigned, or when every queue's
-    /// pulls failed for the whole `timeout`.
+    /// Returns the messages the assigned queues have, waiting up to `timeout` for the first
+    /// (an empty list once it passed). Each queue has one long-polling pull at its broker at a
+    /// time, kept across polls: a pull's answer waits in the consumer (one per queue) until a
+    /// poll hands it out, and only then does the queue's position move past its messages.
+    /// Queues take turns being first in the result. Fails only when no queue is assigned, or
+    /// when every queue's pulls are failing at the end of `timeout`.
     ///
-    /// Dropping the returned [`Pending`] before it completes loses the messages it would have
-    /// returned from the positions (not from the committed offsets): seek back if that
-    /// matters.
+    /// Dropping the returned [`Pending`] while it waits takes nothing as soon as the consumer
+    /// is called again (poll, seek, assign, commit); only messages that arrive between the drop
+    /// and that next call are handed to the dropped poll and skipped by the positions.
     pub fn poll(&self, timeout: Duration) -> Pending<Vec<ReceivedMessage>> {
         let shared = Arc::clone(&self.shared);
+        let generation = shared.next_generation();
         self.instance
-            .run(move |ctx| async move { poll(&ctx, &shared, timeout).await })
+            .run(move |ctx| async move { poll(&ctx, &shared, timeout, generation).await })
     }
 
-    /// Sets the next offset read from `queue` (an assigned queue).
+    /// Sets the next offset read from `queue` (an assigned queue); the queue's pulled and not
+    /// yet returned messages are discarded.
     pub fn seek(&self, queue: &MessageQueue, offset: i64) -> Pending<()> {
         let shared = Arc::clone(&self.shared);
+        shared.next_generation();
         let queue = queue.clone();
         self.instance.run(move |_ctx| async move {
             if offset < 0 {
@@ -298,6 +312,7 @@ impl PullConsumer {
             match state.positions.get_mut(&queue) {
                 Some(position) => {
                     *position = offset;
+                    PullIo::of(shared.id).discard(&queue);
                     Ok(())
                 }
                 None => Err(ClientError::InvalidArgument(format!(
@@ -316,6 +331,7 @@ impl PullConsumer {
     /// Every queue is tried; the first failure is returned.
     pub fn commit(&self) -> Pending<()> {
         let shared = Arc::clone(&self.shared);
+        shared.next_generation();
         self.instance.run(move |ctx| async move {
             let positions: Vec<(MessageQueue, i64)> = {
                 let state = shared.state();
@@ -350,9 +366,12 @@ impl PullConsumer {
             return;
         }
         let group = self.shared.group.clone();
+        self.shared.next_generation();
+        let id = self.shared.id;
         let left = self
             .instance
             .run(move |ctx| async move {
+                PullIo::remove(id);
                 let registered = ctx.groups.borrow_mut().consumers.remove(&group).is_some();
                 if registered {
                     ctx.unregister(None, Some(&group)).await;
@@ -384,192 +403,279 @@ impl Drop for PullConsumer {
     }
 }
 
-/// One poll: a long-polling task per assigned queue, the first messages win.
+/// How long the broker may hold a pull of a queue that has nothing new. Pulls outlive the
+/// `poll` that started them (their answer waits in the consumer for the next `poll`), so this is
+/// independent of the poll timeout.
+const LONG_POLL_SUSPEND: Duration = Duration::from_secs(15);
+
+thread_local! {
+    /// The I/O-side state of every pull consumer of this I/O thread's client instance, by id.
+    static PULL_IO: RefCell<HashMap<u64, Rc<PullIo>>> = RefCell::new(HashMap::new());
+}
+
+/// A finished pull of one queue, waiting for a `poll` to hand it out.
+#[derive(Debug)]
+struct Fetched {
+    /// The offset after the pull (the position once this result is handed out).
+    next: i64,
+    messages: Vec<ReceivedMessage>,
+}
+
+/// One assigned queue's pull on the I/O side: at most one in flight per queue, across polls.
+#[derive(Debug)]
+struct Slot {
+    /// The position the pull read from; a result only applies while the position is still this.
+    from: i64,
+    /// The pull task; dropping it cancels the pull.
+    _task: Option<JoinHandle<()>>,
+    /// The pull's answer, once it came.
+    result: Option<Result<Fetched>>,
+    /// After a failure: when the queue may be pulled again.
+    retry_at: Option<Instant>,
+}
+
+/// A pull consumer's pulls, on the I/O thread.
+#[derive(Debug, Default)]
+struct PullIo {
+    slots: RefCell<HashMap<MessageQueue, Slot>>,
+    /// Broker id each queue's last pull answer suggested.
+    suggested: RefCell<HashMap<MessageQueue, i64>>,
+    /// The latest failure per queue, cleared by a successful pull.
+    failing: RefCell<HashMap<MessageQueue, ClientError>>,
+    /// Woken whenever a pull finishes.
+    wake: Notify,
+}
+
+impl PullIo {
+    /// The state of consumer `id` on this thread (created on first use).
+    fn of(id: u64) -> Rc<Self> {
+        PULL_IO.with(|all| Rc::clone(all.borrow_mut().entry(id).or_default()))
+    }
+
+    /// Forgets consumer `id`: cancels its pulls.
+    fn remove(id: u64) {
+        let io = PULL_IO.with(|all| all.borrow_mut().remove(&id));
+        if let Some(io) = io {
+            io.slots.borrow_mut().clear();
+        }
+    }
+
+    /// Drops the pulls (and buffered results) of queues not in `assigned`.
+    fn retain(&self, assigned: &[MessageQueue]) {
+        self.slots
+            .borrow_mut()
+            .retain(|queue, _| assigned.contains(queue));
+        self.failing
+            .borrow_mut()
+            .retain(|queue, _| assigned.contains(queue));
+    }
+
+    /// Drops `queue`'s pull and buffered result (seek).
+    fn discard(&self, queue: &MessageQueue) {
+        self.slots.borrow_mut().remove(queue);
+    }
+
+    /// Starts a pull of `queue` from `from` (replacing any slot of the queue).
+    fn start(
+        self: &Rc<Self>,
+        ctx: &Rc<IoContext>,
+        shared: &Arc<PullShared>,
+        queue: &MessageQueue,
+        from: i64,
+    ) {
+        let suggested = self.suggested.borrow().get(queue).copied();
+        let task = compio::runtime::spawn(pull_once(
+            Rc::clone(ctx),
+            Arc::clone(shared),
+            Rc::downgrade(self),
+            queue.clone(),
+            from,
+            suggested,
+        ));
+        self.slots.borrow_mut().insert(
+            queue.clone(),
+            Slot {
+                from,
+                _task: Some(task),
+                result: None,
+                retry_at: None,
+            },
+        );
+    }
+}
+
+/// One pull of `queue` from `from`; stores its answer in the queue's slot and wakes the polls.
+async fn pull_once(
+    ctx: Rc<IoContext>,
+    shared: Arc<PullShared>,
+    io: Weak<PullIo>,
+    queue: MessageQueue,
+    from: i64,
+    suggested: Option<i64>,
+) {
+    let result = async {
+        let addr = broker_addr(&ctx, &queue, BrokerRole::Read(suggested)).await?;
+        let request = PullRequest {
+            group: &shared.group,
+            queue: &queue,
+            offset: from,
+            max_messages: shared.pull_batch_size,
+            commit_offset: None,
+            suspend: Some(LONG_POLL_SUSPEND),
+            expression: "*",
+            sub_version: 0,
+        };
+        pull_api::pull(&ctx, &addr, &request).await
+    }
+    .await;
+    let Some(io) = io.upgrade() else {
+        return;
+    };
+    let (result, retry_at) = match result {
+        Ok(result) => {
+            io.suggested
+                .borrow_mut()
+                .insert(queue.clone(), result.suggested_broker_id);
+            io.failing.borrow_mut().remove(&queue);
+            let next = result.next_begin_offset;
+            let messages = match result.status {
+                PullStatus::Found(messages) => messages,
+                PullStatus::OffsetMoved => {
+                    tracing::warn!(
+                        group = %shared.group,
+                        ?queue,
+                        offset = from,
+                        next,
+                        "pull offset is outside the queue; continuing at the broker's offset"
+                    );
+                    Vec::new()
+                }
+                PullStatus::NoNewMessage | PullStatus::NoMatchedMessage => Vec::new(),
+            };
+            (Ok(Fetched { next, messages }), None)
+        }
+        Err(error) => {
+            tracing::debug!(group = %shared.group, ?queue, %error, "poll pull failed");
+            io.suggested.borrow_mut().remove(&queue);
+            io.failing.borrow_mut().insert(queue.clone(), error.clone());
+            (Err(error), Some(Instant::now() + POLL_ERROR_PAUSE))
+        }
+    };
+    if let Some(slot) = io.slots.borrow_mut().get_mut(&queue)
+        && slot.from == from
+        && slot.result.is_none()
+    {
+        slot.result = Some(result);
+        slot.retry_at = retry_at;
+    }
+    io.wake.notify();
+}
+
+/// One poll: hands out the buffered results of the assigned queues (round-robin from the
+/// cursor), keeps one pull in flight per queue, and waits for the next result until
+/// `deadline`. Positions move only together with the messages returned, and only while this
+/// poll is the latest call of the consumer's user (`generation`): a poll whose caller stopped
+/// waiting and called the consumer again takes nothing.
 async fn poll(
     ctx: &Rc<IoContext>,
-    shared: &Arc<Shared>,
+    shared: &Arc<PullShared>,
     timeout: Duration,
+    generation: u64,
 ) -> Result<Vec<ReceivedMessage>> {
-    let start: Vec<(MessageQueue, i64)> = {
-        let mut state = shared.state();
-        if state.assigned.is_empty() {
-            return Err(ClientError::InvalidArgument(
-                "poll needs assigned queues (see assign)".into(),
-            ));
-        }
-        let count = state.assigned.len();
-        let cursor = state.cursor % count;
-        state.cursor = (cursor + 1) % count;
-        (0..count)
-            .filter_map(|i| {
-                let queue = &state.assigned[(cursor + i) % count];
-                Some((queue.clone(), *state.positions.get(queue)?))
-            })
-            .collect()
-    };
+    let io = PullIo::of(shared.id);
     let deadline = Instant::now() + timeout;
-    let (reports_tx, reports_rx) = flume::unbounded();
-    let tasks: Vec<_> = start
-        .iter()
-        .map(|(queue, offset)| {
-            compio::runtime::spawn(poll_queue(
-                Rc::clone(ctx),
-                Arc::clone(shared),
-                queue.clone(),
-                *offset,
-                deadline,
-                reports_tx.clone(),
-            ))
-        })
-        .collect();
-    drop(reports_tx);
-    let mut reports = Vec::new();
-    let mut failing: HashMap<MessageQueue, ClientError> = HashMap::new();
-    let mut found = false;
-    // Bounded by the deadline (and by every task ending, which disconnects the channel).
-    while !found {
-        match compio::time::timeout_at(deadline, reports_rx.recv_async()).await {
-            Ok(Ok(report)) => {
-                if let QueuePoll::Moved { messages, .. } = &report {
-                    found = !messages.is_empty();
-                }
-                record(report, &mut reports, &mut failing);
+    // Bounded by the deadline: every round either returns or waits for a pull or the deadline;
+    // and by the count, for rounds that only move positions.
+    for _ in 0..100_000 {
+        let (order, positions) = {
+            let state = shared.state();
+            if state.generation != generation {
+                return Ok(Vec::new());
             }
-            Ok(Err(_)) | Err(_) => break,
-        }
-    }
-    // Take whatever the other queues already returned, then cancel their pulls.
-    while let Ok(report) = reports_rx.try_recv() {
-        record(report, &mut reports, &mut failing);
-    }
-    drop(tasks);
-    if !found && !failing.is_empty() && failing.len() == start.len() {
-        return Err(failing
-            .into_values()
-            .next()
-            .unwrap_or(ClientError::Shutdown));
-    }
-    // Apply in round-robin order; a queue sought meanwhile keeps the sought position.
-    let mut messages = Vec::new();
-    let mut state = shared.state();
-    for (queue, _) in &start {
-        for (moved_queue, from, next, batch) in &mut reports {
-            if moved_queue != queue {
+            if state.assigned.is_empty() {
+                return Err(ClientError::InvalidArgument(
+                    "poll needs assigned queues (see assign)".into(),
+                ));
+            }
+            let count = state.assigned.len();
+            let cursor = state.cursor % count;
+            let order: Vec<MessageQueue> = (0..count)
+                .map(|i| state.assigned[(cursor + i) % count].clone())
+                .collect();
+            (order, state.positions.clone())
+        };
+        io.retain(&order);
+        let now = Instant::now();
+        let mut finished: Vec<(MessageQueue, i64, Fetched)> = Vec::new();
+        let mut restart: Vec<(MessageQueue, i64)> = Vec::new();
+        let mut wake_at = deadline;
+        for queue in &order {
+            let Some(&position) = positions.get(queue) else {
                 continue;
-            }
-            if let Some(position) = state.positions.get_mut(queue)
-                && *position == *from
-            {
-                *position = *next;
-                messages.append(batch);
-            }
-        }
-    }
-    Ok(messages)
-}
-
-type Moved = (MessageQueue, i64, i64, Vec<ReceivedMessage>);
-
-/// Files a queue's report: position moves in order, the latest failure per queue.
-fn record(
-    report: QueuePoll,
-    reports: &mut Vec<Moved>,
-    failing: &mut HashMap<MessageQueue, ClientError>,
-) {
-    match report {
-        QueuePoll::Moved {
-            queue,
-            from,
-            next,
-            messages,
-        } => {
-            failing.remove(&queue);
-            reports.push((queue, from, next, messages));
-        }
-        QueuePoll::Failed(queue, error) => {
-            failing.insert(queue, error);
-        }
-    }
-}
-
-/// Pulls one queue until it finds messages or `deadline` passes. Every position change is
-/// reported (with its messages, if any), so the poll can apply it.
-async fn poll_queue(
-    ctx: Rc<IoContext>,
-    shared: Arc<Shared>,
-    queue: MessageQueue,
-    mut offset: i64,
-    deadline: Instant,
-    reports: flume::Sender<QueuePoll>,
-) {
-    // Bounded by the deadline: every iteration ends in a pull limited by the remaining time or
-    // a pause.
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return;
-        }
-        let result = async {
-            let addr = master_addr(&ctx, &queue).await?;
-            let request = PullRequest {
-                group: &shared.group,
-                queue: &queue,
-                offset,
-                max_messages: shared.pull_batch_size,
-                commit_offset: None,
-                suspend: Some(remaining),
-                expression: "*",
-                sub_version: 0,
             };
-            pull_api::pull(&ctx, &addr, &request).await
-        }
-        .await;
-        match result {
-            Ok(result) => {
-                let next = result.next_begin_offset;
-                let messages = match result.status {
-                    PullStatus::Found(messages) => messages,
-                    PullStatus::OffsetMoved => {
-                        tracing::warn!(
-                            group = %shared.group,
-                            ?queue,
-                            offset,
-                            next,
-                            "pull offset is outside the queue; continuing at the broker's offset"
-                        );
-                        Vec::new()
+            let mut slots = io.slots.borrow_mut();
+            match slots.get_mut(queue) {
+                None => restart.push((queue.clone(), position)),
+                Some(slot) if slot.from != position => restart.push((queue.clone(), position)),
+                Some(slot) => match slot.result.take() {
+                    None => {}
+                    Some(Ok(fetched)) => finished.push((queue.clone(), slot.from, fetched)),
+                    Some(Err(error)) => {
+                        let retry_at = slot.retry_at.unwrap_or(now);
+                        if retry_at <= now {
+                            restart.push((queue.clone(), position));
+                        } else {
+                            slot.result = Some(Err(error));
+                            wake_at = wake_at.min(retry_at);
+                        }
                     }
-                    PullStatus::NoNewMessage | PullStatus::NoMatchedMessage => Vec::new(),
-                };
-                let found = !messages.is_empty();
-                if next != offset || found {
-                    let report = QueuePoll::Moved {
-                        queue: queue.clone(),
-                        from: offset,
-                        next,
-                        messages,
-                    };
-                    if reports.send(report).is_err() {
-                        return;
-                    }
-                    offset = next;
-                }
-                if found {
-                    return;
-                }
+                },
             }
-            Err(error) => {
-                tracing::debug!(group = %shared.group, ?queue, %error, "poll pull failed");
-                if reports
-                    .send(QueuePoll::Failed(queue.clone(), error))
-                    .is_err()
+        }
+        // Hand out what arrived, in round-robin order; positions move with the messages.
+        let mut messages = Vec::new();
+        {
+            let mut state = shared.state();
+            if state.generation != generation {
+                // Superseded: put the results back for the next poll.
+                let mut slots = io.slots.borrow_mut();
+                for (queue, _, fetched) in finished {
+                    if let Some(slot) = slots.get_mut(&queue) {
+                        slot.result = Some(Ok(fetched));
+                    }
+                }
+                return Ok(Vec::new());
+            }
+            for (queue, from, mut fetched) in finished {
+                if let Some(position) = state.positions.get_mut(&queue)
+                    && *position == from
                 {
-                    return;
+                    *position = fetched.next;
+                    messages.append(&mut fetched.messages);
+                    restart.push((queue, fetched.next));
                 }
-                let pause =
-                    POLL_ERROR_PAUSE.min(deadline.saturating_duration_since(Instant::now()));
-                compio::time::sleep(pause).await;
+            }
+            if !messages.is_empty() {
+                let count = state.assigned.len().max(1);
+                state.cursor = (state.cursor % count + 1) % count;
             }
         }
+        for (queue, from) in restart {
+            io.start(ctx, shared, &queue, from);
+        }
+        if !messages.is_empty() {
+            return Ok(messages);
+        }
+        if Instant::now() >= deadline {
+            let failing = io.failing.borrow();
+            if !order.is_empty() && order.iter().all(|queue| failing.contains_key(queue)) {
+                if let Some(error) = order.iter().find_map(|queue| failing.get(queue)) {
+                    return Err(error.clone());
+                }
+            }
+            return Ok(Vec::new());
+        }
+        io.wake.wait_until(wake_at).await;
     }
+    Ok(Vec::new())
 }

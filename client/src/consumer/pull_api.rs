@@ -82,6 +82,9 @@ pub(crate) enum PullStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PullResult {
     pub status: PullStatus,
+    /// The broker id the broker wants the next pull of this queue sent to
+    /// (`suggestWhichBrokerId`: a slave while the consumer lags far behind, else the master).
+    pub suggested_broker_id: i64,
     pub next_begin_offset: i64,
     pub min_offset: i64,
     pub max_offset: i64,
@@ -146,6 +149,7 @@ pub(crate) fn decode(addr: &str, answer: &Command) -> Result<PullResult> {
     };
     Ok(PullResult {
         status,
+        suggested_broker_id: header.suggest_which_broker_id,
         next_begin_offset: header.next_begin_offset,
         min_offset: header.min_offset,
         max_offset: header.max_offset,
