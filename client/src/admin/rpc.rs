@@ -64,7 +64,13 @@ pub(super) async fn namesrv_call<E: EncodeExt>(
 ) -> Result<(String, Command)> {
     let (addr, answer) = ctx
         .routes
-        .namesrv_request(&ctx.pool, code, header, &[], ctx.timeout())
+        .namesrv_request(
+            &ctx.pool,
+            code,
+            header,
+            &[],
+            std::time::Instant::now() + ctx.timeout(),
+        )
         .await?;
     let answer = expect_success(answer, &addr, code)?;
     Ok((addr, answer))

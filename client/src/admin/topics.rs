@@ -10,10 +10,8 @@ use super::{QueueStatus, TopicSpec, TopicTarget, read_addr, rpc};
 use crate::error::{ClientError, Result};
 use crate::instance::IoContext;
 use crate::message::MessageQueue;
-use crate::route::TopicRoute;
+use crate::route::{AUTO_CREATE_TOPIC, TopicRoute};
 
-/// The template topic brokers create new topics from (sent as `defaultTopic`).
-const TEMPLATE_TOPIC: &str = "TBW102";
 /// Group named in the admin's own pulls (they carry their subscription and commit nothing).
 pub(super) const ADMIN_GROUP: &str = "RINGMQ_ADMIN";
 
@@ -33,7 +31,7 @@ pub(super) async fn create(
     };
     let header = CreateTopicRequestHeader {
         topic: &spec.name,
-        default_topic: TEMPLATE_TOPIC,
+        default_topic: AUTO_CREATE_TOPIC,
         read_queue_nums: spec.read_queues,
         write_queue_nums: spec.write_queues,
         perm: spec.perm,
@@ -80,7 +78,7 @@ pub(super) async fn list(ctx: &IoContext) -> Result<Vec<String>> {
 
 pub(super) async fn route(ctx: &IoContext, topic: &str) -> Result<TopicRouteData> {
     ctx.routes
-        .fetch(&ctx.pool, topic, ctx.timeout())
+        .fetch(&ctx.pool, topic, std::time::Instant::now() + ctx.timeout())
         .await?
         .ok_or_else(|| ClientError::TopicNotFound {
             topic: topic.to_owned(),
