@@ -20,6 +20,7 @@ use super::state::ProducerState;
 use crate::error::{ClientError, Result};
 use crate::instance::IoContext;
 use crate::message::{MessageQueue, SendResult};
+use crate::remoting::Connection;
 use crate::route::{AUTO_CREATE_TOPIC, DEFAULT_TOPIC_QUEUE_NUMS, TopicRoute};
 
 /// Whether a failed attempt is worth another broker: transport failures, and the refusals Java's
@@ -35,11 +36,22 @@ pub(crate) fn is_retryable(error: &ClientError) -> bool {
 /// auto-creation template TBW102, with at most 4 queues per broker, which then create it (Java's
 /// `DefaultMQProducerImpl.tryToFindTopicPublishInfo`). The derived route is cached under the
 /// topic until a NameServer knows the real one.
+///
+/// A cached route is the hot path; the lookup is boxed so its (large) future is not part of
+/// every send's future, which is moved a few times on each spawn.
 pub(crate) async fn publish_route(
     ctx: &IoContext,
     topic: &str,
     deadline: Instant,
 ) -> Result<Rc<TopicRoute>> {
+    if let Some(route) = ctx.routes.cached(topic) {
+        return Ok(route);
+    }
+    Box::pin(lookup_route(ctx, topic, deadline)).await
+}
+
+/// [`publish_route`] when nothing is cached.
+async fn lookup_route(ctx: &IoContext, topic: &str, deadline: Instant) -> Result<Rc<TopicRoute>> {
     let left = deadline.saturating_duration_since(Instant::now());
     match ctx.routes.route(&ctx.pool, topic, left).await {
         Err(ClientError::TopicNotFound { .. }) => {}
@@ -80,7 +92,7 @@ async fn attempt(
 ) -> Result<SendResult> {
     let code = payload.code();
     let deadline = Instant::now() + timeout;
-    let connection = compio::time::timeout(timeout, ctx.pool.get(addr))
+    let connection = compio::time::timeout(timeout, connection(ctx, state, addr))
         .await
         .map_err(|_| ClientError::Timeout {
             addr: addr.to_owned(),
@@ -108,6 +120,22 @@ async fn attempt(
     })
     .await?;
     read_answer(&answer, addr, code, queue)
+}
+
+/// The connection to `addr`: the producer's last one while it is open (no await, no
+/// allocation), else the pool's. The pool lookup is boxed: it may connect, and its large future
+/// would otherwise be part of every send's future (moved a few times on each spawn).
+pub(crate) async fn connection(
+    ctx: &IoContext,
+    state: &ProducerState,
+    addr: &str,
+) -> Result<Rc<Connection>> {
+    if let Some(connection) = state.connection(addr) {
+        return Ok(connection);
+    }
+    let connection = Box::pin(ctx.pool.get(addr)).await?;
+    state.keep_connection(addr, &connection);
+    Ok(connection)
 }
 
 /// Sends with failover: up to `1 + retries` attempts within `send_timeout`, each on a queue

@@ -24,6 +24,7 @@ use super::unique_id::UniqueIdGenerator;
 use crate::error::{ClientError, Result};
 use crate::instance::IoContext;
 use crate::message::{Message, MessageQueue};
+use crate::remoting::Connection;
 use crate::route::TopicRoute;
 
 static NEXT_PRODUCER_ID: AtomicU64 = AtomicU64::new(1);
@@ -99,6 +100,9 @@ pub(crate) struct ProducerState {
     pub refreshing: RefCell<HashSet<String>>,
     /// Broker groups already sent a heartbeat because a route named them.
     pub heartbeated: RefCell<HashSet<String>>,
+    /// The connection last used per broker address: a send finds it without the pool's
+    /// (async) lookup. A closed one is replaced through the pool.
+    pub connections: RefCell<HashMap<String, Rc<Connection>>>,
 }
 
 impl ProducerState {
@@ -133,7 +137,24 @@ impl ProducerState {
             topics: RefCell::new(HashMap::new()),
             refreshing: RefCell::new(HashSet::new()),
             heartbeated: RefCell::new(HashSet::new()),
+            connections: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// The open connection last used for `addr`.
+    pub fn connection(&self, addr: &str) -> Option<Rc<Connection>> {
+        self.connections
+            .borrow()
+            .get(addr)
+            .filter(|connection| !connection.is_closed())
+            .cloned()
+    }
+
+    /// Remembers the connection used for `addr`.
+    pub fn keep_connection(&self, addr: &str, connection: &Rc<Connection>) {
+        self.connections
+            .borrow_mut()
+            .insert(addr.to_owned(), Rc::clone(connection));
     }
 
     pub fn settings(&self) -> &ProducerSettings {
@@ -319,6 +340,7 @@ pub(crate) mod tests {
             topics: RefCell::new(HashMap::new()),
             refreshing: RefCell::new(HashSet::new()),
             heartbeated: RefCell::new(HashSet::new()),
+            connections: RefCell::new(HashMap::new()),
         }
     }
 
