@@ -81,26 +81,33 @@ async fn lookup_route(ctx: &IoContext, topic: &str, deadline: Instant) -> Result
 }
 
 /// One attempt: connect (or reuse the connection), write the request, wait for the answer,
-/// all within `timeout`. A payload that cannot be encoded fails at once, nothing sent.
+/// all within `timeout` from `began`. A payload that cannot be encoded fails at once, nothing
+/// sent.
 async fn attempt(
     ctx: &IoContext,
     state: &ProducerState,
     payload: &Payload,
     queue: &MessageQueue,
     addr: &str,
+    began: Instant,
     timeout: Duration,
 ) -> Result<SendResult> {
     let code = payload.code();
-    let deadline = Instant::now() + timeout;
-    let connection = compio::time::timeout(timeout, connection(ctx, state, addr))
-        .await
-        .map_err(|_| ClientError::Timeout {
-            addr: addr.to_owned(),
-            code,
-            timeout,
-        })??;
+    // The clock is read only when connecting took a wait (vDSO clock reads show in profiles).
+    let (connection, left) = if let Some(connection) = state.connection(addr) {
+        (connection, timeout)
+    } else {
+        let connection = compio::time::timeout(timeout, connection(ctx, state, addr))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                addr: addr.to_owned(),
+                code,
+                timeout,
+            })??;
+        let left = (began + timeout).saturating_duration_since(Instant::now());
+        (connection, left)
+    };
     let serialize_type = connection.serialize_type();
-    let left = deadline.saturating_duration_since(Instant::now());
     let refused: Cell<Option<ClientError>> = Cell::new(None);
     let request = connection.request_with(code, left, |opaque, out| {
         let head = CommandHead::request(code, opaque, serialize_type);
@@ -146,17 +153,24 @@ pub(crate) async fn send_with_failover(
     payload: Payload,
 ) -> Result<SendResult> {
     let settings = state.settings();
-    let deadline = Instant::now() + settings.send_timeout;
+    let mut now = Instant::now();
+    let deadline = now + settings.send_timeout;
     let topic = payload.topic();
     let mut failed_broker: Option<String> = None;
     let mut last_error = None;
     let mut attempts = 0;
     for _ in 0..=settings.retries {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if deadline <= now {
             break;
         }
-        let route = match publish_route(ctx, topic, deadline).await {
+        let route = if let Some(route) = ctx.routes.cached(topic) {
+            Ok(route)
+        } else {
+            let route = publish_route(ctx, topic, deadline).await;
+            now = Instant::now();
+            route
+        };
+        let route = match route {
             Ok(route) => route,
             Err(error) if attempts == 0 => return Err(error),
             Err(error) => {
@@ -166,25 +180,26 @@ pub(crate) async fn send_with_failover(
         };
         let cursor = state.on_route(ctx, topic, &route);
         let queue = state
-            .select(&route, cursor, failed_broker.as_deref())
+            .select(&route, cursor, failed_broker.as_deref(), now)
             .ok_or_else(|| no_writable_queue(topic))?;
         let addr = route
             .publish_addr(&queue.broker_name)
             .ok_or_else(|| no_writable_queue(topic))?;
         attempts += 1;
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.saturating_duration_since(now);
         let mut timeout = left.min(ctx.config.request_timeout);
         if attempts <= settings.retries {
             // A retry is left: keep half the budget for it, so a blackholed broker (its
             // connect or answer never coming) cannot use it all up.
             timeout = timeout.min(left / 2);
         }
-        let began = Instant::now();
-        let result = attempt(ctx, state, &payload, queue, addr, timeout).await;
-        let latency = began.elapsed();
+        let began = now;
+        let result = attempt(ctx, state, &payload, queue, addr, began, timeout).await;
+        now = Instant::now();
+        let latency = now.saturating_duration_since(began);
         match result {
             Ok(mut result) => {
-                state.record(&queue.broker_name, latency, Outcome::Answered);
+                state.record(&queue.broker_name, latency, Outcome::Answered, now);
                 result.msg_id = payload.into_msg_id();
                 return Ok(result);
             }
@@ -195,7 +210,7 @@ pub(crate) async fn send_with_failover(
                 } else {
                     Outcome::Answered
                 };
-                state.record(&queue.broker_name, latency, outcome);
+                state.record(&queue.broker_name, latency, outcome, now);
                 state.schedule_refresh(ctx, topic);
                 if !retryable {
                     return Err(error);
@@ -246,8 +261,9 @@ pub(crate) async fn send_once(
         .map(str::to_owned)
         .or_else(|| ctx.routes.publish_addr(&queue.broker_name))
         .ok_or_else(|| no_writable_queue(topic))?;
-    let left = deadline.saturating_duration_since(Instant::now());
-    match attempt(ctx, state, &payload, queue, &addr, left).await {
+    let now = Instant::now();
+    let left = deadline.saturating_duration_since(now);
+    match attempt(ctx, state, &payload, queue, &addr, now, left).await {
         Ok(mut result) => {
             result.msg_id = payload.into_msg_id();
             Ok(result)

@@ -148,13 +148,13 @@ pub(crate) async fn send_oneway(
     let deadline = Instant::now() + settings.send_timeout;
     let route = publish_route(&ctx, topic, deadline).await?;
     let cursor = state.on_route(&ctx, topic, &route);
+    let began = Instant::now();
     let queue = state
-        .select(&route, cursor, None)
+        .select(&route, cursor, None, began)
         .ok_or_else(|| no_writable_queue(topic))?;
     let addr = route
         .publish_addr(&queue.broker_name)
         .ok_or_else(|| no_writable_queue(topic))?;
-    let began = Instant::now();
     let left = deadline.saturating_duration_since(began);
     let queued = match compio::time::timeout(left, connection(&ctx, &state, addr)).await {
         Ok(Ok(connection)) => {
@@ -173,7 +173,9 @@ pub(crate) async fn send_oneway(
         }),
     };
     if queued.is_err() {
-        state.record(&queue.broker_name, began.elapsed(), Outcome::Isolate);
+        let now = Instant::now();
+        let latency = now.saturating_duration_since(began);
+        state.record(&queue.broker_name, latency, Outcome::Isolate, now);
         state.schedule_refresh(&ctx, topic);
     }
     queued

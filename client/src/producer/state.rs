@@ -213,8 +213,8 @@ impl ProducerState {
         route: &'r TopicRoute,
         cursor: usize,
         avoid: Option<&str>,
+        now: Instant,
     ) -> Option<&'r MessageQueue> {
-        let now = Instant::now();
         let check = self.settings().fault_avoidance && self.faults.any_unavailable(now);
         select_queue(route.writable_queues(), cursor, avoid, |broker| {
             !check || self.faults.is_available(broker, now)
@@ -222,9 +222,9 @@ impl ProducerState {
     }
 
     /// Reports an attempt to the fault tracker (when fault avoidance is on).
-    pub fn record(&self, broker: &str, latency: Duration, outcome: Outcome) {
+    pub fn record(&self, broker: &str, latency: Duration, outcome: Outcome, now: Instant) {
         if self.settings().fault_avoidance {
-            self.faults.record(broker, latency, outcome, Instant::now());
+            self.faults.record(broker, latency, outcome, now);
         }
     }
 
