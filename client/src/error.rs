@@ -57,6 +57,15 @@ pub enum ClientError {
         /// Bytes queued when the request was refused.
         queued_bytes: usize,
     },
+    /// A producer already has its `max_outstanding_sends` sends in flight: this one was
+    /// refused, nothing sent. Back off, or await some pending sends first.
+    #[error("producer {group} already has {limit} sends in flight")]
+    TooManyOutstandingSends {
+        /// The producer group.
+        group: String,
+        /// The producer's `max_outstanding_sends`.
+        limit: usize,
+    },
     /// No response arrived in time. The request may or may not have taken effect.
     #[error("{addr} did not answer {code} within {timeout:?}")]
     Timeout {

@@ -34,6 +34,9 @@ use crate::remoting::{
 };
 use crate::route::RouteTable;
 
+/// Jobs the I/O thread takes from its queue in one go before the runtime runs other tasks.
+const MAX_JOBS_PER_WAKEUP: usize = 256;
+
 /// A unit of work for the I/O thread.
 type Job = Box<dyn FnOnce(&Rc<IoContext>) + Send>;
 
@@ -146,9 +149,7 @@ impl ClientInstance {
             None => false,
         };
         if !sent {
-            let (tx, rx) = flume::bounded(1);
-            let _ = tx.send(Err(ClientError::Shutdown));
-            return Pending::new(rx);
+            return Pending::failed(ClientError::Shutdown);
         }
         Pending::new(rx)
     }
@@ -233,6 +234,13 @@ impl<T: 'static> std::fmt::Debug for Pending<T> {
 impl<T: 'static> Pending<T> {
     const fn new(rx: flume::Receiver<Result<T>>) -> Self {
         Self { rx, future: None }
+    }
+
+    /// A call that failed before reaching the I/O thread.
+    pub(crate) fn failed(error: ClientError) -> Self {
+        let (tx, rx) = flume::bounded(1);
+        let _ = tx.send(Err(error));
+        Self::new(rx)
     }
 
     /// Blocks the calling thread until the result arrives. Refused on the client's own I/O
@@ -491,6 +499,12 @@ fn io_thread(
         let heartbeater = compio::runtime::spawn(heartbeat_loop(Rc::clone(&ctx)));
         while let Ok(job) = jobs.recv_async().await {
             job(&ctx);
+            // Run the jobs already queued without a wake-up each (a burst of sends arrives
+            // faster than the runtime parks); bounded so the tasks they spawn get to run.
+            for _ in 0..MAX_JOBS_PER_WAKEUP {
+                let Ok(job) = jobs.try_recv() else { break };
+                job(&ctx);
+            }
         }
         ctx.stopped.set(true);
         ctx.stopping.notify();

@@ -12,6 +12,7 @@ mod notify;
 pub mod producer;
 pub mod remoting;
 pub mod route;
+mod rpc;
 
 pub use config::ClientConfig;
 pub use consumer::{

@@ -9,8 +9,9 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
-use ringmq_protocol::body::{self, BrokerData, TopicRouteData, perm};
+use ringmq_protocol::body::{self, BrokerData, QueueData, TopicRouteData, perm};
 use ringmq_protocol::header::GetRouteInfoRequestHeader;
 use ringmq_protocol::{Command, EncodeExt, RequestCode, ResponseCode};
 
@@ -21,6 +22,13 @@ use crate::remoting::ConnectionPool;
 /// Most queues per broker group a route may declare; larger counts come from a broken or
 /// hostile NameServer and are clamped rather than allocated.
 pub const MAX_QUEUES_PER_BROKER: i32 = 65_536;
+
+/// The auto-creation template topic (Java's `TopicValidator.AUTO_CREATE_TOPIC_KEY_TOPIC`): a
+/// producer sends to a topic no NameServer knows on the brokers of this topic's route, and
+/// brokers create new topics from its configuration (`defaultTopic` in requests).
+pub(crate) const AUTO_CREATE_TOPIC: &str = "TBW102";
+/// Queues of a topic the broker auto-creates (Java's `defaultTopicQueueNums`).
+pub(crate) const DEFAULT_TOPIC_QUEUE_NUMS: i32 = 4;
 
 /// A topic's route, with the queue lists producers and consumers use derived once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,45 +45,33 @@ impl TopicRoute {
     /// Derives the queue lists: writable queues of brokers with a master, readable queues of
     /// every broker, both ordered by broker name then queue id.
     pub fn new(topic: &str, data: TopicRouteData) -> Self {
-        let mut queue_datas = data.queue_datas.clone();
-        queue_datas.sort_by(|a, b| a.broker_name.cmp(&b.broker_name));
-        let mut writable = Vec::new();
-        let mut readable = Vec::new();
-        for queues in &queue_datas {
-            let broker = data
-                .broker_datas
-                .iter()
-                .find(|broker| broker.broker_name == queues.broker_name);
-            let has_master = broker.is_some_and(|broker| broker.master_addr().is_some());
-            if perm::is_writeable(queues.perm) && has_master {
-                writable.extend(
-                    (0..queues.write_queue_nums.clamp(0, MAX_QUEUES_PER_BROKER)).map(|queue_id| {
-                        MessageQueue {
-                            broker_name: queues.broker_name.clone(),
-                            queue_id,
-                            topic: topic.to_owned(),
-                        }
-                    }),
-                );
+        let writable = queue_list(topic, &data, |queues, broker| {
+            if perm::is_writeable(queues.perm) && broker.master_addr().is_some() {
+                queues.write_queue_nums
+            } else {
+                0
             }
-            if perm::is_readable(queues.perm) && broker.is_some() {
-                readable.extend(
-                    (0..queues.read_queue_nums.clamp(0, MAX_QUEUES_PER_BROKER)).map(|queue_id| {
-                        MessageQueue {
-                            broker_name: queues.broker_name.clone(),
-                            queue_id,
-                            topic: topic.to_owned(),
-                        }
-                    }),
-                );
+        });
+        let readable = queue_list(topic, &data, |queues, _| {
+            if perm::is_readable(queues.perm) {
+                queues.read_queue_nums
+            } else {
+                0
             }
-        }
+        });
         Self {
             topic: topic.to_owned(),
             data,
             writable,
             readable,
         }
+    }
+
+    /// Every queue of the route's broker groups, `count` of them per group (whatever the
+    /// permissions), by broker name then queue id; groups with no `BrokerData` are left out.
+    /// For tools that inspect every queue (admin status), not for sending or reading.
+    pub fn queues_by(&self, count: impl Fn(&QueueData) -> i32) -> Vec<MessageQueue> {
+        queue_list(&self.topic, &self.data, |queues, _| count(queues))
     }
 
     /// Queues a producer may send to.
@@ -96,10 +92,50 @@ impl TopicRoute {
             .find(|broker| broker.broker_name == broker_name)
     }
 
-    /// The master address of `broker_name`.
-    pub fn master_addr(&self, broker_name: &str) -> Option<&str> {
+    /// Where to send `broker_name`'s messages: its master (only masters take writes).
+    pub fn publish_addr(&self, broker_name: &str) -> Option<&str> {
         self.broker(broker_name).and_then(BrokerData::master_addr)
     }
+
+    /// The master address of `broker_name`; the same as [`TopicRoute::publish_addr`].
+    pub fn master_addr(&self, broker_name: &str) -> Option<&str> {
+        self.publish_addr(broker_name)
+    }
+}
+
+/// An address to ask about a broker group (offsets, status, queries): its master, else its
+/// lowest-id slave. `broker_addrs` is ordered by broker id and the master is id 0.
+pub fn any_addr(broker: &BrokerData) -> Option<&str> {
+    broker.broker_addrs.values().next().map(String::as_str)
+}
+
+/// The queues of `data`, `count(queue data, its broker)` per broker group (clamped to
+/// `0..=MAX_QUEUES_PER_BROKER`), by broker name then queue id. Groups without a `BrokerData`
+/// are skipped: nobody could be asked about their queues.
+fn queue_list(
+    topic: &str,
+    data: &TopicRouteData,
+    count: impl Fn(&QueueData, &BrokerData) -> i32,
+) -> Vec<MessageQueue> {
+    let mut queue_datas: Vec<&QueueData> = data.queue_datas.iter().collect();
+    queue_datas.sort_by(|a, b| a.broker_name.cmp(&b.broker_name));
+    let mut list = Vec::new();
+    for queues in queue_datas {
+        let Some(broker) = data
+            .broker_datas
+            .iter()
+            .find(|broker| broker.broker_name == queues.broker_name)
+        else {
+            continue;
+        };
+        let count = count(queues, broker).clamp(0, MAX_QUEUES_PER_BROKER);
+        list.extend((0..count).map(|queue_id| MessageQueue {
+            broker_name: queues.broker_name.clone(),
+            queue_id,
+            topic: topic.to_owned(),
+        }));
+    }
+    list
 }
 
 /// The NameServer list, the route cache and the broker addresses learned from routes.
@@ -133,24 +169,41 @@ impl RouteTable {
     }
 
     /// Sends a request to the NameServers in turn, starting with the last one that answered,
-    /// until one answers (whatever its answer). Transport failures move on to the next.
+    /// until one answers (whatever its answer) or `deadline` passes. Transport failures move on
+    /// to the next.
+    ///
+    /// The whole lookup, connects included, ends by `deadline`: each attempt gets an equal share
+    /// of what is left over the NameServers not yet tried (the last one gets all of it), so a
+    /// blackholed first NameServer leaves time to ask the next one, and a send's budget covers
+    /// its route lookup.
     pub async fn namesrv_request<E: EncodeExt>(
         &self,
         pool: &ConnectionPool,
         code: RequestCode,
         header: &E,
         request_body: &[u8],
-        timeout: std::time::Duration,
+        deadline: Instant,
     ) -> Result<(String, Command)> {
         let count = self.namesrv_addrs.len();
         let mut last_error = None;
         for step in 0..count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let share = left / u32::try_from(count - step).unwrap_or(u32::MAX);
             let index = (self.preferred.get() + step) % count;
             let addr = &self.namesrv_addrs[index];
-            match pool
-                .request(addr, code, header, request_body, timeout)
-                .await
-            {
+            let attempt = pool.request(addr, code, header, request_body, share);
+            let result = match compio::time::timeout(share, attempt).await {
+                Ok(result) => result,
+                Err(_) => Err(ClientError::Timeout {
+                    addr: addr.clone(),
+                    code,
+                    timeout: share,
+                }),
+            };
+            match result {
                 Ok(answer) => {
                     self.preferred.set(index);
                     return Ok((addr.clone(), answer));
@@ -163,9 +216,17 @@ impl RouteTable {
         }
         Err(ClientError::NameServersUnreachable {
             tried: self.namesrv_addrs.join(";"),
-            last_error: Box::new(last_error.unwrap_or(ClientError::InvalidArgument(
-                "no NameServer address configured".into(),
-            ))),
+            last_error: Box::new(last_error.unwrap_or_else(|| {
+                if count == 0 {
+                    ClientError::InvalidArgument("no NameServer address configured".into())
+                } else {
+                    ClientError::Timeout {
+                        addr: self.namesrv_addrs.join(";"),
+                        code,
+                        timeout: Duration::ZERO,
+                    }
+                }
+            })),
         })
     }
 
@@ -174,7 +235,7 @@ impl RouteTable {
         &self,
         pool: &ConnectionPool,
         topic: &str,
-        timeout: std::time::Duration,
+        deadline: Instant,
     ) -> Result<Option<TopicRouteData>> {
         let header = GetRouteInfoRequestHeader {
             topic,
@@ -186,7 +247,7 @@ impl RouteTable {
                 RequestCode::GetRouteinfoByTopic,
                 &header,
                 &[],
-                timeout,
+                deadline,
             )
             .await?;
         match answer.response_code() {
@@ -205,12 +266,13 @@ impl RouteTable {
         }
     }
 
-    /// The cached route of `topic`, fetched first when none is cached.
+    /// The cached route of `topic`, fetched first (within `timeout`, every NameServer
+    /// included) when none is cached.
     pub async fn route(
         &self,
         pool: &ConnectionPool,
         topic: &str,
-        timeout: std::time::Duration,
+        timeout: Duration,
     ) -> Result<Rc<TopicRoute>> {
         if let Some(route) = self.cached(topic) {
             return Ok(route);
@@ -218,15 +280,16 @@ impl RouteTable {
         self.refresh(pool, topic, timeout).await
     }
 
-    /// Fetches `topic`'s route now. When the NameServers are unreachable or do not know the
-    /// topic, the cached route (if any) is returned instead.
+    /// Fetches `topic`'s route now, within `timeout` (every NameServer included). When the
+    /// NameServers are unreachable or do not know the topic, the cached route (if any) is
+    /// returned instead.
     pub async fn refresh(
         &self,
         pool: &ConnectionPool,
         topic: &str,
-        timeout: std::time::Duration,
+        timeout: Duration,
     ) -> Result<Rc<TopicRoute>> {
-        match self.fetch(pool, topic, timeout).await {
+        match self.fetch(pool, topic, Instant::now() + timeout).await {
             Ok(Some(data)) => {
                 self.mark_namesrv_up();
                 Ok(self.store(topic, data))
@@ -248,10 +311,11 @@ impl RouteTable {
     }
 
     /// Re-fetches every cached route (the periodic refresh).
-    pub async fn refresh_all(&self, pool: &ConnectionPool, timeout: std::time::Duration) {
+    /// Each topic's lookup gets `timeout`.
+    pub async fn refresh_all(&self, pool: &ConnectionPool, timeout: Duration) {
         let topics: Vec<String> = self.routes.borrow().keys().cloned().collect();
         for topic in topics {
-            match self.fetch(pool, &topic, timeout).await {
+            match self.fetch(pool, &topic, Instant::now() + timeout).await {
                 Ok(Some(data)) => {
                     self.mark_namesrv_up();
                     self.store(&topic, data);
@@ -284,12 +348,26 @@ impl RouteTable {
         self.brokers.borrow().values().cloned().collect()
     }
 
-    /// The master address of `broker_name`, from any route seen.
-    pub fn master_addr(&self, broker_name: &str) -> Option<String> {
+    /// Where to send `broker_name`'s messages (its master), from any route seen.
+    pub fn publish_addr(&self, broker_name: &str) -> Option<String> {
         self.brokers
             .borrow()
             .get(broker_name)
             .and_then(|broker| broker.master_addr().map(str::to_owned))
+    }
+
+    /// The master address of `broker_name`; the same as [`RouteTable::publish_addr`] (the
+    /// consumer's call sites still use this name).
+    pub fn master_addr(&self, broker_name: &str) -> Option<String> {
+        self.publish_addr(broker_name)
+    }
+
+    /// An address to ask about `broker_name` (see [`any_addr`]), from any route seen.
+    pub fn any_addr(&self, broker_name: &str) -> Option<String> {
+        self.brokers
+            .borrow()
+            .get(broker_name)
+            .and_then(|broker| any_addr(broker).map(str::to_owned))
     }
 
     /// Where to read `broker_name`'s queues: the broker id the last pull answer suggested
@@ -348,7 +426,6 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringmq_protocol::body::QueueData;
 
     fn broker(name: &str, master: Option<&str>) -> BrokerData {
         let mut broker = BrokerData {

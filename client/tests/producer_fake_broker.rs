@@ -644,3 +644,100 @@ fn heartbeat_oneway_batch_selector_async_and_shutdown() {
         Err(ClientError::Shutdown)
     ));
 }
+
+/// A listener that never accepts and whose accept queue is full: connects to it get no
+/// SYN-ACK (Linux drops the SYN), so they hang until the client's connect timeout — a
+/// blackholed server, deterministic on loopback. Keep the returned sockets alive.
+fn blackholed_connects() -> (String, socket2::Socket, Vec<TcpStream>) {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    listener.bind(&any.into()).unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    // Backlog 0 queues one connection; fill it (and the SYN queue overflow) without accepting.
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(stream) => fillers.push(stream),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err(),
+        "the accept queue is full: connects hang"
+    );
+    (addr.to_string(), listener, fillers)
+}
+
+/// A server that accepts and never answers.
+fn silent_server() -> FakeServer {
+    FakeServer::start(Arc::new(|_: &Command| (None, false)))
+}
+
+#[test]
+fn blackholed_name_servers_cost_no_more_than_the_send_timeout() {
+    let silent = silent_server();
+    let (hanging, _listener, _fillers) = blackholed_connects();
+    // Client timeouts (3 s each) as long as the whole send budget: only the deadline passed
+    // down to the route lookup can end it in time.
+    for namesrv in [
+        format!("{};{}", silent.addr, hanging),
+        format!("{hanging};{}", silent.addr),
+    ] {
+        let producer = Producer::builder(&namesrv)
+            .group("blackholed-ns")
+            .send_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        let error = producer
+            .send(Message::new("orders", "x"))
+            .wait()
+            .unwrap_err();
+        let took = started.elapsed();
+        assert!(
+            matches!(error, ClientError::NameServersUnreachable { .. }),
+            "{namesrv}: {error}"
+        );
+        assert!(
+            took < Duration::from_millis(2_600),
+            "{namesrv}: took {took:?}"
+        );
+        producer.shutdown();
+    }
+}
+
+#[test]
+fn a_blackholed_broker_leaves_time_to_retry_on_another() {
+    let (hanging, _listener, _fillers) = blackholed_connects();
+    let b = FakeBroker::start(Behaviour::Store);
+    let a_silent = FakeBroker::start(Behaviour::Silence);
+    for (name, dead_addr) in [
+        ("connect", hanging.clone()),
+        ("answer", a_silent.server.addr.clone()),
+    ] {
+        let mut data = route(&[("broker-a", &a_silent), ("broker-b", &b)], 2);
+        data.broker_datas[0].broker_addrs.insert(0, dead_addr);
+        let namesrv = fake_namesrv(BTreeMap::from([("orders".to_owned(), data)]));
+        let send_timeout = Duration::from_secs(3);
+        // Default client timeouts: connect 3 s and request 3 s, the whole send budget.
+        let producer = Producer::builder(&namesrv.addr)
+            .group("blackholed-broker")
+            .send_timeout(send_timeout)
+            .build()
+            .unwrap();
+        // Round-robin over a0 a1 b0 b1 reaches broker-a within four sends.
+        for index in 0..4 {
+            let started = Instant::now();
+            let result = producer
+                .send(Message::new("orders", format!("m{index}")))
+                .wait()
+                .unwrap_or_else(|error| panic!("{name}: send {index}: {error}"));
+            let took = started.elapsed();
+            assert!(took < send_timeout, "{name}: send {index} took {took:?}");
+            assert_eq!(result.queue.broker_name, "broker-b", "{name}");
+        }
+        producer.shutdown();
+    }
+}

@@ -12,18 +12,18 @@
 //! ones that change state are idempotent, so a failed run can simply be repeated.
 
 mod queries;
-mod rpc;
 mod topics;
 
 use std::collections::BTreeMap;
 
-use ringmq_protocol::body::{BrokerData, ClusterInfo, TopicRouteData, perm};
+use ringmq_protocol::body::{ClusterInfo, TopicRouteData, perm};
 use serde::Serialize;
 
 use crate::config::ClientConfig;
 use crate::error::Result;
 use crate::instance::{ClientInstance, Pending};
 use crate::message::{MessageQueue, ReceivedMessage};
+use crate::rpc;
 
 /// A topic's settings for [`Admin::create_topic`] and [`Admin::update_topic`].
 ///
@@ -284,7 +284,7 @@ impl Admin {
     /// ```
     pub fn cluster_info(&self) -> Pending<ClusterInfo> {
         self.instance
-            .run(|ctx| async move { rpc::cluster_info(&ctx).await })
+            .run(|ctx| async move { rpc::cluster_info(&ctx, ctx.timeout()).await })
     }
 
     /// A broker's statistics table (GET_BROKER_RUNTIME_INFO), by `host:port`.
@@ -298,8 +298,9 @@ impl Admin {
     /// ```
     pub fn broker_runtime_info(&self, addr: &str) -> Pending<BTreeMap<String, String>> {
         let addr = addr.to_owned();
-        self.instance
-            .run(move |ctx| async move { rpc::runtime_info(&ctx, &addr).await })
+        self.instance.run(move |ctx| async move {
+            rpc::broker_runtime_info(&ctx, &addr, ctx.timeout()).await
+        })
     }
 
     /// A consumer group's progress on `topic`: per readable queue, the broker's max offset, the
@@ -367,9 +368,4 @@ impl Admin {
         self.instance
             .run(move |ctx| async move { queries::messages_by_key(&ctx, &query).await })
     }
-}
-
-/// The address to ask about a broker group: its master, else its lowest-id slave.
-fn read_addr(broker: &BrokerData) -> Option<&str> {
-    broker.broker_addrs.values().next().map(String::as_str)
 }

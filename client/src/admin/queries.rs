@@ -2,17 +2,16 @@
 
 use std::collections::BTreeSet;
 
-use ringmq_protocol::header::{QueryMessageRequestHeader, ViewMessageRequestHeader};
+use ringmq_protocol::header::QueryMessageRequestHeader;
 use ringmq_protocol::message::OffsetMessageId;
-use ringmq_protocol::{RequestCode, ResponseCode};
 
 use super::topics::{self, queues_of};
-use super::{ConsumerProgress, QueueProgress, rpc};
+use super::{ConsumerProgress, QueueProgress};
 use crate::error::{ClientError, Result};
 use crate::instance::IoContext;
 use crate::message::ReceivedMessage;
-use crate::remoting::expect_success;
 use crate::route::TopicRoute;
+use crate::rpc::{self, IfNotCommitted};
 
 pub(super) async fn consumer_progress(
     ctx: &IoContext,
@@ -27,15 +26,22 @@ pub(super) async fn consumer_progress(
     let route = TopicRoute::new(topic, topics::route(ctx, topic).await?);
     let mut queues = Vec::new();
     for (queue, addr) in queues_of(&route, |data| data.read_queue_nums) {
-        let max_offset =
-            rpc::queue_offset(ctx, &addr, RequestCode::GetMaxOffset, topic, queue.queue_id).await?;
-        let committed = rpc::committed_offset(ctx, &addr, group, topic, queue.queue_id).await?;
+        let timeout = ctx.timeout();
+        let max_offset = rpc::max_offset(ctx, &addr, topic, queue.queue_id, timeout).await?;
+        // NotFound: a group that never committed shows as such, not as "committed at 0".
+        let committed = rpc::query_consumer_offset(
+            ctx,
+            &addr,
+            group,
+            &queue,
+            IfNotCommitted::NotFound,
+            timeout,
+        )
+        .await?;
         let lag = if let Some(committed) = committed {
             lag(max_offset, committed)
         } else {
-            let min_offset =
-                rpc::queue_offset(ctx, &addr, RequestCode::GetMinOffset, topic, queue.queue_id)
-                    .await?;
+            let min_offset = rpc::min_offset(ctx, &addr, topic, queue.queue_id, timeout).await?;
             lag(max_offset, min_offset)
         };
         queues.push(QueueProgress {
@@ -67,15 +73,7 @@ pub(super) async fn message_by_id(ctx: &IoContext, offset_msg_id: &str) -> Resul
         ))
     })?;
     let addr = id.store_host.to_string();
-    let code = RequestCode::ViewMessageById;
-    let header = ViewMessageRequestHeader {
-        offset: id.commit_log_offset,
-    };
-    let answer = rpc::call(ctx, &addr, code, &header, &[]).await?;
-    rpc::messages(&answer, &addr, code)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| ClientError::bad_response(&addr, code, "SUCCESS without a message"))
+    rpc::view_message(ctx, &addr, id.commit_log_offset, ctx.timeout()).await
 }
 
 /// What [`messages_by_key`] looks for.
@@ -103,7 +101,6 @@ pub(super) async fn messages_by_key(
         .into_iter()
         .map(|(_, addr)| addr)
         .collect();
-    let code = RequestCode::QueryMessage;
     let header = QueryMessageRequestHeader {
         topic: &query.topic,
         key: &query.key,
@@ -114,15 +111,7 @@ pub(super) async fn messages_by_key(
     };
     let mut found = Vec::new();
     for addr in &addrs {
-        let answer = ctx
-            .pool
-            .request(addr, code, &header, &[], ctx.timeout())
-            .await?;
-        if answer.response_code() == ResponseCode::QueryNotFound {
-            continue;
-        }
-        let answer = expect_success(answer, addr, code)?;
-        found.extend(rpc::messages(&answer, addr, code)?);
+        found.extend(rpc::query_message(ctx, addr, &header, ctx.timeout()).await?);
     }
     Ok(merge(found, query))
 }

@@ -1,19 +1,15 @@
 //! Topic operations: create/update, delete, list, route and per-queue status.
 
-use ringmq_protocol::RequestCode;
-use ringmq_protocol::body::{ClusterInfo, TopicFilterType, TopicList, TopicRouteData};
-use ringmq_protocol::header::{
-    CreateTopicRequestHeader, DeleteTopicFromNamesrvRequestHeader, DeleteTopicRequestHeader,
-};
+use ringmq_protocol::body::{ClusterInfo, TopicFilterType, TopicRouteData};
+use ringmq_protocol::header::CreateTopicRequestHeader;
 
-use super::{QueueStatus, TopicSpec, TopicTarget, read_addr, rpc};
+use super::{QueueStatus, TopicSpec, TopicTarget};
 use crate::error::{ClientError, Result};
 use crate::instance::IoContext;
 use crate::message::MessageQueue;
-use crate::route::TopicRoute;
+use crate::route::{AUTO_CREATE_TOPIC, TopicRoute, any_addr};
+use crate::rpc;
 
-/// The template topic brokers create new topics from (sent as `defaultTopic`).
-const TEMPLATE_TOPIC: &str = "TBW102";
 /// Group named in the admin's own pulls (they carry their subscription and commit nothing).
 pub(super) const ADMIN_GROUP: &str = "RINGMQ_ADMIN";
 
@@ -29,11 +25,13 @@ pub(super) async fn create(
     }
     let brokers = match target {
         TopicTarget::Broker(addr) => vec![addr.clone()],
-        TopicTarget::Cluster(cluster) => masters_of(&rpc::cluster_info(ctx).await?, cluster)?,
+        TopicTarget::Cluster(cluster) => {
+            masters_of(&rpc::cluster_info(ctx, ctx.timeout()).await?, cluster)?
+        }
     };
     let header = CreateTopicRequestHeader {
         topic: &spec.name,
-        default_topic: TEMPLATE_TOPIC,
+        default_topic: AUTO_CREATE_TOPIC,
         read_queue_nums: spec.read_queues,
         write_queue_nums: spec.write_queues,
         perm: spec.perm,
@@ -42,7 +40,7 @@ pub(super) async fn create(
         order: spec.order,
     };
     for addr in &brokers {
-        rpc::call(ctx, addr, RequestCode::UpdateAndCreateTopic, &header, &[]).await?;
+        rpc::create_topic(ctx, addr, &header, ctx.timeout()).await?;
     }
     Ok(brokers)
 }
@@ -53,34 +51,24 @@ pub(super) async fn delete(ctx: &IoContext, topic: &str, cluster: &str) -> Resul
             "the topic name is empty".into(),
         ));
     }
-    for addr in masters_of(&rpc::cluster_info(ctx).await?, cluster)? {
-        let header = DeleteTopicRequestHeader { topic };
-        rpc::call(ctx, &addr, RequestCode::DeleteTopicInBroker, &header, &[]).await?;
+    for addr in masters_of(&rpc::cluster_info(ctx, ctx.timeout()).await?, cluster)? {
+        rpc::delete_topic_in_broker(ctx, &addr, topic, ctx.timeout()).await?;
     }
     // Every NameServer, not just one: they do not share state. Brokers no longer announce the
     // topic, so a NameServer that restarts later does not learn it again.
-    let header = DeleteTopicFromNamesrvRequestHeader {
-        topic,
-        cluster_name: Some(cluster),
-    };
     for addr in ctx.routes.namesrv_addrs() {
-        rpc::call(ctx, addr, RequestCode::DeleteTopicInNamesrv, &header, &[]).await?;
+        rpc::delete_topic_in_namesrv(ctx, addr, topic, Some(cluster), ctx.timeout()).await?;
     }
     Ok(())
 }
 
 pub(super) async fn list(ctx: &IoContext) -> Result<Vec<String>> {
-    let code = RequestCode::GetAllTopicListFromNameserver;
-    let (addr, answer) = rpc::namesrv_call(ctx, code, &()).await?;
-    let mut list: TopicList = rpc::json(&answer, &addr, code, "TopicList")?;
-    list.topic_list.sort();
-    list.topic_list.dedup();
-    Ok(list.topic_list)
+    rpc::topic_list(ctx, ctx.timeout()).await
 }
 
 pub(super) async fn route(ctx: &IoContext, topic: &str) -> Result<TopicRouteData> {
     ctx.routes
-        .fetch(&ctx.pool, topic, ctx.timeout())
+        .fetch(&ctx.pool, topic, std::time::Instant::now() + ctx.timeout())
         .await?
         .ok_or_else(|| ClientError::TopicNotFound {
             topic: topic.to_owned(),
@@ -93,10 +81,8 @@ pub(super) async fn status(ctx: &IoContext, topic: &str) -> Result<Vec<QueueStat
     for (queue, addr) in queues_of(&route, |data| {
         data.read_queue_nums.max(data.write_queue_nums)
     }) {
-        let min_offset =
-            rpc::queue_offset(ctx, &addr, RequestCode::GetMinOffset, topic, queue.queue_id).await?;
-        let max_offset =
-            rpc::queue_offset(ctx, &addr, RequestCode::GetMaxOffset, topic, queue.queue_id).await?;
+        let min_offset = rpc::min_offset(ctx, &addr, topic, queue.queue_id, ctx.timeout()).await?;
+        let max_offset = rpc::max_offset(ctx, &addr, topic, queue.queue_id, ctx.timeout()).await?;
         let last_store_timestamp_ms = if max_offset > min_offset {
             last_store_time(ctx, &addr, &queue, max_offset - 1).await
         } else {
@@ -122,7 +108,7 @@ async fn last_store_time(
     queue: &MessageQueue,
     offset: i64,
 ) -> Option<i64> {
-    match rpc::pull(ctx, addr, ADMIN_GROUP, queue, offset, 1).await {
+    match rpc::pull_now(ctx, addr, ADMIN_GROUP, queue, offset, 1, ctx.timeout()).await {
         Ok(messages) => messages.first().map(|message| message.store_timestamp_ms),
         Err(error) => {
             tracing::debug!(%error, queue = queue.queue_id, "no last store time");
@@ -131,31 +117,24 @@ async fn last_store_time(
     }
 }
 
-/// The queues of every broker group of a route with the address to ask about them, by broker
-/// name then queue id; `count` says how many queues a group's `QueueData` stands for. Groups
-/// with no registered address are left out.
+/// The queues of every broker group of a route with the address to ask about them (see
+/// [`any_addr`]), by broker name then queue id; `count` says how many queues a group's
+/// `QueueData` stands for. Groups with no registered address are left out.
 pub(super) fn queues_of(
     route: &TopicRoute,
     count: impl Fn(&ringmq_protocol::body::QueueData) -> i32,
 ) -> Vec<(MessageQueue, String)> {
-    let mut datas: Vec<_> = route.data.queue_datas.iter().collect();
-    datas.sort_by(|a, b| a.broker_name.cmp(&b.broker_name));
-    let mut queues = Vec::new();
-    for data in datas {
-        let Some(addr) = route.broker(&data.broker_name).and_then(read_addr) else {
-            tracing::debug!(broker = %data.broker_name, "broker group without an address");
-            continue;
-        };
-        queues.extend((0..count(data)).map(|queue_id| {
-            let queue = MessageQueue {
-                broker_name: data.broker_name.clone(),
-                queue_id,
-                topic: route.topic.clone(),
-            };
-            (queue, addr.to_owned())
-        }));
-    }
-    queues
+    route
+        .queues_by(count)
+        .into_iter()
+        .filter_map(|queue| {
+            let addr = route.broker(&queue.broker_name).and_then(any_addr);
+            if addr.is_none() {
+                tracing::debug!(broker = %queue.broker_name, "broker group without an address");
+            }
+            Some((queue, addr?.to_owned()))
+        })
+        .collect()
 }
 
 /// The master addresses of `cluster`'s broker groups.

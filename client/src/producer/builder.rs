@@ -6,19 +6,21 @@ use std::time::Duration;
 
 use super::Producer;
 use super::fault;
-use super::send::{self, Shared};
+use super::state::{self, ProducerShared};
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
 use crate::instance::ClientInstance;
 
 /// Java's `maxMessageSize`: 4 MiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 << 20;
+/// Java's async-send permits (`semaphoreAsyncSendNum`): 65 535.
+pub const DEFAULT_MAX_OUTSTANDING_SENDS: usize = 65_535;
 /// Java's producer group length limit.
 const MAX_GROUP_BYTES: usize = 255;
 
 /// What a producer needs on every send; fixed at build time.
 #[derive(Debug, Clone)]
-pub(crate) struct Settings {
+pub(crate) struct ProducerSettings {
     /// Producer group, announced in heartbeats and sent with every message.
     pub group: String,
     /// Budget of one send, retries included.
@@ -31,6 +33,8 @@ pub(crate) struct Settings {
     pub fault_tiers: Vec<(Duration, Duration)>,
     /// Largest body (or encoded batch body) accepted.
     pub max_message_bytes: usize,
+    /// Most sends of this producer handed to the I/O thread and not finished yet.
+    pub max_outstanding_sends: usize,
 }
 
 /// Builds a [`Producer`]. Defaults: group `DEFAULT_PRODUCER`, send timeout 3 s, 2 retries,
@@ -58,7 +62,7 @@ pub(crate) struct Settings {
 pub struct ProducerBuilder {
     config: ClientConfig,
     instance: Option<ClientInstance>,
-    settings: Settings,
+    settings: ProducerSettings,
 }
 
 impl ProducerBuilder {
@@ -66,13 +70,14 @@ impl ProducerBuilder {
         Self {
             config: ClientConfig::new(namesrv_addrs),
             instance: None,
-            settings: Settings {
+            settings: ProducerSettings {
                 group: "DEFAULT_PRODUCER".into(),
                 send_timeout: Duration::from_secs(3),
                 retries: 2,
                 fault_avoidance: true,
                 fault_tiers: fault::default_tiers(),
                 max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+                max_outstanding_sends: DEFAULT_MAX_OUTSTANDING_SENDS,
             },
         }
     }
@@ -135,6 +140,16 @@ impl ProducerBuilder {
         self
     }
 
+    /// Most sends (of every kind) this producer may have in flight: handed to the I/O thread
+    /// and not finished. One more fails at once with
+    /// [`ClientError::TooManyOutstandingSends`] instead of queueing without bound (memory and
+    /// latency would grow while the brokers fall behind); the caller backs off or awaits some
+    /// of its pending sends. Default 65 535, Java's async-send permits.
+    pub const fn max_outstanding_sends(mut self, sends: usize) -> Self {
+        self.settings.max_outstanding_sends = sends;
+        self
+    }
+
     /// Checks the settings, starts the client instance if none was given, and registers the
     /// group on it (it is in every heartbeat from then on).
     pub fn build(self) -> Result<Producer> {
@@ -151,14 +166,19 @@ impl ProducerBuilder {
                 i32::MAX
             )));
         }
+        if settings.max_outstanding_sends == 0 {
+            return Err(ClientError::InvalidArgument(
+                "max_outstanding_sends must not be zero".into(),
+            ));
+        }
         let instance = match self.instance {
             Some(instance) => instance,
             None => ClientInstance::new(self.config)?,
         };
-        let shared = Arc::new(Shared::new(settings));
+        let shared = Arc::new(ProducerShared::new(settings));
         let group = shared.settings.group.clone();
         instance
-            .run(move |ctx| async move { send::register(&ctx, group) })
+            .run(move |ctx| async move { state::register(&ctx, group) })
             .wait()?;
         Ok(Producer::new(instance, shared))
     }

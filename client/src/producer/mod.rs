@@ -32,21 +32,25 @@
 //! Not done (unlike Java): body compression and transactional messages.
 
 mod builder;
+mod encode;
+mod failover;
 mod fault;
 mod select;
 mod send;
+mod state;
 mod unique_id;
+mod validate;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-pub use builder::{DEFAULT_MAX_MESSAGE_BYTES, ProducerBuilder};
+pub use builder::{DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_OUTSTANDING_SENDS, ProducerBuilder};
 
 #[cfg(doc)]
 use crate::error::ClientError;
 use crate::instance::{ClientInstance, Pending};
 use crate::message::{Message, MessageQueue, SendResult};
-use send::Shared;
+use state::{ProducerShared, SendPermit};
 
 /// A message producer. Clones share the producer (and its group registration); the client
 /// instance it was built on lives at least as long as the producer.
@@ -59,7 +63,7 @@ pub struct Producer {
 
 struct Inner {
     instance: ClientInstance,
-    shared: Arc<Shared>,
+    shared: Arc<ProducerShared>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -76,7 +80,7 @@ impl Drop for Inner {
     fn drop(&mut self) {
         if !self.shared.shut_down.swap(true, Ordering::AcqRel) {
             let shared = Arc::clone(&self.shared);
-            drop(self.instance.run(move |ctx| send::release(ctx, shared)));
+            drop(self.instance.run(move |ctx| state::release(ctx, shared)));
         }
     }
 }
@@ -88,7 +92,7 @@ impl Producer {
         ProducerBuilder::new(namesrv_addrs)
     }
 
-    pub(crate) fn new(instance: ClientInstance, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(instance: ClientInstance, shared: Arc<ProducerShared>) -> Self {
         Self {
             inner: Arc::new(Inner { instance, shared }),
         }
@@ -120,10 +124,15 @@ impl Producer {
     /// # }
     /// ```
     pub fn send(&self, message: Message) -> Pending<SendResult> {
+        let permit = match SendPermit::acquire(&self.inner.shared) {
+            Ok(permit) => permit,
+            Err(error) => return Pending::failed(error),
+        };
         let shared = Arc::clone(&self.inner.shared);
-        self.inner
-            .instance
-            .run(move |ctx| send::send(ctx, shared, message))
+        self.inner.instance.run(move |ctx| async move {
+            let _permit = permit;
+            send::send(ctx, shared, message).await
+        })
     }
 
     /// Sends `message` to `queue` (of the message's topic), in one attempt: no failover, since
@@ -139,10 +148,15 @@ impl Producer {
     /// # }
     /// ```
     pub fn send_to_queue(&self, message: Message, queue: MessageQueue) -> Pending<SendResult> {
+        let permit = match SendPermit::acquire(&self.inner.shared) {
+            Ok(permit) => permit,
+            Err(error) => return Pending::failed(error),
+        };
         let shared = Arc::clone(&self.inner.shared);
-        self.inner
-            .instance
-            .run(move |ctx| send::send_to_queue(ctx, shared, message, queue))
+        self.inner.instance.run(move |ctx| async move {
+            let _permit = permit;
+            send::send_to_queue(ctx, shared, message, queue).await
+        })
     }
 
     /// Sends `message` to the queue `selector` picks: it gets the topic's writable queues
@@ -172,10 +186,15 @@ impl Producer {
             let queue = queues[selector(&queues, &message) % queues.len()].clone();
             return self.send_to_queue(message, queue);
         }
+        let permit = match SendPermit::acquire(&self.inner.shared) {
+            Ok(permit) => permit,
+            Err(error) => return Pending::failed(error),
+        };
         let shared = Arc::clone(&self.inner.shared);
-        self.inner
-            .instance
-            .run(move |ctx| send::send_selected(ctx, shared, message, selector))
+        self.inner.instance.run(move |ctx| async move {
+            let _permit = permit;
+            send::send_selected(ctx, shared, message, selector).await
+        })
     }
 
     /// Sends `message` without waiting for the broker (FLAG_ONEWAY: the broker does not
@@ -190,10 +209,15 @@ impl Producer {
     /// # }
     /// ```
     pub fn send_oneway(&self, message: Message) -> Pending<()> {
+        let permit = match SendPermit::acquire(&self.inner.shared) {
+            Ok(permit) => permit,
+            Err(error) => return Pending::failed(error),
+        };
         let shared = Arc::clone(&self.inner.shared);
-        self.inner
-            .instance
-            .run(move |ctx| send::send_oneway(ctx, shared, message))
+        self.inner.instance.run(move |ctx| async move {
+            let _permit = permit;
+            send::send_oneway(ctx, shared, message).await
+        })
     }
 
     /// Sends several messages of one topic in one request (SEND_BATCH_MESSAGE), to one queue,
@@ -215,10 +239,15 @@ impl Producer {
     /// # }
     /// ```
     pub fn send_batch(&self, messages: Vec<Message>) -> Pending<SendResult> {
+        let permit = match SendPermit::acquire(&self.inner.shared) {
+            Ok(permit) => permit,
+            Err(error) => return Pending::failed(error),
+        };
         let shared = Arc::clone(&self.inner.shared);
-        self.inner
-            .instance
-            .run(move |ctx| send::send_batch(ctx, shared, messages))
+        self.inner.instance.run(move |ctx| async move {
+            let _permit = permit;
+            send::send_batch(ctx, shared, messages).await
+        })
     }
 
     /// The client instance the producer runs on (share it with consumers or an admin handle).
@@ -238,7 +267,7 @@ impl Producer {
         let released = self
             .inner
             .instance
-            .run(move |ctx| send::release(ctx, shared))
+            .run(move |ctx| state::release(ctx, shared))
             .wait();
         if let Err(error) = released {
             tracing::debug!(%error, "producer shutdown could not reach the I/O thread");
