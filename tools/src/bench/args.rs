@@ -87,8 +87,12 @@ pub enum Api {
     /// message, so the broker is what is measured.
     #[default]
     Raw,
-    /// The client library's `Producer` and `PushConsumer`, as an application uses them.
+    /// The client library's `Producer` and `PushConsumer`, as an application uses them, with
+    /// the sending tasks on the client's I/O thread (`ClientInstance::spawn`).
     Client,
+    /// As `client`, but every send is made from the benchmark's own threads (one hand-off to
+    /// the client's I/O thread and back per send).
+    ClientRemote,
 }
 
 /// RocketMQ's `flushDiskType`, for the in-process broker.
@@ -151,8 +155,9 @@ pub struct Args {
     pub topic: String,
 
     /// raw: pre-encoded requests (connections x inflight outstanding). client: the client
-    /// library's Producer (connections x inflight concurrent sends) and PushConsumer (one consumer,
-    /// handler batches of 32); needs -n or --local.
+    /// library's Producer (connections x inflight concurrent sends, run on the client's I/O
+    /// thread) and PushConsumer (one consumer, handler batches of 32); client-remote: the same
+    /// sends made from the benchmark's threads. client modes need -n or --local.
     #[arg(long, value_enum, default_value_t = Api::Raw)]
     pub api: Api,
 
@@ -308,7 +313,7 @@ impl Args {
                 ));
             }
         };
-        if self.api == Api::Client && matches!(target, Target::Broker(_)) {
+        if self.api != Api::Raw && matches!(target, Target::Broker(_)) {
             usage("--api client finds brokers through a NameServer: use -n/--namesrv or --local")?;
         }
         if mode == Mode::Consume && matches!(target, Target::Local { .. }) {

@@ -1,9 +1,11 @@
 //! `--api client`: the load through the client library's public API, as an application drives
 //! it, so its cost can be compared with the raw requests of the default mode in one run.
 //!
-//! Producing: every producer job is `--inflight` tasks on its thread, each awaiting
-//! `Producer::send` (or `send_batch`) in a loop; the sends share one [`Producer`] (one client I/O
-//! thread, one connection per broker). Consuming: one [`PushConsumer`] in a fresh group, its
+//! Producing: every producer job is `--inflight` tasks, each awaiting `Producer::send` (or
+//! `send_batch`) in a loop; the sends share one [`Producer`] (one client I/O thread, one
+//! connection per broker). With `--api client` the tasks run on the client's I/O thread
+//! (`ClientInstance::spawn`); with `--api client-remote` on the benchmark's threads, paying a
+//! hand-off to the I/O thread and back per send. Consuming: one [`PushConsumer`] in a fresh group, its
 //! handler counting batches of up to 32 messages on the consumer's thread.
 
 use std::rc::Rc;
@@ -42,24 +44,46 @@ pub fn build_producer(namesrv: &str) -> Result<Producer> {
         .context("building the client library's producer")
 }
 
-/// Runs one producer job through `producer` until its cap, the stop flag, or a failure.
+/// Runs one producer job through `producer` until its cap, the stop flag, or a failure: its
+/// `--inflight` sending tasks run on the client's I/O thread (`on_io_thread`) or on this
+/// benchmark thread.
 pub async fn produce(
     ctx: &Arc<RunContext>,
     job: ProducerJob,
     recorder: &Arc<Mutex<Recorder>>,
     producer: &Producer,
+    on_io_thread: bool,
+) -> Result<()> {
+    if !on_io_thread {
+        return send_window(Arc::clone(ctx), job, Arc::clone(recorder), producer.clone()).await;
+    }
+    let (ctx, recorder, sender) = (Arc::clone(ctx), Arc::clone(recorder), producer.clone());
+    let window = producer
+        .instance()
+        .spawn(move || async move { Ok(send_window(ctx, job, recorder, sender).await) });
+    window
+        .await
+        .map_err(|error| anyhow!("the client's I/O thread: {error}"))?
+}
+
+/// The `--inflight` sending tasks of one producer job, on the current thread.
+async fn send_window(
+    ctx: Arc<RunContext>,
+    job: ProducerJob,
+    recorder: Arc<Mutex<Recorder>>,
+    producer: Producer,
 ) -> Result<()> {
     // The same recognisable body the raw templates carry.
     let body: Bytes = (0..ctx.size).map(|i| b'a' + (i % 26) as u8).collect();
-    let window = Rc::new(Window::new(ctx, &job, 1));
+    let window = Rc::new(Window::new(&ctx, &job, 1));
     let tasks: Vec<_> = (0..ctx.inflight)
         .map(|_| {
             compio::runtime::spawn(send_loop(
-                Arc::clone(ctx),
+                Arc::clone(&ctx),
                 producer.clone(),
                 body.clone(),
                 Rc::clone(&window),
-                Arc::clone(recorder),
+                Arc::clone(&recorder),
             ))
         })
         .collect();

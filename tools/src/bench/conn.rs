@@ -41,6 +41,8 @@ pub struct RunContext {
     /// Zero of the e2e timestamps (process-local, monotonic).
     pub epoch: Instant,
     pub control: Control,
+    /// Which client drives the load.
+    pub api: super::args::Api,
     /// `--api client`: the producer every producer job shares.
     pub producer: Option<ringmq_client::Producer>,
     /// `--api client`: the NameServers the client library uses.

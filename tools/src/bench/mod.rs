@@ -92,7 +92,7 @@ fn run_against(
         .filter(|job| matches!(job, runner::Job::Producer(_)))
         .count();
     let planned = Duration::from_secs(params.warmup_secs + params.duration_secs);
-    let client_api = params.api == Api::Client;
+    let client_api = params.api != Api::Raw;
     let producer = match (&namesrv, client_api && params.mode.produces()) {
         (Some(namesrv), true) => Some(client_api::build_producer(namesrv)?),
         _ => None,
@@ -116,6 +116,7 @@ fn run_against(
         receive_cap,
         epoch: Instant::now(),
         control: Control::new(producers, Instant::now() + planned + GRACE),
+        api: params.api,
         producer,
         namesrv,
     });

@@ -138,7 +138,7 @@ pub fn execute(
         handles.push(handle);
     }
     let mut recorders = recorders;
-    if params.api == Api::Client && params.mode.consumes() {
+    if params.api != Api::Raw && params.mode.consumes() {
         handles.push(spawn_client_consumer(params, ctx, &mut recorders)?);
     }
     let mut reporter = Reporter::new(params, start);
@@ -210,7 +210,9 @@ fn run_thread(
                         Job::Producer(job) => {
                             let result = match &ctx.producer {
                                 Some(producer) => {
-                                    client_api::produce(&ctx, job, &recorder, producer).await
+                                    let on_io_thread = ctx.api == Api::Client;
+                                    client_api::produce(&ctx, job, &recorder, producer, on_io_thread)
+                                        .await
                                 }
                                 None => producer::run(&ctx, job, &recorder).await,
                             };
