@@ -26,9 +26,9 @@ pub const MAX_QUEUES_PER_BROKER: i32 = 65_536;
 /// The auto-creation template topic (Java's `TopicValidator.AUTO_CREATE_TOPIC_KEY_TOPIC`): a
 /// producer sends to a topic no NameServer knows on the brokers of this topic's route, and
 /// brokers create new topics from its configuration (`defaultTopic` in requests).
-pub(crate) const AUTO_CREATE_TOPIC: &str = "TBW102";
+pub const AUTO_CREATE_TOPIC: &str = "TBW102";
 /// Queues of a topic the broker auto-creates (Java's `defaultTopicQueueNums`).
-pub(crate) const DEFAULT_TOPIC_QUEUE_NUMS: i32 = 4;
+pub const DEFAULT_TOPIC_QUEUE_NUMS: i32 = 4;
 
 /// A topic's route, with the queue lists producers and consumers use derived once.
 #[derive(Debug, Clone, PartialEq, Eq)]

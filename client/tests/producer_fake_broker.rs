@@ -741,3 +741,38 @@ fn a_blackholed_broker_leaves_time_to_retry_on_another() {
         producer.shutdown();
     }
 }
+
+#[test]
+fn sends_beyond_max_outstanding_fail_fast_until_one_finishes() {
+    let silent = silent_server();
+    let producer = Producer::builder(&silent.addr)
+        .group("capped")
+        .send_timeout(Duration::from_millis(800))
+        .max_outstanding_sends(1)
+        .build()
+        .unwrap();
+    // The NameServer never answers: the first send stays in flight for its whole timeout.
+    let first = producer.send(Message::new("orders", "1"));
+    let refused = producer
+        .send_oneway(Message::new("orders", "2"))
+        .wait()
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            ClientError::TooManyOutstandingSends { limit: 1, .. }
+        ),
+        "{refused}"
+    );
+    assert!(first.wait().is_err(), "no route: the first send fails");
+    // Its slot is free again: the next send is taken (and fails on the route, not the cap).
+    let next = producer
+        .send(Message::new("orders", "3"))
+        .wait()
+        .unwrap_err();
+    assert!(
+        !matches!(next, ClientError::TooManyOutstandingSends { .. }),
+        "{next}"
+    );
+    producer.shutdown();
+}

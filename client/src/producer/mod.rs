@@ -110,9 +110,10 @@ impl Producer {
     /// Errors: [`ClientError::InvalidArgument`] for a message that cannot be sent (checked
     /// before anything goes out), [`ClientError::TopicNotFound`] /
     /// [`ClientError::NameServersUnreachable`] when no route can be found,
-    /// [`ClientError::Broker`] for a refusal that is not retried, and
+    /// [`ClientError::Broker`] for a refusal that is not retried,
     /// [`ClientError::RetriesExhausted`] (with the last attempt's error) when every attempt
-    /// failed.
+    /// failed, and [`ClientError::TooManyOutstandingSends`] at once when the producer already
+    /// has `max_outstanding_sends` sends (of any kind) in flight.
     ///
     /// ```no_run
     /// # use ringmq_client::{Message, Producer};
