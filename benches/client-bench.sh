@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The client-library benchmark of the README: the same load through ringmq-bench's raw requests
 # (pre-encoded frames on the client library's connection layer) and through the client library's
-# public API (`--api client`: Producer::send / PushConsumer), alternating run by run against one
+# public API (`--api client`: Producer::send awaited by tasks on the client's I/O thread, and
+# PushConsumer; `--api client-remote`: the same sends from the benchmark's own threads, one
+# hand-off to the I/O thread and back per send), alternating run by run against one
 # ringmq-broker process (2 shards, ASYNC_FLUSH, data in a temp dir). 1 KiB messages, 8 x 32 in
 # flight. The table shows medians of RUNS runs and the client/raw ratio.
 #
@@ -50,6 +52,7 @@ for mode in produce consume; do
   for run in $(seq 1 "$runs"); do
     run "$mode-raw" "$bin/ringmq-bench" "$mode" --broker "$addr"
     run "$mode-client" "$bin/ringmq-bench" "$mode" -n "$namesrv" --api client
+    [[ "$mode" == produce ]] && run "$mode-remote" "$bin/ringmq-bench" "$mode" -n "$namesrv" --api client-remote
     if [[ -n "${OLD_BENCH:-}" ]]; then
       run "$mode-previous" "$OLD_BENCH" "$mode" --broker "$addr"
     fi
@@ -63,12 +66,13 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
     name = os.path.basename(path).rsplit(".", 2)[0]
     rows.setdefault(name, []).append(json.load(open(path))["msgs_per_sec"])
 med = {name: statistics.median(values) for name, values in rows.items()}
-print("\n| Case | raw msgs/s | client API msgs/s | client / raw | previous raw msgs/s |")
-print("| --- | ---: | ---: | ---: | ---: |")
+print("\n| Case | raw msgs/s | client API msgs/s | client / raw | client API from other threads | / raw | previous raw msgs/s |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
 for mode in ("produce", "consume"):
     raw, client = med.get(f"{mode}-raw"), med.get(f"{mode}-client")
-    previous = med.get(f"{mode}-previous")
+    remote, previous = med.get(f"{mode}-remote"), med.get(f"{mode}-previous")
     print(f"| {mode} 1 KiB | {raw:,.0f} | {client:,.0f} | {client / raw:.0%} | "
+          + (f"{remote:,.0f} | {remote / raw:.0%} | " if remote else "- | - | ")
           + (f"{previous:,.0f} |" if previous else "- |"))
 print("\nall runs:", {name: [round(v) for v in values] for name, values in rows.items()})
 EOF

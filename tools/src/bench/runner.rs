@@ -211,8 +211,14 @@ fn run_thread(
                             let result = match &ctx.producer {
                                 Some(producer) => {
                                     let on_io_thread = ctx.api == Api::Client;
-                                    client_api::produce(&ctx, job, &recorder, producer, on_io_thread)
-                                        .await
+                                    client_api::produce(
+                                        &ctx,
+                                        job,
+                                        &recorder,
+                                        producer,
+                                        on_io_thread,
+                                    )
+                                    .await
                                 }
                                 None => producer::run(&ctx, job, &recorder).await,
                             };
