@@ -197,10 +197,6 @@ pub(crate) async fn max_offset(
 
 /// The offset of the first message stored at or after `timestamp_ms`
 /// (SEARCH_OFFSET_BY_TIMESTAMP).
-#[allow(
-    dead_code,
-    reason = "for consumer/offsets.rs, which is to switch to it"
-)]
 pub(crate) async fn search_offset(
     ctx: &IoContext,
     addr: &str,
@@ -227,10 +223,6 @@ pub(crate) enum IfNotCommitted {
     /// The broker's default (the field left out): offset 0 when the queue's first message is
     /// still stored (in memory), else QUERY_NOT_FOUND — what Java's consumers ask, so a new
     /// group on a young topic starts at its beginning.
-    #[allow(
-        dead_code,
-        reason = "for consumer/offsets.rs, which is to switch to it"
-    )]
     BrokerDefault,
 }
 
@@ -264,10 +256,6 @@ pub(crate) async fn query_consumer_offset(
 }
 
 /// Stores the group's offset of a queue (UPDATE_CONSUMER_OFFSET; the queue's master).
-#[allow(
-    dead_code,
-    reason = "for consumer/offsets.rs, which is to switch to it"
-)]
 pub(crate) async fn update_consumer_offset(
     ctx: &IoContext,
     addr: &str,

@@ -574,7 +574,7 @@ async fn resend_to_retry_topic(
         let header = SendMessageRequestHeader {
             producer_group: INNER_PRODUCER_GROUP,
             topic: &topic,
-            default_topic: "TBW102",
+            default_topic: crate::route::AUTO_CREATE_TOPIC,
             default_topic_queue_nums: 4,
             queue_id: queue.queue_id,
             sys_flag: 0,

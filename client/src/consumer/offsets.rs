@@ -8,59 +8,37 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ringmq_protocol::header::{
-    OffsetResponseHeader, QueryConsumerOffsetRequestHeader, QueueRequestHeader,
-    SearchOffsetRequestHeader, UpdateConsumerOffsetRequestHeader,
-};
-use ringmq_protocol::{RequestCode, ResponseCode};
 use serde::{Deserialize, Serialize};
 
 use super::{BrokerRole, RETRY_TOPIC_PREFIX, StartPosition, broker_addr, master_addr};
 use crate::error::{ClientError, Result};
 use crate::instance::IoContext;
 use crate::message::MessageQueue;
-use crate::remoting::expect_success;
+use crate::rpc::{self, IfNotCommitted};
 
-/// Sends a single-offset query to the queue's master (a slave while the group has no master:
-/// it holds the queue and a synced copy of the group offsets) and reads the `offset` answer.
-async fn offset_request<E: ringmq_protocol::EncodeExt>(
-    ctx: &IoContext,
-    queue: &MessageQueue,
-    code: RequestCode,
-    header: &E,
-) -> Result<Option<i64>> {
-    let addr = broker_addr(ctx, queue, BrokerRole::Read(None)).await?;
-    let answer = ctx
-        .pool
-        .request(&addr, code, header, &[], ctx.timeout())
-        .await?;
-    if code == RequestCode::QueryConsumerOffset
-        && answer.response_code() == ResponseCode::QueryNotFound
-    {
-        return Ok(None);
-    }
-    let answer = expect_success(answer, &addr, code)?;
-    let header: OffsetResponseHeader = answer
-        .header()
-        .map_err(|error| ClientError::bad_field(&addr, code, &error))?;
-    Ok(Some(header.offset))
+/// Where the single-offset reads of `queue` go: its master, or a slave while the group has no
+/// master (it holds the queue and a synced copy of the group offsets).
+async fn read_addr(ctx: &IoContext, queue: &MessageQueue) -> Result<String> {
+    broker_addr(ctx, queue, BrokerRole::Read(None)).await
 }
 
 /// The group's committed offset of `queue` (QUERY_CONSUMER_OFFSET); `None` when it has none.
+/// Asked the way Java's consumers ask (the broker's default for a group that never committed).
 pub(crate) async fn query(
     ctx: &IoContext,
     group: &str,
     queue: &MessageQueue,
 ) -> Result<Option<i64>> {
-    let header = QueryConsumerOffsetRequestHeader {
-        consumer_group: group,
-        topic: &queue.topic,
-        queue_id: queue.queue_id,
-        set_zero_if_not_found: None,
-    };
-    let offset = offset_request(ctx, queue, RequestCode::QueryConsumerOffset, &header).await?;
-    // A stored negative offset means "none" (ali-ons may commit -1).
-    Ok(offset.filter(|&offset| offset >= 0))
+    let addr = read_addr(ctx, queue).await?;
+    rpc::query_consumer_offset(
+        ctx,
+        &addr,
+        group,
+        queue,
+        IfNotCommitted::BrokerDefault,
+        ctx.timeout(),
+    )
+    .await
 }
 
 /// Stores the group's offset of `queue` at its master (UPDATE_CONSUMER_OFFSET). Only the master:
@@ -74,49 +52,19 @@ pub(crate) async fn update(
     offset: i64,
 ) -> Result<()> {
     let addr = master_addr(ctx, queue).await?;
-    let header = UpdateConsumerOffsetRequestHeader {
-        consumer_group: group,
-        topic: &queue.topic,
-        queue_id: queue.queue_id,
-        commit_offset: offset,
-    };
-    let answer = ctx
-        .pool
-        .request(
-            &addr,
-            RequestCode::UpdateConsumerOffset,
-            &header,
-            &[],
-            ctx.timeout(),
-        )
-        .await?;
-    expect_success(answer, &addr, RequestCode::UpdateConsumerOffset).map(drop)
+    rpc::update_consumer_offset(ctx, &addr, group, queue, offset, ctx.timeout()).await
 }
 
 /// The queue's smallest stored offset (GET_MIN_OFFSET).
 pub(crate) async fn min_offset(ctx: &IoContext, queue: &MessageQueue) -> Result<i64> {
-    let header = QueueRequestHeader {
-        topic: &queue.topic,
-        queue_id: queue.queue_id,
-    };
-    Ok(
-        offset_request(ctx, queue, RequestCode::GetMinOffset, &header)
-            .await?
-            .unwrap_or(0),
-    )
+    let addr = read_addr(ctx, queue).await?;
+    rpc::min_offset(ctx, &addr, &queue.topic, queue.queue_id, ctx.timeout()).await
 }
 
 /// The queue's end: the offset the next stored message gets (GET_MAX_OFFSET).
 pub(crate) async fn max_offset(ctx: &IoContext, queue: &MessageQueue) -> Result<i64> {
-    let header = QueueRequestHeader {
-        topic: &queue.topic,
-        queue_id: queue.queue_id,
-    };
-    Ok(
-        offset_request(ctx, queue, RequestCode::GetMaxOffset, &header)
-            .await?
-            .unwrap_or(0),
-    )
+    let addr = read_addr(ctx, queue).await?;
+    rpc::max_offset(ctx, &addr, &queue.topic, queue.queue_id, ctx.timeout()).await
 }
 
 /// The offset of the first message stored at `timestamp_ms` (SEARCH_OFFSET_BY_TIMESTAMP).
@@ -125,16 +73,8 @@ pub(crate) async fn search_offset(
     queue: &MessageQueue,
     timestamp_ms: i64,
 ) -> Result<i64> {
-    let header = SearchOffsetRequestHeader {
-        topic: &queue.topic,
-        queue_id: queue.queue_id,
-        timestamp_ms,
-    };
-    Ok(
-        offset_request(ctx, queue, RequestCode::SearchOffsetByTimestamp, &header)
-            .await?
-            .unwrap_or(0),
-    )
+    let addr = read_addr(ctx, queue).await?;
+    rpc::search_offset(ctx, &addr, queue, timestamp_ms, ctx.timeout()).await
 }
 
 /// Where to start `queue` when the group has no committed offset for it. Retry topics follow

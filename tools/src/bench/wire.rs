@@ -20,7 +20,7 @@ pub const PRODUCER_GROUP: &str = "ringmq-bench";
 /// Consumer group of every pull.
 pub const CONSUMER_GROUP: &str = "ringmq-bench-consumer";
 /// Auto-creation template topic.
-pub const DEFAULT_TOPIC: &str = "TBW102";
+pub const DEFAULT_TOPIC: &str = ringmq_client::route::AUTO_CREATE_TOPIC;
 /// The tag every message carries.
 pub const TAG: &str = "bench";
 /// Messages per pull (what Java's push consumer asks for).
