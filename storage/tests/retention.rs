@@ -24,6 +24,10 @@ fn config(dir: &Path) -> StoreConfig {
     config.segment_bytes = 16 << 10;
     config.max_chunk_bytes = 4 << 10;
     config.cq_entries_per_file = 10;
+    // The design's watermarks (small_config turns them off for tests on the real disk); these
+    // tests run on the in-memory seam, whose capacity they set.
+    config.high_watermark_percent = 85;
+    config.hard_watermark_percent = 90;
     config
 }
 

@@ -65,6 +65,10 @@ pub fn small_config(dir: impl Into<std::path::PathBuf>, mode: FlushMode) -> Stor
     config.read_cache_bytes = 32 << 10;
     config.cq_cache_entries = 8;
     config.retention_check_interval = Duration::from_secs(3600);
+    // These tests are not about disk usage: a shared disk that happens to be 85% full must not
+    // make the store delete segments under them (tests of the watermarks set their own).
+    config.high_watermark_percent = 100;
+    config.hard_watermark_percent = 100;
     config
 }
 
