@@ -632,8 +632,10 @@ impl Storage for MemStorage {
         shared.admit(OpKind::Other)?;
         let total_bytes = shared.capacity_bytes();
         let available_bytes = total_bytes.saturating_sub(shared.used_bytes());
+        // No blocks reserved for root in memory: free and available are the same.
         Ok(DiskUsage {
             total_bytes,
+            free_bytes: available_bytes,
             available_bytes,
         })
     }
@@ -949,6 +951,7 @@ mod tests {
                 usage,
                 DiskUsage {
                     total_bytes: 10,
+                    free_bytes: 2,
                     available_bytes: 2
                 }
             );
@@ -982,6 +985,7 @@ mod tests {
                 usage,
                 DiskUsage {
                     total_bytes: 1 << 40,
+                    free_bytes: (1 << 40) - 2,
                     available_bytes: (1 << 40) - 2
                 }
             );

@@ -22,19 +22,29 @@ pub use uring::UringStorage;
 pub struct DiskUsage {
     /// Size of the filesystem in bytes.
     pub total_bytes: u64,
-    /// Bytes available to an unprivileged writer.
+    /// Free bytes, including blocks reserved for root (`f_bfree`).
+    pub free_bytes: u64,
+    /// Bytes available to an unprivileged writer (`f_bavail`).
     pub available_bytes: u64,
 }
 
 impl DiskUsage {
-    /// Used fraction in percent (0..=100), the number the watermarks are compared with.
+    /// Used fraction in percent (0..=100), the number the watermarks are compared with: what
+    /// `df` shows, `used / (used + available)` with `used = total - free`.
+    ///
+    /// Why not `(total - available) / total`: blocks reserved for root (or held back by a
+    /// quota or a thin-provisioned volume) then count as used, and a filesystem with a large
+    /// reserve reads as nearly full while it has room. Seen on a VM reporting 252 GB total,
+    /// 202 GB free and 41 GB available: 84% by that formula (the brokers deleted segments at
+    /// their 85% watermark), 55% by this one, as `df` shows it.
     pub fn used_percent(&self) -> f64 {
-        if self.total_bytes == 0 {
+        let used = self.total_bytes.saturating_sub(self.free_bytes);
+        let usable = used.saturating_add(self.available_bytes);
+        if usable == 0 {
             return 0.0;
         }
-        let used = self.total_bytes.saturating_sub(self.available_bytes);
         // Percent with two decimals, computed in integers: exact for any disk size.
-        let basis_points = u128::from(used) * 10_000 / u128::from(self.total_bytes);
+        let basis_points = u128::from(used) * 10_000 / u128::from(usable);
         f64::from(basis_points as u32) / 100.0
     }
 }
@@ -94,4 +104,36 @@ pub trait StorageFile: Clone + std::fmt::Debug + 'static {
         reason = "an async length is not a collection's len"
     )]
     async fn len(&self) -> io::Result<u64>;
+}
+
+#[cfg(test)]
+mod disk_usage_tests {
+    use super::DiskUsage;
+
+    #[test]
+    fn reserved_blocks_do_not_count_as_used() {
+        let gib = 1 << 30;
+        let usage = DiskUsage {
+            total_bytes: 252 * gib,
+            free_bytes: 202 * gib,
+            available_bytes: 41 * gib,
+        };
+        assert!(
+            (usage.used_percent() - 54.94).abs() < 0.01,
+            "{}",
+            usage.used_percent()
+        );
+        let full = DiskUsage {
+            total_bytes: 100,
+            free_bytes: 5,
+            available_bytes: 0,
+        };
+        assert!((full.used_percent() - 100.0).abs() < f64::EPSILON);
+        let plain = DiskUsage {
+            total_bytes: 100,
+            free_bytes: 10,
+            available_bytes: 10,
+        };
+        assert!((plain.used_percent() - 90.0).abs() < f64::EPSILON);
+    }
 }

@@ -132,6 +132,7 @@ impl Storage for UringStorage {
         let stat = rustix::fs::statvfs(path).map_err(from_errno)?;
         Ok(DiskUsage {
             total_bytes: stat.f_blocks * stat.f_frsize,
+            free_bytes: stat.f_bfree * stat.f_frsize,
             available_bytes: stat.f_bavail * stat.f_frsize,
         })
     }
