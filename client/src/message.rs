@@ -349,6 +349,32 @@ impl ReceivedMessage {
     }
 }
 
+#[cfg(test)]
+impl ReceivedMessage {
+    /// A message of topic `t`, queue 0, at `offset` (also its commit-log offset), with a body
+    /// of `body_bytes` zeros: the fixture of the consumer and admin unit tests.
+    pub(crate) fn for_test(offset: i64, body_bytes: usize) -> Self {
+        Self {
+            topic: "t".into(),
+            queue_id: 0,
+            queue_offset: offset,
+            commit_log_offset: offset,
+            body: Bytes::from(vec![0u8; body_bytes]),
+            tags: None,
+            keys: Vec::new(),
+            properties: BTreeMap::new(),
+            offset_msg_id: String::new(),
+            msg_id: String::new(),
+            born_timestamp_ms: 0,
+            store_timestamp_ms: 0,
+            born_host: SocketAddr::from(([127, 0, 0, 1], 1)),
+            store_host: SocketAddr::from(([127, 0, 0, 1], 2)),
+            reconsume_times: 0,
+            flag: 0,
+        }
+    }
+}
+
 /// Inflates a zlib-compressed body, bounded by [`MAX_INFLATED_BODY_BYTES`].
 fn inflate(compressed: &[u8]) -> Result<Bytes, MessageDecodeError> {
     // Capped: a small hostile body must not reserve a gigabyte that the `Bytes` then keeps.

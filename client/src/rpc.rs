@@ -175,10 +175,15 @@ pub(crate) async fn min_offset(
     queue_id: i32,
     timeout: Duration,
 ) -> Result<i64> {
-    let code = RequestCode::GetMinOffset;
-    let header = QueueRequestHeader { topic, queue_id };
-    let answer = call(ctx, addr, code, &header, &[], timeout).await?;
-    offset_of(&answer, addr, code)
+    queue_end(
+        ctx,
+        addr,
+        RequestCode::GetMinOffset,
+        topic,
+        queue_id,
+        timeout,
+    )
+    .await
 }
 
 /// A queue's end: the offset its next stored message gets (GET_MAX_OFFSET).
@@ -189,7 +194,26 @@ pub(crate) async fn max_offset(
     queue_id: i32,
     timeout: Duration,
 ) -> Result<i64> {
-    let code = RequestCode::GetMaxOffset;
+    queue_end(
+        ctx,
+        addr,
+        RequestCode::GetMaxOffset,
+        topic,
+        queue_id,
+        timeout,
+    )
+    .await
+}
+
+/// GET_MIN_OFFSET or GET_MAX_OFFSET: same header, same answer.
+async fn queue_end(
+    ctx: &IoContext,
+    addr: &str,
+    code: RequestCode,
+    topic: &str,
+    queue_id: i32,
+    timeout: Duration,
+) -> Result<i64> {
     let header = QueueRequestHeader { topic, queue_id };
     let answer = call(ctx, addr, code, &header, &[], timeout).await?;
     offset_of(&answer, addr, code)

@@ -30,27 +30,42 @@ const DEFAULT_QUERY_MAX: usize = 32;
 /// the queue from the first message stored after `beginTimestamp`.
 const MAX_SCAN_PER_QUEUE: u64 = 200_000;
 
+/// The refusal of a topic create or delete (`verb`) the broker cannot do: on a slave (topics
+/// change on the master), for an invalid name, or for the auto-creation template TBW102
+/// (without it auto-creation stops, and changing it is a system-topic conflict in RocketMQ).
+fn refuse_topic_edit(
+    ctx: &ShardCtx,
+    command: &Command,
+    topic: &str,
+    verb: &str,
+) -> Option<Handled> {
+    if ctx.shared.config.broker_role == BrokerRole::Slave {
+        return Some(error(
+            command,
+            ResponseCode::SystemError,
+            &format!("the broker is a slave: topics are {verb} on its master"),
+        ));
+    }
+    if let Err(reason) = topics::validate_name(topic) {
+        return Some(error(command, ResponseCode::SystemError, &reason));
+    }
+    if topic == topics::AUTO_CREATE_TEMPLATE {
+        return Some(error(
+            command,
+            ResponseCode::SystemError,
+            &format!("The topic[{topic}] is conflict with system topic."),
+        ));
+    }
+    None
+}
+
 pub(super) async fn create_topic(ctx: &ShardCtx, command: &Command) -> Handled {
     let header: CreateTopicRequestHeader<'_> = match command.header() {
         Ok(header) => header,
         Err(err) => return bad_header(command, &err),
     };
-    if ctx.shared.config.broker_role == BrokerRole::Slave {
-        return error(
-            command,
-            ResponseCode::SystemError,
-            "the broker is a slave: topics are created on its master",
-        );
-    }
-    if let Err(reason) = topics::validate_name(header.topic) {
-        return error(command, ResponseCode::SystemError, &reason);
-    }
-    if header.topic == topics::AUTO_CREATE_TEMPLATE {
-        return error(
-            command,
-            ResponseCode::SystemError,
-            &format!("The topic[{}] is conflict with system topic.", header.topic),
-        );
+    if let Some(refused) = refuse_topic_edit(ctx, command, header.topic, "created") {
+        return refused;
     }
     if !(1..=1024).contains(&header.read_queue_nums)
         || !(1..=1024).contains(&header.write_queue_nums)
@@ -92,23 +107,8 @@ pub(super) async fn delete_topic(ctx: &ShardCtx, command: &Command) -> Handled {
         Ok(header) => header,
         Err(err) => return bad_header(command, &err),
     };
-    if ctx.shared.config.broker_role == BrokerRole::Slave {
-        return error(
-            command,
-            ResponseCode::SystemError,
-            "the broker is a slave: topics are deleted on its master",
-        );
-    }
-    if let Err(reason) = topics::validate_name(header.topic) {
-        return error(command, ResponseCode::SystemError, &reason);
-    }
-    if header.topic == topics::AUTO_CREATE_TEMPLATE {
-        // Without it auto-creation stops, and the broker would re-create it at the next start.
-        return error(
-            command,
-            ResponseCode::SystemError,
-            &format!("The topic[{}] is conflict with system topic.", header.topic),
-        );
+    if let Some(refused) = refuse_topic_edit(ctx, command, header.topic, "deleted") {
+        return refused;
     }
     match metadata::delete(&ctx.shared, header.topic).await {
         Ok(()) => success(command),

@@ -135,26 +135,14 @@ fn merge(mut found: Vec<ReceivedMessage>, query: &KeyQuery) -> Vec<ReceivedMessa
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn message(id: &str, keys: &[&str], stored_ms: i64) -> ReceivedMessage {
         ReceivedMessage {
-            topic: "t".into(),
-            queue_id: 0,
-            queue_offset: 0,
-            commit_log_offset: 0,
-            body: Bytes::new(),
-            tags: None,
             keys: keys.iter().map(|k| (*k).to_owned()).collect(),
-            properties: std::collections::BTreeMap::new(),
             offset_msg_id: id.into(),
             msg_id: id.into(),
-            born_timestamp_ms: 0,
             store_timestamp_ms: stored_ms,
-            born_host: "127.0.0.1:1".parse().unwrap(),
-            store_host: "127.0.0.1:2".parse().unwrap(),
-            reconsume_times: 0,
-            flag: 0,
+            ..ReceivedMessage::for_test(0, 0)
         }
     }
 

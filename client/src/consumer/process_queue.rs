@@ -278,24 +278,7 @@ mod tests {
     use bytes::Bytes;
 
     fn message(offset: i64) -> ReceivedMessage {
-        ReceivedMessage {
-            topic: "t".into(),
-            queue_id: 0,
-            queue_offset: offset,
-            commit_log_offset: 1000 + offset,
-            body: Bytes::new(),
-            tags: None,
-            keys: Vec::new(),
-            properties: BTreeMap::new(),
-            offset_msg_id: String::new(),
-            msg_id: String::new(),
-            born_timestamp_ms: 0,
-            store_timestamp_ms: 0,
-            born_host: "127.0.0.1:1".parse().unwrap(),
-            store_host: "127.0.0.1:2".parse().unwrap(),
-            reconsume_times: 0,
-            flag: 0,
-        }
+        ReceivedMessage::for_test(offset, 0)
     }
 
     fn queue() -> ProcessQueue {

@@ -134,31 +134,12 @@ pub(super) fn flow_controlled(settings: &PushSettings, queue: &ProcessQueue) -> 
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::consumer::push::PushConsumerBuilder;
     use crate::message::MessageQueue;
 
     fn message(offset: i64, bytes: usize) -> ReceivedMessage {
-        ReceivedMessage {
-            topic: "t".into(),
-            queue_id: 0,
-            queue_offset: offset,
-            commit_log_offset: offset,
-            body: bytes::Bytes::from(vec![0u8; bytes]),
-            tags: None,
-            keys: Vec::new(),
-            properties: BTreeMap::new(),
-            offset_msg_id: String::new(),
-            msg_id: String::new(),
-            born_timestamp_ms: 0,
-            store_timestamp_ms: 0,
-            born_host: "127.0.0.1:1".parse().unwrap(),
-            store_host: "127.0.0.1:2".parse().unwrap(),
-            reconsume_times: 0,
-            flag: 0,
-        }
+        ReceivedMessage::for_test(offset, bytes)
     }
 
     fn queue() -> ProcessQueue {
