@@ -80,6 +80,9 @@ pub enum ConfigError {
     /// Values that are valid alone but not together.
     #[error("inconsistent configuration: {0}")]
     Inconsistent(String),
+    /// `--set` named a key RingMQ does not know (a typo would otherwise go unnoticed).
+    #[error("unknown broker.conf key {0:?}")]
+    UnknownKey(String),
 }
 
 /// Everything the broker is configured with. Field docs name the `broker.conf` key.
@@ -147,6 +150,30 @@ pub struct BrokerConfig {
     /// `commitLogWrites` (RingMQ): `ring` hands commit-log writes to io_uring (a kernel worker
     /// copies into the page cache), `inline` writes with `pwrite` on the shard thread.
     pub inline_writes: bool,
+    /// `slaveTimeout` in ms (RingMQ reads `syncSlaveTimeout` too): how long a SYNC_MASTER send
+    /// waits for a slave's acknowledgement before answering FLUSH_SLAVE_TIMEOUT.
+    pub slave_timeout_ms: u64,
+    /// `haSlaveFallbehindMax` in bytes: a slave further behind than this does not count for
+    /// SYNC_MASTER (the send answers SLAVE_NOT_AVAILABLE at once).
+    pub ha_slave_fallbehind_max_bytes: u64,
+    /// `haSendHeartbeatInterval` in ms: offset reports (slave) and empty frames (master) when
+    /// there is nothing else to send.
+    pub ha_heartbeat_interval_ms: u64,
+    /// `haHousekeepingInterval` in ms: an HA connection silent this long is closed.
+    pub ha_housekeeping_interval_ms: u64,
+    /// `haTransferBatchSize` in bytes: most commit-log bytes per replication frame (whole
+    /// chunks; a larger chunk goes alone).
+    pub ha_transfer_batch_bytes: usize,
+    /// `haReconnectInterval` (RingMQ) in ms: a slave's wait between connection attempts.
+    pub ha_reconnect_interval_ms: u64,
+    /// `slaveReadEnable`: the master suggests consumers that fall behind read from slave 1.
+    pub slave_read_enable: bool,
+    /// `slaveReadLagBytes` (RingMQ): how far (bytes of commit log) a consumer must be behind
+    /// before a master with `slaveReadEnable` suggests the slave (RocketMQ: 40% of memory).
+    pub slave_read_lag_bytes: u64,
+    /// `metadataSyncInterval` (RingMQ) in ms: how often a slave copies topic configs and
+    /// consumer offsets from its master (RocketMQ: 10 s).
+    pub metadata_sync_interval_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -180,6 +207,15 @@ impl Default for BrokerConfig {
             long_polling: true,
             short_polling_ms: 1000,
             inline_writes: false,
+            slave_timeout_ms: 3000,
+            ha_slave_fallbehind_max_bytes: 256 << 20,
+            ha_heartbeat_interval_ms: 5000,
+            ha_housekeeping_interval_ms: 20_000,
+            ha_transfer_batch_bytes: 256 << 10,
+            ha_reconnect_interval_ms: 5000,
+            slave_read_enable: false,
+            slave_read_lag_bytes: 1 << 30,
+            metadata_sync_interval_ms: 10_000,
         }
     }
 }
@@ -203,6 +239,8 @@ pub struct Overrides {
     pub auto_create_topic: Option<bool>,
     pub max_message_bytes: Option<usize>,
     pub client_expiry_ms: Option<u64>,
+    /// Any further `broker.conf` keys (`--set key=value`), applied last, in order.
+    pub settings: Vec<(String, String)>,
 }
 
 fn parse_value<T: FromStr>(
@@ -356,6 +394,38 @@ impl BrokerConfig {
                 self.short_polling_ms =
                     parse_value("shortPollingTimeMills", value, "milliseconds")?;
             }
+            "slaveTimeout" | "syncSlaveTimeout" => {
+                self.slave_timeout_ms = parse_value("slaveTimeout", value, "milliseconds")?;
+            }
+            "haSlaveFallbehindMax" => {
+                self.ha_slave_fallbehind_max_bytes =
+                    parse_value("haSlaveFallbehindMax", value, "a size in bytes")?;
+            }
+            "haSendHeartbeatInterval" => {
+                self.ha_heartbeat_interval_ms =
+                    parse_value("haSendHeartbeatInterval", value, "milliseconds")?;
+            }
+            "haHousekeepingInterval" => {
+                self.ha_housekeeping_interval_ms =
+                    parse_value("haHousekeepingInterval", value, "milliseconds")?;
+            }
+            "haTransferBatchSize" => {
+                self.ha_transfer_batch_bytes =
+                    parse_value("haTransferBatchSize", value, "a size in bytes")?;
+            }
+            "haReconnectInterval" => {
+                self.ha_reconnect_interval_ms =
+                    parse_value("haReconnectInterval", value, "milliseconds")?;
+            }
+            "slaveReadEnable" => self.slave_read_enable = parse_bool("slaveReadEnable", value)?,
+            "slaveReadLagBytes" => {
+                self.slave_read_lag_bytes =
+                    parse_value("slaveReadLagBytes", value, "a size in bytes")?;
+            }
+            "metadataSyncInterval" => {
+                self.metadata_sync_interval_ms =
+                    parse_value("metadataSyncInterval", value, "milliseconds")?;
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -407,6 +477,11 @@ impl BrokerConfig {
                 self.set(key, &value)?;
             }
         }
+        for (key, value) in &overrides.settings {
+            if !self.set(key, value)? {
+                return Err(ConfigError::UnknownKey(key.clone()));
+            }
+        }
         Ok(())
     }
 
@@ -443,6 +518,24 @@ impl BrokerConfig {
         }
         if self.cross_shard_queue_capacity == 0 {
             return invalid("crossShardQueueCapacity", "0".into(), "a positive integer");
+        }
+        for (key, value) in [
+            ("slaveTimeout", self.slave_timeout_ms),
+            ("haSendHeartbeatInterval", self.ha_heartbeat_interval_ms),
+            ("haHousekeepingInterval", self.ha_housekeeping_interval_ms),
+            ("haReconnectInterval", self.ha_reconnect_interval_ms),
+            ("metadataSyncInterval", self.metadata_sync_interval_ms),
+        ] {
+            if value == 0 {
+                return invalid(key, "0".into(), "at least 1 ms");
+            }
+        }
+        if self.ha_transfer_batch_bytes < 4096 {
+            return invalid(
+                "haTransferBatchSize",
+                self.ha_transfer_batch_bytes.to_string(),
+                "at least 4096 bytes",
+            );
         }
         if self.broker_id < 0 {
             return invalid("brokerId", self.broker_id.to_string(), "0 or more");

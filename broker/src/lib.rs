@@ -19,6 +19,7 @@ mod clients;
 pub mod config;
 mod connection;
 mod error;
+mod ha;
 mod handler;
 mod longpoll;
 mod metadata;

@@ -16,10 +16,12 @@ use std::{
 
 use bytes::BytesMut;
 use ringmq_protocol::{
-    CommandHead, FrameCodec, RequestCode, ResponseCode, SerializeType,
+    Command, CommandHead, FrameCodec, RequestCode, ResponseCode, SerializeType,
     body::{self, RegisterBrokerBody},
     encode_frame,
-    header::{RegisterBrokerRequestHeader, UnregisterBrokerRequestHeader},
+    header::{
+        RegisterBrokerRequestHeader, RegisterBrokerResponseHeader, UnregisterBrokerRequestHeader,
+    },
     message::body_crc,
 };
 
@@ -58,10 +60,7 @@ impl Namesrv {
 
     /// Sends one request and waits for its answer; any failure drops the connection so the
     /// next attempt reconnects.
-    fn call(
-        &mut self,
-        frame_of: impl FnOnce(i32) -> BytesMut,
-    ) -> Result<(i32, Option<String>), String> {
+    fn call(&mut self, frame_of: impl FnOnce(i32) -> BytesMut) -> Result<Command, String> {
         self.opaque = self.opaque.wrapping_add(1);
         let opaque = self.opaque;
         let result = self.exchange(&frame_of(opaque), opaque);
@@ -71,7 +70,7 @@ impl Namesrv {
         result
     }
 
-    fn exchange(&mut self, frame: &BytesMut, opaque: i32) -> Result<(i32, Option<String>), String> {
+    fn exchange(&mut self, frame: &BytesMut, opaque: i32) -> Result<Command, String> {
         let stream = self.connect().map_err(|e| format!("connect: {e}"))?;
         stream.write_all(frame).map_err(|e| format!("write: {e}"))?;
         let codec = FrameCodec::default();
@@ -79,7 +78,7 @@ impl Namesrv {
         loop {
             match codec.decode(&mut self.input) {
                 Ok(Some(command)) if command.is_response() && command.opaque == opaque => {
-                    return Ok((command.code, command.remark));
+                    return Ok(command);
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => {
@@ -166,13 +165,24 @@ fn run(shared: &BrokerShared, addrs: Vec<String>, wake: &flume::Receiver<()>) {
                 frame
             });
             match result {
-                Ok((code, _)) if code == ResponseCode::Success.as_i32() => {
+                Ok(answer) if answer.code == ResponseCode::Success.as_i32() => {
                     shared.metrics.namesrv_registrations_ok_total.inc();
                     tracing::debug!(namesrv = %namesrv.addr, "registered");
+                    if config.broker_id != 0 {
+                        // A slave learns where its master is from the answer (§3.3).
+                        match answer.header::<RegisterBrokerResponseHeader<'_>>() {
+                            Ok(reply) => {
+                                shared.master.learn(reply.master_addr, reply.ha_server_addr)
+                            }
+                            Err(err) => {
+                                tracing::warn!(namesrv = %namesrv.addr, %err, "bad registration answer");
+                            }
+                        }
+                    }
                 }
-                Ok((code, remark)) => {
+                Ok(answer) => {
                     shared.metrics.namesrv_registrations_failed_total.inc();
-                    tracing::warn!(namesrv = %namesrv.addr, code, remark = remark.as_deref().unwrap_or(""), "registration refused");
+                    tracing::warn!(namesrv = %namesrv.addr, code = answer.code, remark = answer.remark.as_deref().unwrap_or(""), "registration refused");
                 }
                 Err(err) => {
                     shared.metrics.namesrv_registrations_failed_total.inc();

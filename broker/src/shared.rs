@@ -20,6 +20,7 @@ use ringmq_protocol::{Command, body::TopicConfig};
 use crate::{
     clients::{ChannelId, ClientRegistry, Notifications, QueueLocks, SubscriptionTable},
     config::BrokerConfig,
+    ha::locator::MasterLocator,
     metrics::BrokerMetrics,
     published::Published,
     topics::TopicSnapshot,
@@ -136,6 +137,8 @@ pub(crate) struct BrokerShared {
     pub register_now: flume::Sender<()>,
     stop: AtomicBool,
     pub started_ms: i64,
+    /// Slaves: where the master is.
+    pub master: MasterLocator,
 }
 
 impl BrokerShared {
@@ -148,6 +151,7 @@ impl BrokerShared {
         metrics: Arc<BrokerMetrics>,
         register_now: flume::Sender<()>,
     ) -> Self {
+        let config_ha = config.ha_master_address.clone();
         Self {
             config,
             store_host,
@@ -161,6 +165,7 @@ impl BrokerShared {
             register_now,
             stop: AtomicBool::new(false),
             started_ms: crate::now_ms(),
+            master: MasterLocator::new(config_ha),
         }
     }
 

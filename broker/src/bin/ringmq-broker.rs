@@ -73,6 +73,20 @@ struct Args {
     /// Drop clients silent this long, ms [channelExpiredTimeout; default 120000].
     #[arg(long)]
     client_expiry_ms: Option<u64>,
+    /// Where a slave replicates from, master `host:haPort` [haMasterAddress; default: the
+    /// address the NameServer answers the slave's registration with].
+    #[arg(long)]
+    ha_master_address: Option<String>,
+    /// Any broker.conf key, `key=value`; repeatable, applied last (e.g. `--set slaveTimeout=3000`).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
+    settings: Vec<(String, String)>,
+}
+
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not key=value"))?;
+    Ok((key.trim().to_owned(), value.to_owned()))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -116,6 +130,12 @@ fn main() -> anyhow::Result<()> {
             auto_create_topic: args.auto_create_topic,
             max_message_bytes: args.max_message_size,
             client_expiry_ms: args.client_expiry_ms,
+            settings: args
+                .ha_master_address
+                .map(|addr| ("haMasterAddress".to_owned(), addr))
+                .into_iter()
+                .chain(args.settings)
+                .collect(),
         })
         .context("invalid command-line value")?;
     config.validate().context("invalid configuration")?;
