@@ -13,7 +13,7 @@ use std::{collections::VecDeque, path::PathBuf, rc::Rc};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::format::{CHUNK_HEADER_BYTES, ChunkHeader, write_chunk_header};
+use crate::format::{CHUNK_HEADER_BYTES, ChunkHeader, END_MAGIC, write_chunk_header};
 
 /// One segment file of the commit log.
 #[derive(Debug)]
@@ -68,6 +68,8 @@ pub(crate) struct LogState<F> {
     sealed: VecDeque<PendingWrite<F>>,
     /// Bytes appended and not yet written.
     pub pending_bytes: usize,
+    /// A replicated end marker closed the active segment: the next bytes go to the next one.
+    pub segment_ended: bool,
     /// Everything below is in the files (page cache).
     pub written: u64,
     /// Everything below is on disk (an fdatasync covered it).
@@ -102,6 +104,7 @@ impl<F> LogState<F> {
             open: None,
             sealed: VecDeque::new(),
             pending_bytes: 0,
+            segment_ended: false,
             written: end,
             durable: end,
             dirty: Vec::new(),
@@ -236,6 +239,52 @@ impl<F> LogState<F> {
         }
     }
 
+    /// Whether local appends are being collected in an open chunk.
+    pub fn has_open_chunk(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// Queues bytes that are already whole chunks (replicated from a master) for writing at
+    /// the log's end. The caller checked they fit in the active segment.
+    pub fn push_raw(&mut self, bytes: Bytes) {
+        debug_assert!(self.open.is_none());
+        let Some(segment) = self.segments.back().cloned() else {
+            return;
+        };
+        let position = self.write_pos;
+        self.write_pos += bytes.len() as u64;
+        self.pending_bytes += bytes.len();
+        self.sealed.push_back(PendingWrite {
+            segment,
+            position,
+            bytes,
+        });
+    }
+
+    /// Continues in the spare segment without writing an end marker (a replicated log gets its
+    /// marker, if any, from the master's bytes).
+    pub fn roll_replica(&mut self) -> Result<(), NeedSegment> {
+        let next = self.spare_segment.take().ok_or(NeedSegment)?;
+        self.segment_ended = false;
+        debug_assert_eq!(next.start, self.next_segment_start());
+        self.write_pos = next.start;
+        self.segments.push_back(next);
+        Ok(())
+    }
+
+    /// Starts an empty log over in `segment` at `position` (its start).
+    pub fn restart_at(&mut self, segment: Rc<Segment<F>>, position: u64) {
+        debug_assert!(self.open.is_none() && self.sealed.is_empty() && self.in_flight.is_empty());
+        self.segments.clear();
+        self.segments.push_back(segment);
+        self.spare_segment = None;
+        self.write_pos = position;
+        self.written = position;
+        self.durable = position;
+        self.cache.clear();
+        self.cache_bytes = 0;
+    }
+
     /// Whether anything waits to be written.
     pub fn has_pending(&self) -> bool {
         self.open.is_some() || !self.sealed.is_empty()
@@ -284,7 +333,17 @@ impl<F> LogState<F> {
     /// Records that `write` reached its file: advances `written` and keeps the bytes for tail
     /// reads.
     fn wrote(&mut self, write: PendingWrite<F>) {
-        self.written = write.end();
+        // A segment's last write (its end marker, or a chunk leaving less room than a header)
+        // completes the segment: `written` moves to the next segment's start, so the marks
+        // agree with what recovery finds and with where the log continues (a replica's end).
+        let segment_end = write.segment.start + self.segment_bytes;
+        let is_end_marker =
+            write.bytes.len() == CHUNK_HEADER_BYTES && write.bytes[..4] == END_MAGIC.to_be_bytes();
+        self.written = if is_end_marker || segment_end - write.end() < CHUNK_HEADER_BYTES as u64 {
+            segment_end
+        } else {
+            write.end()
+        };
         self.pending_bytes = self.pending_bytes.saturating_sub(write.bytes.len());
         if !self.dirty.iter().any(|s| Rc::ptr_eq(s, &write.segment)) {
             self.dirty.push(write.segment);

@@ -72,6 +72,10 @@ pub enum StoreError {
     /// A metadata file (checkpoint) could not be read or written.
     #[error(transparent)]
     Metadata(#[from] crate::metadata::MetadataError),
+    /// Replicated data was refused: it does not continue this log, fails verification, or asks
+    /// for something only an empty store can do. Nothing of the refused part was stored.
+    #[error("replication refused: {0}")]
+    ReplicaRefused(String),
     /// The store has been closed.
     #[error("the store is closed")]
     Closed,

@@ -42,11 +42,13 @@ pub mod format;
 pub mod io;
 pub mod metadata;
 mod recovery;
+mod replica;
 mod retention;
 pub mod signal;
 mod store;
 
 pub use config::{FlushMode, MAX_SHARD, SHARD_SHIFT, StoreConfig};
 pub use error::StoreError;
+pub use replica::{ChunkRun, LogReadError, LogReader, LogWatch, Mark};
 pub use retention::RetentionReport;
 pub use store::{AppendResult, MessageStore, QueueOffsets, ReadRequest, ReadResult, ReadStatus};

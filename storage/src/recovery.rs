@@ -132,6 +132,7 @@ impl<S: Storage> MessageStore<S> {
             segments,
             end,
         );
+        let min_offset = state.log.min_offset();
         let store = Self {
             inner: Rc::new(Inner {
                 storage,
@@ -145,6 +146,7 @@ impl<S: Storage> MessageStore<S> {
                 acks: crate::ack::AckQueue::default(),
                 checkpoint_busy: std::cell::Cell::new(false),
                 sync_latencies_us: RefCell::new(Vec::new()),
+                watch: std::sync::Arc::new(crate::replica::LogWatch::new(end, min_offset)),
             }),
         };
         if store.inner.state.borrow().log.segments.is_empty() {
@@ -644,7 +646,7 @@ async fn read_block<F: StorageFile>(
 
 /// Parses the records of one verified chunk and appends their consume-queue entries. False if
 /// a record is malformed or does not continue its queue: the chunk is treated as corrupt.
-fn dispatch_chunk<F: Clone>(
+pub(crate) fn dispatch_chunk<F: Clone>(
     payload: &[u8],
     mut position: u64,
     config: &StoreConfig,

@@ -122,6 +122,9 @@ impl<S: Storage> MessageStore<S> {
         let Some(segment) = inner.state.borrow_mut().log.pop_oldest() else {
             return Ok(());
         };
+        inner
+            .watch
+            .set_min_offset(inner.state.borrow().log.min_offset());
         let min_physical = segment.start + inner.config.segment_bytes;
         // Queues first: once the segment is gone, nothing may point into it.
         let queues = self.queues();

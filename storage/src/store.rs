@@ -243,7 +243,7 @@ impl<F: Clone> State<F> {
 }
 
 /// Topic names become directory names: refuse anything that is not RocketMQ's topic alphabet.
-fn validate_topic(topic: &str) -> Result<(), StoreError> {
+pub(crate) fn validate_topic(topic: &str) -> Result<(), StoreError> {
     let valid = !topic.is_empty()
         && topic.len() <= 255
         && topic != "."
@@ -316,6 +316,8 @@ pub(crate) struct Inner<S: Storage> {
     /// Durations (µs) of recent fdatasync rounds, for the broker's flush-latency metric;
     /// bounded, drained by [`MessageStore::drain_sync_latencies_us`].
     pub sync_latencies_us: RefCell<Vec<u32>>,
+    /// The log's marks for other threads (replication).
+    pub watch: std::sync::Arc<crate::replica::LogWatch>,
 }
 
 /// Sync durations kept until drained (older ones are dropped once full).
@@ -639,6 +641,9 @@ impl<S: Storage> MessageStore<S> {
                 position: write.position,
                 bytes,
             });
+            if advanced {
+                inner.watch.set_written(state.log.written);
+            }
             (advanced, state.log.wants_spare())
         };
         if wants_spare {
@@ -701,6 +706,7 @@ impl<S: Storage> MessageStore<S> {
         drop(samples);
         let mut state = inner.state.borrow_mut();
         state.log.durable = state.log.durable.max(target);
+        inner.watch.set_durable(state.log.durable);
         drop(state);
         self.wake_acknowledged();
         inner.progress.notify();
