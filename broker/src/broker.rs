@@ -13,8 +13,9 @@ use ringmq_namesrv::{NameServer, NamesrvConfig};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::{
-    config::BrokerConfig,
+    config::{BrokerConfig, BrokerRole},
     error::BrokerError,
+    ha::{master::HaServer, slave::HaClient},
     metrics::{BrokerMetrics, MetricsServer},
     registration::Registration,
     shard::{self, ShardSetup},
@@ -30,6 +31,8 @@ pub struct Broker {
     shared: Arc<BrokerShared>,
     shards: Vec<JoinHandle<()>>,
     registration: Option<Registration>,
+    ha_server: Option<HaServer>,
+    ha_client: Option<HaClient>,
     namesrv: Option<NameServer>,
     metrics_server: Option<MetricsServer>,
     listen_addr: SocketAddr,
@@ -48,7 +51,7 @@ impl Broker {
         check_shard_count(&config.store_dir, config.shards)?;
 
         let shard_count = config.shards;
-        let (port, mut listeners) = bind_listeners(config.listen_port, shard_count)?;
+        let (port, mut listeners, ha_listener) = bind_listeners(config.listen_port, shard_count)?;
         config.listen_port = port;
         let store_host = SocketAddr::new(config.broker_ip, port);
 
@@ -84,6 +87,8 @@ impl Broker {
             shared: Arc::clone(&shared),
             shards: Vec::with_capacity(shard_count),
             registration: None,
+            ha_server: None,
+            ha_client: None,
             namesrv,
             metrics_server: None,
             listen_addr: store_host,
@@ -91,7 +96,16 @@ impl Broker {
         };
         // Shard 0 first: it owns the topic table, which the others read from their first request.
         let mut topic_change_receiver = Some(topic_change_receiver);
+        let is_slave = shared.config.broker_role == BrokerRole::Slave;
+        let mut watches = Vec::with_capacity(shard_count);
+        let mut replica_senders = Vec::with_capacity(shard_count);
         for (id, inbox) in inbox_receivers.into_iter().enumerate() {
+            // Bounded: a slave shard that cannot keep up slows its HA thread, then the master.
+            let replica_commands = is_slave.then(|| {
+                let (sender, receiver) = flume::bounded(64);
+                replica_senders.push(sender);
+                receiver
+            });
             let (ready, ready_answer) = std::sync::mpsc::channel();
             let drained = drained.clone();
             let setup = ShardSetup {
@@ -105,6 +119,7 @@ impl Broker {
                     None
                 },
                 core: (shard_count <= cores).then_some(id % cores),
+                replica_commands,
                 ready,
                 drained,
             };
@@ -114,7 +129,7 @@ impl Broker {
                 .map_err(|e| BrokerError::io("cannot start a shard thread", e))?;
             broker.shards.push(thread);
             match ready_answer.recv() {
-                Ok(Ok(())) => {}
+                Ok(Ok(watch)) => watches.push(watch),
                 Ok(Err(reason)) => return Err(BrokerError::Shard { shard: id, reason }),
                 Err(_) => {
                     return Err(BrokerError::Shard {
@@ -123,6 +138,23 @@ impl Broker {
                     });
                 }
             }
+        }
+        // The HA port serves on every broker: a slave's answers every HELLO with a refusal.
+        let ha_shards = watches
+            .iter()
+            .enumerate()
+            .map(|(id, watch)| (Arc::clone(watch), shard::store_config(&shared, id)))
+            .collect();
+        broker.ha_server = Some(
+            HaServer::start(Arc::clone(&shared), ha_listener, ha_shards)
+                .map_err(|e| BrokerError::io("cannot start the HA server", e))?,
+        );
+        if is_slave {
+            let links = watches.into_iter().zip(replica_senders).collect();
+            broker.ha_client = Some(
+                HaClient::start(&shared, links)
+                    .map_err(|e| BrokerError::io("cannot start replication", e))?,
+            );
         }
         broker.registration = Some(
             Registration::start(Arc::clone(&shared), namesrv_addrs, register_wake)
@@ -172,6 +204,12 @@ impl Broker {
         let _ = self.shared.register_now.try_send(());
         if let Some(registration) = self.registration.take() {
             registration.join();
+        }
+        if let Some(client) = self.ha_client.take() {
+            client.stop();
+        }
+        if let Some(server) = self.ha_server.take() {
+            server.stop();
         }
         // Two phases: every shard stops reading and answers what it has in flight (including
         // requests other shards forward to it), then all close their stores together.
@@ -278,9 +316,13 @@ fn reuseport_listener(port: u16) -> std::io::Result<StdListener> {
     Ok(socket.into())
 }
 
-/// Binds `listenPort` and `listenPort - 2` once per shard. Port 0 picks a free pair.
-fn bind_listeners(port: u16, shards: usize) -> Result<(u16, Vec<Vec<StdListener>>), BrokerError> {
-    let (port, main, fast) = if port == 0 {
+/// Binds `listenPort` and `listenPort - 2` once per shard, and the HA port `listenPort + 1`
+/// once. Port 0 picks a free trio.
+fn bind_listeners(
+    port: u16,
+    shards: usize,
+) -> Result<(u16, Vec<Vec<StdListener>>, StdListener), BrokerError> {
+    let (port, main, fast, ha) = if port == 0 {
         let mut found = None;
         for _ in 0..PORT_ATTEMPTS {
             let main =
@@ -289,17 +331,19 @@ fn bind_listeners(port: u16, shards: usize) -> Result<(u16, Vec<Vec<StdListener>
                 .local_addr()
                 .map_err(|e| BrokerError::io("cannot read the listener address", e))?
                 .port();
-            if chosen < 3 {
+            if chosen < 3 || chosen == u16::MAX {
                 continue;
             }
-            if let Ok(fast) = reuseport_listener(chosen - 2) {
-                found = Some((chosen, main, fast));
+            if let Ok(fast) = reuseport_listener(chosen - 2)
+                && let Ok(ha) = ha_listener(chosen + 1)
+            {
+                found = Some((chosen, main, fast, ha));
                 break;
             }
         }
         found.ok_or_else(|| {
             BrokerError::io(
-                "cannot find a free port P with P-2 also free",
+                "cannot find a free port P with P-2 and P+1 also free",
                 std::io::Error::from(std::io::ErrorKind::AddrInUse),
             )
         })?
@@ -308,7 +352,10 @@ fn bind_listeners(port: u16, shards: usize) -> Result<(u16, Vec<Vec<StdListener>
             reuseport_listener(p)
                 .map_err(|e| BrokerError::io(format!("cannot listen on port {p}"), e))
         };
-        (port, bind(port)?, bind(port - 2)?)
+        let ha = ha_listener(port + 1).map_err(|e| {
+            BrokerError::io(format!("cannot listen on the HA port {}", port + 1), e)
+        })?;
+        (port, bind(port)?, bind(port - 2)?, ha)
     };
     let mut listeners = vec![vec![main, fast]];
     for _ in 1..shards {
@@ -318,5 +365,16 @@ fn bind_listeners(port: u16, shards: usize) -> Result<(u16, Vec<Vec<StdListener>
             .map_err(|e| BrokerError::io(format!("cannot listen on port {}", port - 2), e))?;
         listeners.push(vec![main, fast]);
     }
-    Ok((port, listeners))
+    Ok((port, listeners, ha))
+}
+
+/// The HA listener: one socket, served by one thread (no SO_REUSEPORT: a second broker on the
+/// same port must fail to start, not share the slaves).
+fn ha_listener(port: u16) -> std::io::Result<StdListener> {
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(64)?;
+    Ok(socket.into())
 }

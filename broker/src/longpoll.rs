@@ -87,6 +87,16 @@ impl LongPoll {
     }
 
     /// Pulls parked now.
+    /// Wakes every parked pull (a slave learns of new messages by the chunk, not by queue).
+    pub(crate) fn arrived_anywhere(&self) {
+        if self.parked.get() == 0 {
+            return;
+        }
+        for waiters in self.queues.borrow().values().flat_map(HashMap::values) {
+            waiters.signal.notify();
+        }
+    }
+
     pub(crate) fn parked(&self) -> usize {
         self.parked.get()
     }

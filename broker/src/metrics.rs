@@ -318,6 +318,16 @@ pub struct ShardMetrics {
     pub cross_shard_queue_depth: Gauge,
     /// Long-poll pulls parked waiting for messages.
     pub parked_pulls: Gauge,
+    /// SYNC_MASTER sends answered FLUSH_SLAVE_TIMEOUT or SLAVE_NOT_AVAILABLE.
+    pub slave_wait_failures_total: Counter,
+    /// Master: slaves connected to this shard's log.
+    pub replica_slaves: Gauge,
+    /// Master: bytes of this shard's log the most caught-up slave does not hold yet.
+    /// Slave: bytes the master had sent beyond what this shard has written, at the last frame.
+    pub replica_lag_bytes: Gauge,
+    /// Master: age (ms) of the oldest frame the most caught-up slave has not acknowledged.
+    /// Slave: ms since the last frame from the master (data or heartbeat) while connected.
+    pub replica_lag_ms: Gauge,
     /// Send requests: request arrival to response queued.
     pub send_latency: Histogram,
     /// Pull requests: request arrival to response queued (parked time included).
@@ -578,6 +588,11 @@ const SHARD_COUNTERS: &[ShardFamily<Counter>] = &[
         help: "Messages returned to consumers by pulls.",
         get: |shard| &shard.messages_delivered_total,
     },
+    ShardFamily {
+        name: "ringmq_slave_wait_failures_total",
+        help: "SYNC_MASTER sends answered FLUSH_SLAVE_TIMEOUT or SLAVE_NOT_AVAILABLE.",
+        get: |shard| &shard.slave_wait_failures_total,
+    },
 ];
 
 const SHARD_GAUGES: &[ShardFamily<Gauge>] = &[
@@ -600,6 +615,21 @@ const SHARD_GAUGES: &[ShardFamily<Gauge>] = &[
         name: "ringmq_parked_pulls",
         help: "Long-poll pull requests parked waiting for messages.",
         get: |shard| &shard.parked_pulls,
+    },
+    ShardFamily {
+        name: "ringmq_replica_slaves",
+        help: "Master: slaves connected to the shard's log (slave: 1 while connected to the master).",
+        get: |shard| &shard.replica_slaves,
+    },
+    ShardFamily {
+        name: "ringmq_replica_lag_bytes",
+        help: "Replication lag of the shard's log in bytes (master: best slave behind the written end).",
+        get: |shard| &shard.replica_lag_bytes,
+    },
+    ShardFamily {
+        name: "ringmq_replica_lag_ms",
+        help: "Replication lag in ms (master: oldest unacknowledged frame; slave: since the last frame).",
+        get: |shard| &shard.replica_lag_ms,
     },
 ];
 
@@ -1301,6 +1331,10 @@ mod tests {
             "ringmq_inflight_requests",
             "ringmq_cross_shard_queue_depth",
             "ringmq_parked_pulls",
+            "ringmq_slave_wait_failures_total",
+            "ringmq_replica_slaves",
+            "ringmq_replica_lag_bytes",
+            "ringmq_replica_lag_ms",
             "ringmq_send_latency_seconds",
             "ringmq_pull_latency_seconds",
             "ringmq_flush_latency_seconds",

@@ -63,6 +63,8 @@ pub(crate) struct ShardCtx {
     pub queue_cursor: Cell<u32>,
     stopping: Cell<bool>,
     stop: Signal,
+    /// SYNC_MASTER sends waiting for a slave to hold their bytes.
+    pub slave_waiters: ringmq_storage::ack::AckQueue,
 }
 
 impl std::fmt::Debug for ShardCtx {
@@ -148,7 +150,10 @@ pub(crate) struct ShardSetup {
     /// Shard 0 only: the topic table's change queue (it is the table's one writer).
     pub topic_changes: Option<flume::Receiver<TopicChange>>,
     pub core: Option<usize>,
-    pub ready: std::sync::mpsc::Sender<Result<(), String>>,
+    /// Slaves: the replica commands of this shard's HA thread.
+    pub replica_commands: Option<flume::Receiver<crate::ha::slave::ReplicaCommand>>,
+    /// Where the shard reports it serves, with its log's marks (for the HA threads).
+    pub ready: std::sync::mpsc::Sender<Result<Arc<ringmq_storage::LogWatch>, String>>,
     /// Where the shard reports that its connections drained after [`ShardMessage::Stop`].
     pub drained: std::sync::mpsc::Sender<usize>,
 }
@@ -196,7 +201,7 @@ fn build_runtime(
     builder.build()
 }
 
-fn store_config(shared: &BrokerShared, id: usize) -> StoreConfig {
+pub(crate) fn store_config(shared: &BrokerShared, id: usize) -> StoreConfig {
     let config = &shared.config;
     let mut store = StoreConfig::new(shard_dir(&config.store_dir, id));
     store.shard = id as u16;
@@ -225,6 +230,7 @@ async fn serve(setup: ShardSetup) -> Result<(), String> {
         listeners,
         topic_changes,
         core: _,
+        replica_commands,
         ready,
         drained,
     } = setup;
@@ -249,6 +255,7 @@ async fn serve(setup: ShardSetup) -> Result<(), String> {
             changes,
         )));
     }
+    let mut tasks = Vec::new();
     let ctx = Rc::new(ShardCtx {
         id,
         topics: LocalView::new(&shared.topics),
@@ -263,8 +270,13 @@ async fn serve(setup: ShardSetup) -> Result<(), String> {
         queue_cursor: Cell::new(id as u32),
         stopping: Cell::new(false),
         stop: Signal::default(),
+        slave_waiters: ringmq_storage::ack::AckQueue::default(),
     });
-    let mut tasks = Vec::new();
+    if let Some(commands) = replica_commands {
+        tasks.push(compio::runtime::spawn(
+            crate::ha::shard_side::serve_replica(Rc::clone(&ctx), commands),
+        ));
+    }
     for listener in listeners {
         let listener = TcpListener::from_std(listener)
             .map_err(|e| format!("cannot register a listener: {e}"))?;
@@ -279,7 +291,7 @@ async fn serve(setup: ShardSetup) -> Result<(), String> {
         tasks.push(compio::runtime::spawn(client_scan_loop(Rc::clone(&ctx))));
     }
     tasks.push(compio::runtime::spawn(gauges_loop(Rc::clone(&ctx))));
-    let _ = ready.send(Ok(()));
+    let _ = ready.send(Ok(ctx.store.watch()));
 
     // Serve the inbox until Close. Stop only quiesces: this shard stops accepting and reading,
     // but keeps answering requests other shards forward until every shard has drained.
@@ -301,6 +313,7 @@ async fn serve(setup: ShardSetup) -> Result<(), String> {
                 compio::runtime::spawn(handler::query_key_here(Rc::clone(&ctx), query, reply))
                     .detach();
             }
+            ShardMessage::ReplicaAcked => crate::ha::shard_side::replica_acked(&ctx),
             ShardMessage::Stop => {
                 ctx.stopping.set(true);
                 ctx.stop.notify();
@@ -404,5 +417,9 @@ async fn gauges_loop(ctx: Rc<ShardCtx>) {
         metrics
             .cross_shard_queue_depth
             .set(ctx.shared.inboxes[ctx.id].len() as i64);
+        let lag = crate::ha::replica_lag(&ctx.shared, ctx.id, ctx.store.watch().written());
+        metrics.replica_slaves.set(lag.slaves as i64);
+        metrics.replica_lag_bytes.set(lag.bytes as i64);
+        metrics.replica_lag_ms.set(lag.ms as i64);
     }
 }

@@ -20,7 +20,10 @@ use ringmq_protocol::{Command, body::TopicConfig};
 use crate::{
     clients::{ChannelId, ClientRegistry, Notifications, QueueLocks, SubscriptionTable},
     config::BrokerConfig,
-    ha::locator::MasterLocator,
+    ha::{
+        locator::MasterLocator,
+        state::{ShardReplicas, SlaveProgress},
+    },
     metrics::BrokerMetrics,
     published::Published,
     topics::TopicSnapshot,
@@ -97,6 +100,8 @@ pub(crate) enum ShardMessage {
         record: OwnedRecord,
         reply: flume::Sender<Result<(u64, i64), String>>,
     },
+    /// A slave acknowledged more of this shard's log: wake the SYNC_MASTER sends it covers.
+    ReplicaAcked,
     /// Quiesce: stop accepting and reading requests, report once the shard's connections have
     /// nothing in flight, keep serving forwarded requests.
     Stop,
@@ -139,6 +144,10 @@ pub(crate) struct BrokerShared {
     pub started_ms: i64,
     /// Slaves: where the master is.
     pub master: MasterLocator,
+    /// Masters: per shard, the connected slaves and what they hold.
+    pub replicas: Vec<ShardReplicas>,
+    /// Slaves: per shard, the state of replication from the master.
+    pub slave_progress: Vec<SlaveProgress>,
 }
 
 impl BrokerShared {
@@ -152,6 +161,7 @@ impl BrokerShared {
         register_now: flume::Sender<()>,
     ) -> Self {
         let config_ha = config.ha_master_address.clone();
+        let shard_count = inboxes.len();
         Self {
             config,
             store_host,
@@ -166,6 +176,8 @@ impl BrokerShared {
             stop: AtomicBool::new(false),
             started_ms: crate::now_ms(),
             master: MasterLocator::new(config_ha),
+            replicas: (0..shard_count).map(|_| ShardReplicas::default()).collect(),
+            slave_progress: (0..shard_count).map(|_| SlaveProgress::default()).collect(),
         }
     }
 

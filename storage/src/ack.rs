@@ -1,4 +1,5 @@
-//! Appenders waiting for their records to be acknowledged, in commit-log order.
+//! Tasks waiting for an offset mark to pass their end, in offset order (appenders waiting for
+//! acknowledgement here; the broker reuses it for sends waiting for a slave).
 //!
 //! Appends end at increasing offsets and acknowledgement moves one mark forward, so the waiters
 //! form a queue sorted by end offset: an advance wakes exactly the waiters it satisfies, from the
@@ -9,14 +10,14 @@ use std::{cell::RefCell, collections::VecDeque, task::Waker};
 
 /// Waiters sorted by the end offset they wait for.
 #[derive(Debug, Default)]
-pub(crate) struct AckQueue {
+pub struct AckQueue {
     waiters: RefCell<VecDeque<(u64, Waker)>>,
     woken: RefCell<Vec<Waker>>,
 }
 
 impl AckQueue {
     /// Registers `waker` to be woken once the acknowledged offset reaches `end`.
-    pub(crate) fn register(&self, end: u64, waker: Waker) {
+    pub fn register(&self, end: u64, waker: Waker) {
         let mut waiters = self.waiters.borrow_mut();
         // Appends register in offset order, so this is nearly always the back.
         let at = waiters.len() - waiters.iter().rev().take_while(|(e, _)| *e > end).count();
@@ -24,7 +25,7 @@ impl AckQueue {
     }
 
     /// Wakes every waiter whose end is at or below `acknowledged`.
-    pub(crate) fn wake_up_to(&self, acknowledged: u64) {
+    pub fn wake_up_to(&self, acknowledged: u64) {
         let mut woken = self.woken.take();
         {
             let mut waiters = self.waiters.borrow_mut();
@@ -42,7 +43,7 @@ impl AckQueue {
     }
 
     /// Wakes everyone (failure, close): each re-checks the store's state.
-    pub(crate) fn wake_all(&self) {
+    pub fn wake_all(&self) {
         self.wake_up_to(u64::MAX);
     }
 }

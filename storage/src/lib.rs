@@ -33,7 +33,7 @@
 //!   created, not in the middle of one. Above the hard watermark appends fail with
 //!   [`StoreError::DiskFull`], reads go on, and appends resume by themselves once usage falls.
 
-mod ack;
+pub mod ack;
 mod commitlog;
 mod config;
 mod consume_queue;

@@ -331,6 +331,12 @@ impl LogReader {
 }
 
 impl<S: Storage> MessageStore<S> {
+    /// Waits until everything below `end` is acknowledged (readable): written under
+    /// ASYNC_FLUSH, durable under SYNC_FLUSH. A slave wakes its parked pulls after it.
+    pub async fn wait_acknowledged(&self, end: u64) -> Result<(), StoreError> {
+        self.wait_confirmed(end).await
+    }
+
     /// The log's marks, shared with other threads.
     pub fn watch(&self) -> std::sync::Arc<LogWatch> {
         std::sync::Arc::clone(&self.inner.watch)

@@ -472,7 +472,7 @@ impl<S: Storage> MessageStore<S> {
     }
 
     /// Waits until `end` is acknowledged, or fails if the log failed before getting there.
-    async fn wait_confirmed(&self, end: u64) -> Result<(), StoreError> {
+    pub(crate) async fn wait_confirmed(&self, end: u64) -> Result<(), StoreError> {
         let inner = &self.inner;
         std::future::poll_fn(|cx| {
             {

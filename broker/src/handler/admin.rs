@@ -169,6 +169,60 @@ pub(super) fn runtime_info(ctx: &ShardCtx, command: &Command) -> Handled {
     if let Some(ratio) = ctx.store.disk_full() {
         put("commitLogDiskRatio", format!("{ratio:.4}"));
     }
+    // Replication, per shard as the gauges sampled it (every 500 ms), and summed up.
+    let shards = &ctx.shared.metrics.shards;
+    let per_shard: Vec<String> = shards
+        .iter()
+        .enumerate()
+        .map(|(id, s)| {
+            format!(
+                "{id}:{}:{}:{}",
+                s.replica_slaves.get(),
+                s.replica_lag_bytes.get(),
+                s.replica_lag_ms.get()
+            )
+        })
+        .collect();
+    put("haShards", per_shard.join(","));
+    let fewest = shards
+        .iter()
+        .map(|s| s.replica_slaves.get())
+        .min()
+        .unwrap_or(0);
+    let lag_bytes = shards
+        .iter()
+        .map(|s| s.replica_lag_bytes.get())
+        .max()
+        .unwrap_or(0);
+    let lag_ms = shards
+        .iter()
+        .map(|s| s.replica_lag_ms.get())
+        .max()
+        .unwrap_or(0);
+    if config.broker_role == BrokerRole::Slave {
+        put(
+            "haMasterAddress",
+            ctx.shared.master.ha_addr().unwrap_or_default(),
+        );
+        put("haConnectedToMaster", (fewest > 0).to_string());
+    } else {
+        put("haConnectedSlaves", fewest.to_string());
+        let slaves: Vec<String> = ctx
+            .shared
+            .replicas
+            .iter()
+            .enumerate()
+            .flat_map(|(shard, replicas)| {
+                replicas
+                    .slaves()
+                    .into_iter()
+                    .map(move |(id, peer, acked)| format!("{shard}:{id}@{peer}:{acked}"))
+            })
+            .collect();
+        put("haSlaves", slaves.join(","));
+    }
+    put("haLagBytes", lag_bytes.to_string());
+    put("haLagMs", lag_ms.to_string());
     let body = body::to_vec(&KvTable { table });
     reply(command, ResponseCode::Success, None, &(), &body)
 }

@@ -20,6 +20,7 @@ use ringmq_storage::{AppendResult, StoreError};
 use super::{Handled, bad_header, error, forward, reply};
 use crate::{
     config::BrokerRole,
+    ha::shard_side::wait_for_slave,
     metadata,
     shard::ShardCtx,
     shared::{Origin, OwnedRecord, ShardMessage},
@@ -104,10 +105,12 @@ pub(super) async fn send(ctx: &Rc<ShardCtx>, mut command: Command, origin: &Orig
     };
     let config = &ctx.shared.config;
     if config.broker_role == BrokerRole::Slave {
+        // RocketMQ's store answers a put on a slave with SERVICE_NOT_AVAILABLE (§8.4), which
+        // clients retry on another broker.
         return error(
             &command,
-            ResponseCode::SlaveNotAvailable,
-            "the broker is a slave: sending messages is forbidden",
+            ResponseCode::ServiceNotAvailable,
+            "the broker is a slave: send messages to its master",
         );
     }
     if let Err(reason) = topics::validate_name(header.topic) {
@@ -275,7 +278,15 @@ async fn store_send(
             ctx.metrics()
                 .messages_stored_total
                 .add(u64::from(appended.message_count));
-            send_response(ctx, command, queue_id, &appended, &lengths)
+            let mut code = ResponseCode::Success;
+            if config.broker_role == BrokerRole::SyncMaster && waits_for_store(header) {
+                let end = appended.physical_offset + appended.record_bytes;
+                if let Err(slave_code) = wait_for_slave(ctx, end).await {
+                    ctx.metrics().slave_wait_failures_total.inc();
+                    code = slave_code;
+                }
+            }
+            send_response(ctx, command, queue_id, &appended, &lengths, code)
         }
         Err(err) => store_error(command, &err),
     }
@@ -378,12 +389,23 @@ pub(super) fn store_error(command: &Command, err: &StoreError) -> Handled {
     }
 }
 
+/// Whether the producer waits for the store (`WAIT` is not `false`): only then does a
+/// SYNC_MASTER send wait for a slave (PROTOCOL.md §8.4).
+fn waits_for_store(header: &SendMessageRequestHeader<'_>) -> bool {
+    header
+        .properties
+        .is_none_or(|properties| Properties::new(properties).get(keys::WAIT) != Some("false"))
+}
+
+/// The answer to a stored send: SUCCESS, or the SYNC_MASTER outcome (`code`) with the same
+/// header, since the message is stored on the master either way.
 fn send_response(
     ctx: &ShardCtx,
     command: &Command,
     queue_id: i32,
     appended: &AppendResult,
     lengths: &[u64],
+    code: ResponseCode,
 ) -> Handled {
     let store_host = ctx.shared.store_host;
     let mut msg_id = String::with_capacity(33 * lengths.len().max(1));
@@ -411,7 +433,12 @@ fn send_response(
         msg_region: Some(REGION),
         trace_on: Some("true"),
     };
-    reply(command, ResponseCode::Success, None, &header, &[])
+    let remark = match code {
+        ResponseCode::FlushSlaveTimeout => Some("no slave acknowledged the message in time"),
+        ResponseCode::SlaveNotAvailable => Some("no slave is connected and caught up"),
+        _ => None,
+    };
+    reply(command, code, remark, &header, &[])
 }
 
 /// A `%RETRY%` send past its attempts: store it in the group's dead-letter topic instead.

@@ -1,0 +1,347 @@
+//! The master's HA port (`listenPort + 1`): accepts slaves, checks their HELLO, then streams
+//! one shard's commit log to each connection and reads back what the slave holds.
+//!
+//! Threads, not shard tasks: per connection, one thread sends (it reads the segment files with
+//! `pread` below the shard's published written mark, so the shard never waits for a slave) and
+//! one reads the slave's reports. Blocking sockets with timeouts keep each of them a straight
+//! loop; a slave costs two threads per shard, and a broker has a handful of slaves.
+
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use ringmq_storage::{LogReadError, LogReader, LogWatch, Mark, StoreConfig};
+
+use super::wire::{FRAME_HEADER_BYTES, Hello, Welcome, frame_header};
+use crate::{config::BrokerRole, shared::BrokerShared};
+
+/// How long a new connection has to send its HELLO.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a sender with nothing to send checks for stop.
+const IDLE_CHECK: Duration = Duration::from_millis(200);
+
+/// What every connection thread needs.
+#[derive(Debug)]
+struct HaContext {
+    shared: Arc<BrokerShared>,
+    /// Per shard: the log's marks and the store's layout.
+    shards: Vec<(Arc<LogWatch>, StoreConfig)>,
+    stop: AtomicBool,
+}
+
+/// The running HA server.
+#[derive(Debug)]
+pub(crate) struct HaServer {
+    ctx: Arc<HaContext>,
+    local_addr: SocketAddr,
+    accept: Option<JoinHandle<Vec<JoinHandle<()>>>>,
+}
+
+impl HaServer {
+    /// Serves `listener` until [`HaServer::stop`].
+    pub(crate) fn start(
+        shared: Arc<BrokerShared>,
+        listener: TcpListener,
+        shards: Vec<(Arc<LogWatch>, StoreConfig)>,
+    ) -> std::io::Result<Self> {
+        let local_addr = listener.local_addr()?;
+        listener.set_nonblocking(false)?;
+        let ctx = Arc::new(HaContext {
+            shared,
+            shards,
+            stop: AtomicBool::new(false),
+        });
+        let accept_ctx = Arc::clone(&ctx);
+        let accept = std::thread::Builder::new()
+            .name("ha-accept".into())
+            .spawn(move || accept_loop(&accept_ctx, &listener))?;
+        Ok(Self {
+            ctx,
+            local_addr,
+            accept: Some(accept),
+        })
+    }
+
+    /// Closes every slave connection and ends the threads.
+    pub(crate) fn stop(mut self) {
+        self.ctx.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept with a connection of our own.
+        let _ = TcpStream::connect_timeout(
+            &SocketAddr::new(
+                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                self.local_addr.port(),
+            ),
+            Duration::from_secs(1),
+        );
+        if let Some(accept) = self.accept.take()
+            && let Ok(connections) = accept.join()
+        {
+            for connection in connections {
+                let _ = connection.join();
+            }
+        }
+    }
+}
+
+fn accept_loop(ctx: &Arc<HaContext>, listener: &TcpListener) -> Vec<JoinHandle<()>> {
+    let mut connections: Vec<JoinHandle<()>> = Vec::new();
+    loop {
+        let accepted = listener.accept();
+        if ctx.stop.load(Ordering::SeqCst) {
+            return connections;
+        }
+        connections.retain(|c| !c.is_finished());
+        match accepted {
+            Ok((stream, peer)) => {
+                let ctx = Arc::clone(ctx);
+                let spawned = std::thread::Builder::new()
+                    .name("ha-send".into())
+                    .spawn(move || serve(&ctx, stream, peer));
+                match spawned {
+                    Ok(thread) => connections.push(thread),
+                    Err(err) => tracing::warn!(%peer, %err, "cannot start an HA thread"),
+                }
+            }
+            Err(err) => {
+                tracing::warn!(%err, "HA accept failed");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// One slave connection: handshake, then stream and read reports until either side stops.
+fn serve(ctx: &Arc<HaContext>, mut stream: TcpStream, peer: SocketAddr) {
+    let config = &ctx.shared.config;
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(HELLO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(
+        config.ha_housekeeping_interval_ms,
+    )));
+    let hello = match Hello::read(&mut stream) {
+        Ok(hello) => hello,
+        Err(err) => {
+            tracing::warn!(%peer, %err, "HA connection refused: bad handshake");
+            return;
+        }
+    };
+    let start = match admit(ctx, &hello) {
+        Ok(start) => start,
+        Err(reason) => {
+            tracing::warn!(%peer, shard = hello.shard, slave = hello.broker_id, %reason, "HA connection refused");
+            let _ = Welcome::Refused { reason }.write(&mut stream);
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
+    };
+    if let Err(err) = (Welcome::Accepted { start }).write(&mut stream) {
+        tracing::warn!(%peer, %err, "HA handshake failed");
+        return;
+    }
+    let shard = usize::from(hello.shard);
+    let replicas = &ctx.shared.replicas[shard];
+    let inbox = &ctx.shared.inboxes[shard];
+    let link = replicas.connect(peer, hello.broker_id, start);
+    tracing::info!(%peer, shard, slave = hello.broker_id, start, "slave connected");
+    let closed = Arc::new(AtomicBool::new(false));
+    let reader = match stream.try_clone() {
+        Ok(input) => {
+            let ctx = Arc::clone(ctx);
+            let link = Arc::clone(&link);
+            let closed = Arc::clone(&closed);
+            std::thread::Builder::new()
+                .name("ha-acks".into())
+                .spawn(move || {
+                    let reason = read_reports(&ctx, shard, input, &link);
+                    closed.store(true, Ordering::SeqCst);
+                    reason
+                })
+                .ok()
+        }
+        Err(_) => None,
+    };
+    let reason = match reader {
+        Some(_) => stream_log(ctx, shard, &mut stream, start, &link, &closed),
+        None => "cannot start the report reader".to_owned(),
+    };
+    let _ = stream.shutdown(Shutdown::Both);
+    let reader_reason = reader.and_then(|r| r.join().ok());
+    replicas.disconnect(&link, inbox);
+    tracing::warn!(
+        %peer,
+        shard,
+        slave = hello.broker_id,
+        reason = %reader_reason.filter(|r| !r.is_empty()).unwrap_or(reason),
+        "slave disconnected"
+    );
+}
+
+/// Checks a HELLO against this broker; returns where to stream from.
+fn admit(ctx: &HaContext, hello: &Hello) -> Result<u64, String> {
+    let config = &ctx.shared.config;
+    if config.broker_role == BrokerRole::Slave {
+        return Err("this broker is a slave; replicate from its master".into());
+    }
+    if hello.cluster != config.cluster_name || hello.broker_name != config.broker_name {
+        return Err(format!(
+            "the peer is {}/{}, another broker group than this master's {}/{}",
+            hello.cluster, hello.broker_name, config.cluster_name, config.broker_name
+        ));
+    }
+    if hello.broker_id <= 0 {
+        return Err(format!("broker id {} is not a slave's", hello.broker_id));
+    }
+    if usize::from(hello.shard_count) != ctx.shards.len() {
+        return Err(format!(
+            "the slave has {} shards, this master {}: shard logs cannot match",
+            hello.shard_count,
+            ctx.shards.len()
+        ));
+    }
+    let Some((watch, store)) = ctx.shards.get(usize::from(hello.shard)) else {
+        return Err(format!("no shard {}", hello.shard));
+    };
+    if hello.segment_bytes != store.segment_bytes {
+        return Err(format!(
+            "the slave's segments are {} bytes, this master's {}",
+            hello.segment_bytes, store.segment_bytes
+        ));
+    }
+    let base = store.base_offset();
+    let offset = hello.offset;
+    if offset >> ringmq_storage::SHARD_SHIFT != base >> ringmq_storage::SHARD_SHIFT {
+        return Err(format!(
+            "offset {offset} is not in shard {}'s log",
+            hello.shard
+        ));
+    }
+    let (min, written) = (watch.min_offset(), watch.written());
+    if offset > written {
+        return Err(format!(
+            "the slave's log ends at {offset}, past this master's end {written}: the logs \
+             diverged (copy the slave's store again)"
+        ));
+    }
+    if offset == base && min > base {
+        // An empty slave copies everything the master still has.
+        return Ok(min);
+    }
+    if offset < min {
+        return Err(format!(
+            "the slave's log ends at {offset}, before this master's oldest data {min}: clear \
+             the slave's store to copy again"
+        ));
+    }
+    if offset < written {
+        // The slave's end must be one of this log's chunk boundaries.
+        let mut probe = Vec::new();
+        match LogReader::new(store).read_chunks(offset, written, 0, &mut probe) {
+            Ok(_) => {}
+            Err(LogReadError::NotAChunk(_)) => {
+                return Err(format!(
+                    "the slave's log ends at {offset}, inside a chunk of this master's log: \
+                     the logs diverged (copy the slave's store again)"
+                ));
+            }
+            Err(err) => return Err(format!("cannot read the log at {offset}: {err}")),
+        }
+    }
+    Ok(offset)
+}
+
+/// Sends the log from `start` as it grows; heartbeat frames while idle. Returns why it ended.
+fn stream_log(
+    ctx: &HaContext,
+    shard: usize,
+    stream: &mut TcpStream,
+    start: u64,
+    link: &super::state::SlaveLink,
+    closed: &AtomicBool,
+) -> String {
+    let config = &ctx.shared.config;
+    let (watch, store) = &ctx.shards[shard];
+    let mut reader = LogReader::new(store);
+    let heartbeat = Duration::from_millis(config.ha_heartbeat_interval_ms);
+    let batch = config.ha_transfer_batch_bytes;
+    let mut buf: Vec<u8> = Vec::with_capacity(FRAME_HEADER_BYTES + batch);
+    let mut position = start;
+    let mut last_frame = Instant::now();
+    loop {
+        if closed.load(Ordering::SeqCst) {
+            return String::new();
+        }
+        if ctx.stop.load(Ordering::SeqCst) {
+            return "the master is stopping".into();
+        }
+        let written = watch.wait_past(Mark::Written, position, IDLE_CHECK.min(heartbeat));
+        if written > position {
+            buf.clear();
+            buf.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
+            let run = match reader.read_chunks(position, written, batch, &mut buf) {
+                Ok(run) => run,
+                Err(err) => return format!("cannot read the log at {position}: {err}"),
+            };
+            if run.bytes > 0 {
+                buf[..FRAME_HEADER_BYTES].copy_from_slice(&frame_header(run.position, run.bytes));
+                if let Err(err) = stream.write_all(&buf) {
+                    return format!("write: {err}");
+                }
+                link.sent(run.position + run.bytes as u64);
+                last_frame = Instant::now();
+            } else if run.next == position {
+                return format!("no progress reading the log at {position}");
+            }
+            position = run.next;
+        } else if last_frame.elapsed() >= heartbeat {
+            if let Err(err) = stream.write_all(&frame_header(position, 0)) {
+                return format!("write: {err}");
+            }
+            last_frame = Instant::now();
+        }
+    }
+}
+
+/// Reads the slave's 8-byte reports until the connection ends; returns why it ended.
+fn read_reports(
+    ctx: &HaContext,
+    shard: usize,
+    mut input: TcpStream,
+    link: &super::state::SlaveLink,
+) -> String {
+    let housekeeping = Duration::from_millis(ctx.shared.config.ha_housekeeping_interval_ms);
+    let _ = input.set_read_timeout(Some(housekeeping));
+    let replicas = &ctx.shared.replicas[shard];
+    let inbox = &ctx.shared.inboxes[shard];
+    let (watch, _) = &ctx.shards[shard];
+    let mut report = [0u8; 8];
+    loop {
+        if let Err(err) = input.read_exact(&mut report) {
+            let _ = input.shutdown(Shutdown::Both);
+            return match err.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => format!(
+                    "no report from the slave for {} ms",
+                    housekeeping.as_millis()
+                ),
+                std::io::ErrorKind::UnexpectedEof => "the slave closed the connection".into(),
+                _ => format!("read: {err}"),
+            };
+        }
+        let offset = i64::from_be_bytes(report);
+        let written = watch.written();
+        if offset < 0 || offset as u64 > written {
+            let _ = input.shutdown(Shutdown::Both);
+            return format!(
+                "the slave reported holding {offset}, past this master's end {written}; \
+                 closing the connection"
+            );
+        }
+        replicas.acknowledge(link, offset as u64, inbox);
+    }
+}

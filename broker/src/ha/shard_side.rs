@@ -1,0 +1,91 @@
+//! Replication work that must run on a shard, because the shard owns the store: a slave
+//! shard's replica task (it writes what the HA thread received), and a SYNC_MASTER send
+//! waiting for a slave to hold its bytes.
+
+use std::{rc::Rc, task::Poll, time::Duration};
+
+use ringmq_protocol::ResponseCode;
+
+use super::slave::ReplicaCommand;
+use crate::shard::ShardCtx;
+
+/// A slave shard's replica task: applies the HA thread's commands in order. Frames are taken
+/// one after another (each `replicate` returns once its chunks are queued for writing, so
+/// writes still overlap); parked pulls are woken once a frame's bytes are readable.
+pub(crate) async fn serve_replica(ctx: Rc<ShardCtx>, commands: flume::Receiver<ReplicaCommand>) {
+    while let Ok(command) = commands.recv_async().await {
+        match command {
+            ReplicaCommand::Position { reply } => {
+                let _ = reply.send((ctx.store.log_end(), ctx.store.is_pristine()));
+            }
+            ReplicaCommand::StartAt { position, reply } => {
+                let result = ctx.store.start_at(position).await;
+                let _ = reply.send(result.map_err(|e| e.to_string()));
+            }
+            ReplicaCommand::Data {
+                position,
+                bytes,
+                refused,
+            } => match ctx.store.replicate(position, bytes).await {
+                Ok(end) => {
+                    if ctx.longpoll.parked() > 0 {
+                        let waker = Rc::clone(&ctx);
+                        compio::runtime::spawn(async move {
+                            if waker.store.wait_acknowledged(end).await.is_ok() {
+                                waker.longpoll.arrived_anywhere();
+                            }
+                        })
+                        .detach();
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(shard = ctx.id, position, %err, "replicated data refused");
+                    let _ = refused.try_send(err.to_string());
+                }
+            },
+        }
+    }
+}
+
+/// SYNC_MASTER: waits until a slave holds everything below `end`. `Err` carries the code
+/// the producer gets (PROTOCOL.md §8.4); the message is stored on the master either way.
+pub(crate) async fn wait_for_slave(ctx: &ShardCtx, end: u64) -> Result<(), ResponseCode> {
+    let config = &ctx.shared.config;
+    let replicas = &ctx.shared.replicas[ctx.id];
+    if replicas.connected() == 0 {
+        return Err(ResponseCode::SlaveNotAvailable);
+    }
+    if replicas.acked() >= end {
+        return Ok(());
+    }
+    let written = ctx.store.watch().written();
+    if written.saturating_sub(replicas.acked()) > config.ha_slave_fallbehind_max_bytes {
+        return Err(ResponseCode::SlaveNotAvailable);
+    }
+    replicas.start_waiting();
+    let wait = std::future::poll_fn(|cx| {
+        // `start_waiting` came first: an acknowledgement after this check queues a wake.
+        if replicas.acked() >= end {
+            return Poll::Ready(Ok(()));
+        }
+        if replicas.connected() == 0 {
+            return Poll::Ready(Err(ResponseCode::SlaveNotAvailable));
+        }
+        ctx.slave_waiters.register(end, cx.waker().clone());
+        Poll::Pending
+    });
+    let outcome = compio::time::timeout(Duration::from_millis(config.slave_timeout_ms), wait).await;
+    replicas.stop_waiting();
+    outcome.unwrap_or(Err(ResponseCode::FlushSlaveTimeout))
+}
+
+/// The HA threads say a slave holds more: wake the sends it covers.
+pub(crate) fn replica_acked(ctx: &ShardCtx) {
+    let replicas = &ctx.shared.replicas[ctx.id];
+    replicas.wake_taken();
+    if replicas.connected() == 0 {
+        ctx.slave_waiters.wake_all();
+    } else {
+        ctx.slave_waiters.wake_up_to(replicas.acked());
+    }
+}

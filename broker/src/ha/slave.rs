@@ -1,0 +1,331 @@
+//! The slave's side: per shard, a thread that connects to the master's HA port, says where
+//! its log ends, hands each frame to its shard (which verifies and writes it) and a second
+//! thread that reports what the shard holds. On any error it drops the connection and
+//! reconnects after `haReconnectInterval`, continuing from wherever its log then ends.
+
+use std::{
+    io::Read,
+    net::{Shutdown, TcpStream, ToSocketAddrs},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use bytes::BytesMut;
+use ringmq_storage::{FlushMode, LogWatch, Mark};
+
+use super::wire::{FRAME_HEADER_BYTES, Hello, Welcome, parse_frame_header};
+use crate::shared::BrokerShared;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the reporter checks for a refused frame or stop while the mark does not move.
+const IDLE_CHECK: Duration = Duration::from_millis(200);
+
+/// Work for a slave shard's replica task (it owns the store; these threads do not).
+#[derive(Debug)]
+pub(crate) enum ReplicaCommand {
+    /// Where does the log end, and is the store empty?
+    Position { reply: flume::Sender<(u64, bool)> },
+    /// Move the empty store to start at the master's oldest segment.
+    StartAt {
+        position: u64,
+        reply: flume::Sender<Result<(), String>>,
+    },
+    /// Chunks from the master, for `position`; a refusal goes to `refused`.
+    Data {
+        position: u64,
+        bytes: bytes::Bytes,
+        refused: flume::Sender<String>,
+    },
+}
+
+/// The running replication threads of a slave.
+#[derive(Debug)]
+pub(crate) struct HaClient {
+    stop: flume::Sender<()>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// What each shard's thread needs.
+struct ShardLink {
+    shared: Arc<BrokerShared>,
+    shard: usize,
+    watch: Arc<LogWatch>,
+    segment_bytes: u64,
+    commands: flume::Sender<ReplicaCommand>,
+    stop: flume::Receiver<()>,
+}
+
+impl HaClient {
+    /// Starts one thread per shard; `shards[i]` is shard i's log watch and replica queue.
+    pub(crate) fn start(
+        shared: &Arc<BrokerShared>,
+        shards: Vec<(Arc<LogWatch>, flume::Sender<ReplicaCommand>)>,
+    ) -> std::io::Result<Self> {
+        let (stop, stopped) = flume::bounded(0);
+        let mut threads = Vec::new();
+        for (shard, (watch, commands)) in shards.into_iter().enumerate() {
+            let link = ShardLink {
+                shared: Arc::clone(shared),
+                shard,
+                watch,
+                segment_bytes: shared.config.segment_bytes,
+                commands,
+                stop: stopped.clone(),
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("ha-slave-{shard}"))
+                    .spawn(move || run(&link))?,
+            );
+        }
+        Ok(Self { stop, threads })
+    }
+
+    /// Ends every thread (dropping the stop sender wakes their waits).
+    pub(crate) fn stop(self) {
+        drop(self.stop);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl ShardLink {
+    fn stopping(&self) -> bool {
+        self.shared.stopping() || self.stop.is_disconnected()
+    }
+
+    /// Waits `duration` or until stopped.
+    fn pause(&self, duration: Duration) {
+        let _ = self.stop.recv_timeout(duration);
+    }
+
+    fn progress(&self) -> &super::state::SlaveProgress {
+        &self.shared.slave_progress[self.shard]
+    }
+}
+
+fn run(link: &ShardLink) {
+    let reconnect = Duration::from_millis(link.shared.config.ha_reconnect_interval_ms);
+    let mut last_error = String::new();
+    while !link.stopping() {
+        let Some(addr) = link.shared.master.ha_addr() else {
+            link.pause(reconnect.min(Duration::from_millis(500)));
+            continue;
+        };
+        let outcome = session(link, &addr);
+        link.progress().connected.store(false, Ordering::SeqCst);
+        if link.stopping() {
+            break;
+        }
+        match outcome {
+            Ok(()) => {}
+            Err(reason) => {
+                // Once per distinct failure: a master that is down for minutes is one line.
+                if reason != last_error {
+                    tracing::warn!(shard = link.shard, master = %addr, %reason, "replication stopped; will reconnect");
+                    last_error = reason;
+                }
+            }
+        }
+        link.pause(reconnect);
+    }
+}
+
+/// Asks the shard something and waits for the answer.
+fn ask<T>(
+    link: &ShardLink,
+    command: impl FnOnce(flume::Sender<T>) -> ReplicaCommand,
+) -> Result<T, String> {
+    let (reply, answer) = flume::bounded(1);
+    link.commands
+        .send(command(reply))
+        .map_err(|_| "the shard is gone".to_owned())?;
+    answer
+        .recv()
+        .map_err(|_| "the shard did not answer".to_owned())
+}
+
+/// One connection: handshake, then frames until an error or stop.
+fn session(link: &ShardLink, addr: &str) -> Result<(), String> {
+    let config = &link.shared.config;
+    let target = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr} does not resolve"))?;
+    let mut stream = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT)
+        .map_err(|e| format!("connect: {e}"))?;
+    let housekeeping = Duration::from_millis(config.ha_housekeeping_interval_ms);
+    let _ = stream.set_nodelay(true);
+    stream
+        .set_read_timeout(Some(housekeeping))
+        .and_then(|()| stream.set_write_timeout(Some(housekeeping)))
+        .map_err(|e| format!("socket options: {e}"))?;
+    let (end, pristine) = ask(link, |reply| ReplicaCommand::Position { reply })?;
+    let hello = Hello {
+        shard: link.shard as u16,
+        shard_count: link.shared.shard_count() as u16,
+        segment_bytes: link.segment_bytes,
+        broker_id: config.broker_id,
+        offset: end,
+        cluster: config.cluster_name.clone(),
+        broker_name: config.broker_name.clone(),
+    };
+    std::io::Write::write_all(&mut stream, &hello.encode()).map_err(|e| format!("write: {e}"))?;
+    let start = match Welcome::read(&mut stream).map_err(|e| format!("handshake: {e}"))? {
+        Welcome::Accepted { start } => start,
+        Welcome::Refused { reason } => return Err(format!("the master refused: {reason}")),
+    };
+    if start != end {
+        if !(pristine && start > end) {
+            return Err(format!(
+                "the master streams from {start} but this log ends at {end}"
+            ));
+        }
+        ask(link, |reply| ReplicaCommand::StartAt {
+            position: start,
+            reply,
+        })??;
+    }
+    tracing::info!(shard = link.shard, master = %addr, start, "replicating");
+    link.progress().connected.store(true, Ordering::SeqCst);
+    let (refused, refusals) = flume::bounded::<String>(4);
+    let closed = Arc::new(AtomicBool::new(false));
+    let reporter = {
+        let output = stream
+            .try_clone()
+            .map_err(|e| format!("socket clone: {e}"))?;
+        let watch = Arc::clone(&link.watch);
+        let closed = Arc::clone(&closed);
+        let mark = match config.flush_mode {
+            FlushMode::Async => Mark::Written,
+            FlushMode::Sync => Mark::Durable,
+        };
+        let heartbeat = Duration::from_millis(config.ha_heartbeat_interval_ms);
+        let stop = link.stop.clone();
+        let shared = Arc::clone(&link.shared);
+        std::thread::Builder::new()
+            .name("ha-report".into())
+            .spawn(move || {
+                let reason = report(
+                    output, &watch, mark, heartbeat, &closed, &refusals, &stop, &shared,
+                );
+                closed.store(true, Ordering::SeqCst);
+                reason
+            })
+            .map_err(|e| format!("cannot start the reporter: {e}"))?
+    };
+    let outcome = receive(link, &mut stream, start, &closed, &refused);
+    closed.store(true, Ordering::SeqCst);
+    let _ = stream.shutdown(Shutdown::Both);
+    let reporter_reason = reporter.join().ok().flatten();
+    match (reporter_reason, outcome) {
+        (Some(reason), _) | (None, Err(reason)) => Err(reason),
+        (None, Ok(())) => Ok(()),
+    }
+}
+
+/// Reads frames and hands them to the shard, in order.
+fn receive(
+    link: &ShardLink,
+    stream: &mut TcpStream,
+    start: u64,
+    closed: &AtomicBool,
+    refused: &flume::Sender<String>,
+) -> Result<(), String> {
+    // A frame holds whole chunks: never more than a segment.
+    let max_frame = link.segment_bytes.min(u64::from(u32::MAX >> 1));
+    let mut expected = start;
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    let progress = link.progress();
+    loop {
+        if closed.load(Ordering::SeqCst) || link.stopping() {
+            return Ok(());
+        }
+        if let Err(err) = stream.read_exact(&mut header) {
+            return Err(match err.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                    "the master sent nothing within the housekeeping interval".into()
+                }
+                std::io::ErrorKind::UnexpectedEof => "the master closed the connection".into(),
+                _ => format!("read: {err}"),
+            });
+        }
+        let (offset, size) = parse_frame_header(&header);
+        if offset < 0 || size < 0 || size as u64 > max_frame {
+            return Err(format!(
+                "bad frame from the master: offset {offset}, size {size}"
+            ));
+        }
+        let (offset, size) = (offset as u64, size as usize);
+        progress
+            .master_offset
+            .store(offset + size as u64, Ordering::SeqCst);
+        progress
+            .master_seen_ms
+            .store(crate::now_ms() as u64, Ordering::SeqCst);
+        if size == 0 {
+            continue;
+        }
+        // Frames continue where the last one ended, or at a later segment's start.
+        if offset < expected {
+            return Err(format!(
+                "the master sent data for {offset}, before this log's end {expected}"
+            ));
+        }
+        let mut body = BytesMut::zeroed(size);
+        stream
+            .read_exact(&mut body)
+            .map_err(|e| format!("read: {e}"))?;
+        expected = offset + size as u64;
+        link.commands
+            .send(ReplicaCommand::Data {
+                position: offset,
+                bytes: body.freeze(),
+                refused: refused.clone(),
+            })
+            .map_err(|_| "the shard is gone".to_owned())?;
+    }
+}
+
+/// Reports the shard's mark whenever it moves, and every heartbeat interval. Returns why the
+/// session must end, if it is for a reason of its own (a refused frame).
+#[allow(clippy::too_many_arguments)]
+fn report(
+    mut output: TcpStream,
+    watch: &LogWatch,
+    mark: Mark,
+    heartbeat: Duration,
+    closed: &AtomicBool,
+    refusals: &flume::Receiver<String>,
+    stop: &flume::Receiver<()>,
+    shared: &BrokerShared,
+) -> Option<String> {
+    let mut reported = watch.get(mark);
+    let mut last_report: Option<Instant> = None;
+    loop {
+        if closed.load(Ordering::SeqCst) || shared.stopping() || stop.is_disconnected() {
+            return None;
+        }
+        if let Ok(reason) = refusals.try_recv() {
+            let _ = output.shutdown(Shutdown::Both);
+            return Some(format!("the shard refused replicated data: {reason}"));
+        }
+        let value = watch.wait_past(mark, reported, IDLE_CHECK.min(heartbeat));
+        let due = last_report.is_none_or(|at| at.elapsed() >= heartbeat);
+        if value > reported || due {
+            if let Err(err) = std::io::Write::write_all(&mut output, &(value as i64).to_be_bytes())
+            {
+                let _ = output.shutdown(Shutdown::Both);
+                return Some(format!("report: {err}"));
+            }
+            reported = value;
+            last_report = Some(Instant::now());
+        }
+    }
+}
