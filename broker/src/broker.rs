@@ -13,8 +13,9 @@ use ringmq_namesrv::{NameServer, NamesrvConfig};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::{
-    config::BrokerConfig,
+    config::{BrokerConfig, BrokerRole},
     error::BrokerError,
+    ha::metadata_sync::MetadataSync,
     metrics::{BrokerMetrics, MetricsServer},
     registration::Registration,
     shard::{self, ShardSetup},
@@ -30,6 +31,8 @@ pub struct Broker {
     shared: Arc<BrokerShared>,
     shards: Vec<JoinHandle<()>>,
     registration: Option<Registration>,
+    /// Slaves: copies topics and consumer offsets from the master.
+    metadata_sync: Option<MetadataSync>,
     namesrv: Option<NameServer>,
     metrics_server: Option<MetricsServer>,
     listen_addr: SocketAddr,
@@ -84,6 +87,7 @@ impl Broker {
             shared: Arc::clone(&shared),
             shards: Vec::with_capacity(shard_count),
             registration: None,
+            metadata_sync: None,
             namesrv,
             metrics_server: None,
             listen_addr: store_host,
@@ -128,6 +132,12 @@ impl Broker {
             Registration::start(Arc::clone(&shared), namesrv_addrs, register_wake)
                 .map_err(|e| BrokerError::io("cannot start the registration thread", e))?,
         );
+        if shared.config.broker_role == BrokerRole::Slave {
+            broker.metadata_sync = Some(
+                MetadataSync::start(Arc::clone(&shared))
+                    .map_err(|e| BrokerError::io("cannot start the metadata sync thread", e))?,
+            );
+        }
         if let Some(port) = metrics_port {
             let server = MetricsServer::start(
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
@@ -170,6 +180,10 @@ impl Broker {
             return;
         }
         let _ = self.shared.register_now.try_send(());
+        // Before the shards stop: a sync applied after a shard's last save would be lost.
+        if let Some(sync) = self.metadata_sync.take() {
+            sync.join();
+        }
         if let Some(registration) = self.registration.take() {
             registration.join();
         }

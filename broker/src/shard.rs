@@ -301,6 +301,12 @@ async fn serve(setup: ShardSetup) -> Result<(), String> {
                 compio::runtime::spawn(handler::query_key_here(Rc::clone(&ctx), query, reply))
                     .detach();
             }
+            ShardMessage::CollectOffsets { reply } => {
+                let _ = reply.send(ctx.offsets.borrow().to_body());
+            }
+            ShardMessage::ApplyMasterOffsets { offsets, reply } => {
+                let _ = reply.send(handler::apply_master_offsets(&ctx, &offsets));
+            }
             ShardMessage::Stop => {
                 ctx.stopping.set(true);
                 ctx.stop.notify();
