@@ -15,7 +15,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::{
     config::{BrokerConfig, BrokerRole},
     error::BrokerError,
-    ha::{master::HaServer, slave::HaClient},
+    ha::{master::HaServer, metadata_sync::MetadataSync, slave::HaClient},
     metrics::{BrokerMetrics, MetricsServer},
     registration::Registration,
     shard::{self, ShardSetup},
@@ -33,6 +33,8 @@ pub struct Broker {
     registration: Option<Registration>,
     ha_server: Option<HaServer>,
     ha_client: Option<HaClient>,
+    /// Slaves: copies topics and consumer offsets from the master.
+    metadata_sync: Option<MetadataSync>,
     namesrv: Option<NameServer>,
     metrics_server: Option<MetricsServer>,
     listen_addr: SocketAddr,
@@ -51,7 +53,7 @@ impl Broker {
         check_shard_count(&config.store_dir, config.shards)?;
 
         let shard_count = config.shards;
-        let (port, mut listeners, ha_listener) = bind_listeners(config.listen_port, shard_count)?;
+        let (port, listeners, ha_listener) = bind_listeners(config.listen_port, shard_count)?;
         config.listen_port = port;
         let store_host = SocketAddr::new(config.broker_ip, port);
 
@@ -81,7 +83,6 @@ impl Broker {
             register_now,
         ));
 
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let (drained, drained_reports) = std::sync::mpsc::channel();
         let mut broker = Self {
             shared: Arc::clone(&shared),
@@ -89,11 +90,56 @@ impl Broker {
             registration: None,
             ha_server: None,
             ha_client: None,
+            metadata_sync: None,
             namesrv,
             metrics_server: None,
             listen_addr: store_host,
             drained: drained_reports,
         };
+        let (watches, replica_senders) = broker.start_shards(
+            &shared,
+            inbox_receivers,
+            listeners,
+            topic_change_receiver,
+            &drained,
+        )?;
+        broker.start_replication(&shared, ha_listener, watches, replica_senders)?;
+        broker.registration = Some(
+            Registration::start(Arc::clone(&shared), namesrv_addrs, register_wake)
+                .map_err(|e| BrokerError::io("cannot start the registration thread", e))?,
+        );
+        if let Some(port) = metrics_port {
+            let server = MetricsServer::start(
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+                metrics,
+            )
+            .map_err(|e| BrokerError::io("cannot start the metrics endpoint", e))?;
+            broker.metrics_server = Some(server);
+        }
+        tracing::info!(addr = %store_host, shards = shard_count, "broker started");
+        Ok(broker)
+    }
+
+    /// Starts the shard threads one by one (shard 0 first: it owns the topic table, which
+    /// the others read from their first request) and waits until each serves. Returns each
+    /// shard's log watch and, on a slave, the queues of their replica tasks.
+    #[allow(clippy::type_complexity)]
+    fn start_shards(
+        &mut self,
+        shared: &Arc<BrokerShared>,
+        inbox_receivers: Vec<flume::Receiver<ShardMessage>>,
+        mut listeners: Vec<Vec<StdListener>>,
+        topic_change_receiver: flume::Receiver<crate::shared::TopicChange>,
+        drained: &std::sync::mpsc::Sender<usize>,
+    ) -> Result<
+        (
+            Vec<Arc<ringmq_storage::LogWatch>>,
+            Vec<flume::Sender<crate::ha::slave::ReplicaCommand>>,
+        ),
+        BrokerError,
+    > {
+        let shard_count = inbox_receivers.len();
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
         // Shard 0 first: it owns the topic table, which the others read from their first request.
         let mut topic_change_receiver = Some(topic_change_receiver);
         let is_slave = shared.config.broker_role == BrokerRole::Slave;
@@ -110,7 +156,7 @@ impl Broker {
             let drained = drained.clone();
             let setup = ShardSetup {
                 id,
-                shared: Arc::clone(&shared),
+                shared: Arc::clone(shared),
                 inbox,
                 listeners: std::mem::take(&mut listeners[id]),
                 topic_changes: if id == 0 {
@@ -127,7 +173,7 @@ impl Broker {
                 .name(format!("shard-{id}"))
                 .spawn(move || shard::run(setup))
                 .map_err(|e| BrokerError::io("cannot start a shard thread", e))?;
-            broker.shards.push(thread);
+            self.shards.push(thread);
             match ready_answer.recv() {
                 Ok(Ok(watch)) => watches.push(watch),
                 Ok(Err(reason)) => return Err(BrokerError::Shard { shard: id, reason }),
@@ -139,37 +185,39 @@ impl Broker {
                 }
             }
         }
-        // The HA port serves on every broker: a slave's answers every HELLO with a refusal.
+        Ok((watches, replica_senders))
+    }
+
+    /// Starts the HA side threads: the HA port on every broker (a slave's refuses every HELLO
+    /// with its reason), and on a slave the per-shard replication and the metadata sync.
+    fn start_replication(
+        &mut self,
+        shared: &Arc<BrokerShared>,
+        ha_listener: StdListener,
+        watches: Vec<Arc<ringmq_storage::LogWatch>>,
+        replica_senders: Vec<flume::Sender<crate::ha::slave::ReplicaCommand>>,
+    ) -> Result<(), BrokerError> {
         let ha_shards = watches
             .iter()
             .enumerate()
-            .map(|(id, watch)| (Arc::clone(watch), shard::store_config(&shared, id)))
+            .map(|(id, watch)| (Arc::clone(watch), shard::store_config(shared, id)))
             .collect();
-        broker.ha_server = Some(
-            HaServer::start(Arc::clone(&shared), ha_listener, ha_shards)
+        self.ha_server = Some(
+            HaServer::start(Arc::clone(shared), ha_listener, ha_shards)
                 .map_err(|e| BrokerError::io("cannot start the HA server", e))?,
         );
-        if is_slave {
+        if shared.config.broker_role == BrokerRole::Slave {
             let links = watches.into_iter().zip(replica_senders).collect();
-            broker.ha_client = Some(
-                HaClient::start(&shared, links)
+            self.ha_client = Some(
+                HaClient::start(shared, links)
                     .map_err(|e| BrokerError::io("cannot start replication", e))?,
             );
+            self.metadata_sync = Some(
+                MetadataSync::start(Arc::clone(shared))
+                    .map_err(|e| BrokerError::io("cannot start the metadata sync thread", e))?,
+            );
         }
-        broker.registration = Some(
-            Registration::start(Arc::clone(&shared), namesrv_addrs, register_wake)
-                .map_err(|e| BrokerError::io("cannot start the registration thread", e))?,
-        );
-        if let Some(port) = metrics_port {
-            let server = MetricsServer::start(
-                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
-                metrics,
-            )
-            .map_err(|e| BrokerError::io("cannot start the metrics endpoint", e))?;
-            broker.metrics_server = Some(server);
-        }
-        tracing::info!(addr = %store_host, shards = shard_count, "broker started");
-        Ok(broker)
+        Ok(())
     }
 
     /// The address clients use (`brokerIP1:listenPort`); `listenPort - 2` serves the same.
@@ -202,6 +250,10 @@ impl Broker {
             return;
         }
         let _ = self.shared.register_now.try_send(());
+        // Before the shards stop: a sync applied after a shard's last save would be lost.
+        if let Some(sync) = self.metadata_sync.take() {
+            sync.join();
+        }
         if let Some(registration) = self.registration.take() {
             registration.join();
         }

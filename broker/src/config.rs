@@ -485,6 +485,33 @@ impl BrokerConfig {
         Ok(())
     }
 
+    /// The replication keys' ranges.
+    fn validate_replication(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("slaveTimeout", self.slave_timeout_ms),
+            ("haSendHeartbeatInterval", self.ha_heartbeat_interval_ms),
+            ("haHousekeepingInterval", self.ha_housekeeping_interval_ms),
+            ("haReconnectInterval", self.ha_reconnect_interval_ms),
+            ("metadataSyncInterval", self.metadata_sync_interval_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    value: "0".into(),
+                    expected: "at least 1 ms",
+                });
+            }
+        }
+        if self.ha_transfer_batch_bytes < 4096 {
+            return Err(ConfigError::Invalid {
+                key: "haTransferBatchSize",
+                value: self.ha_transfer_batch_bytes.to_string(),
+                expected: "at least 4096 bytes",
+            });
+        }
+        Ok(())
+    }
+
     /// Checks values against each other and their ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &'static str, value: String, expected: &'static str| {
@@ -519,24 +546,7 @@ impl BrokerConfig {
         if self.cross_shard_queue_capacity == 0 {
             return invalid("crossShardQueueCapacity", "0".into(), "a positive integer");
         }
-        for (key, value) in [
-            ("slaveTimeout", self.slave_timeout_ms),
-            ("haSendHeartbeatInterval", self.ha_heartbeat_interval_ms),
-            ("haHousekeepingInterval", self.ha_housekeeping_interval_ms),
-            ("haReconnectInterval", self.ha_reconnect_interval_ms),
-            ("metadataSyncInterval", self.metadata_sync_interval_ms),
-        ] {
-            if value == 0 {
-                return invalid(key, "0".into(), "at least 1 ms");
-            }
-        }
-        if self.ha_transfer_batch_bytes < 4096 {
-            return invalid(
-                "haTransferBatchSize",
-                self.ha_transfer_batch_bytes.to_string(),
-                "at least 4096 bytes",
-            );
-        }
+        self.validate_replication()?;
         if self.broker_id < 0 {
             return invalid("brokerId", self.broker_id.to_string(), "0 or more");
         }

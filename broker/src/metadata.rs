@@ -2,8 +2,9 @@
 //! (`<store>/config/topics.json`) before publishing the new snapshot every shard reads.
 //!
 //! Changes arrive from any shard as [`TopicChange`]s (UPDATE_AND_CREATE_TOPIC, auto-creation on
-//! send, retry topics on heartbeat, DELETE_TOPIC_IN_BROKER) and are applied one at a time, so two
-//! shards creating the same topic at once both see it created once.
+//! send, retry topics on heartbeat, DELETE_TOPIC_IN_BROKER), and on a slave from its metadata
+//! sync (the master's whole table, `crate::ha::metadata_sync`). They are applied one at a time,
+//! so two shards creating the same topic at once both see it created once.
 //!
 //! Deleting a topic removes its config only. Its stored messages stay where they are: the
 //! records in the commit log until retention removes their segment by age, the consume-queue
@@ -11,8 +12,9 @@
 //! under the same name continues its queues' offsets (and its old messages are readable again);
 //! while it does not exist, sends, pulls and routes for it are refused as for any unknown topic.
 
-use std::sync::Arc;
+use std::{collections::HashSet, sync::Arc};
 
+use ringmq_protocol::body::TopicConfig;
 use ringmq_storage::{io::UringStorage, metadata::TopicConfigTable};
 
 use crate::{
@@ -61,6 +63,11 @@ pub(crate) async fn serve_topic_changes(
 ) {
     while let Ok(change) = changes.recv_async().await {
         let (name, saved, what) = match change.edit {
+            TopicEdit::ReplaceAll(configs) => {
+                let result = replace_all(&shared, &mut table, configs).await;
+                let _ = change.reply.send(result);
+                continue;
+            }
             TopicEdit::Upsert(config) => {
                 let name = config.topic_name.clone();
                 (name, table.upsert(config).await, "created or updated")
@@ -93,11 +100,61 @@ pub(crate) async fn serve_topic_changes(
     }
 }
 
-/// Creates or updates a topic through the table's writer and waits until every shard can see it.
-pub(crate) async fn apply(
+/// A slave taking its master's topic table: one save, one publish, and a re-registration, all
+/// only when something changed (a sync every 10 s must not re-register every 10 s).
+///
+/// The slave's template topic stays when the master has none and auto-creation is on:
+/// [`open_topics`] adds it back at every start anyway, so dropping it would only make the table
+/// (and the NameServer's view) flap across restarts.
+async fn replace_all(
     shared: &BrokerShared,
-    config: ringmq_protocol::body::TopicConfig,
+    table: &mut TopicConfigTable<UringStorage>,
+    mut configs: Vec<TopicConfig>,
 ) -> Result<(), String> {
+    if shared.config.auto_create_topic
+        && !configs
+            .iter()
+            .any(|config| config.topic_name == topics::AUTO_CREATE_TEMPLATE)
+    {
+        if let Some(template) = table.get(topics::AUTO_CREATE_TEMPLATE) {
+            configs.push(template.clone());
+        }
+    }
+    let (upserted, removed) = count_changes(table, &configs);
+    match table.replace_all(configs).await {
+        Ok(false) => Ok(()),
+        Ok(true) => {
+            publish(shared, table);
+            let _ = shared.register_now.try_send(());
+            tracing::info!(upserted, removed, "topic table copied from the master");
+            Ok(())
+        }
+        Err(err) => {
+            tracing::error!(%err, "cannot save the topic table copied from the master");
+            Err(format!("cannot save the topic table: {err}"))
+        }
+    }
+}
+
+/// How many topics replacing `table` by `configs` creates or changes, and how many it removes.
+fn count_changes(
+    table: &TopicConfigTable<UringStorage>,
+    configs: &[TopicConfig],
+) -> (usize, usize) {
+    let upserted = configs
+        .iter()
+        .filter(|config| table.get(&config.topic_name) != Some(*config))
+        .count();
+    let names: HashSet<&str> = configs.iter().map(|c| c.topic_name.as_str()).collect();
+    let removed = table
+        .iter()
+        .filter(|config| !names.contains(config.topic_name.as_str()))
+        .count();
+    (upserted, removed)
+}
+
+/// Creates or updates a topic through the table's writer and waits until every shard can see it.
+pub(crate) async fn apply(shared: &BrokerShared, config: TopicConfig) -> Result<(), String> {
     edit(shared, TopicEdit::Upsert(config)).await
 }
 

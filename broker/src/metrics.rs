@@ -365,6 +365,10 @@ pub struct BrokerMetrics {
     pub namesrv_registrations_ok_total: Counter,
     /// NameServer registrations that failed.
     pub namesrv_registrations_failed_total: Counter,
+    /// A slave's metadata syncs with its master that succeeded.
+    pub metadata_syncs_ok_total: Counter,
+    /// A slave's metadata syncs that failed (master unreachable, bad answer, save failed).
+    pub metadata_syncs_failed_total: Counter,
     store_dir: PathBuf,
     broker_name: String,
     started: Instant,
@@ -381,6 +385,8 @@ impl BrokerMetrics {
             producer_groups: Gauge::new(),
             namesrv_registrations_ok_total: Counter::new(),
             namesrv_registrations_failed_total: Counter::new(),
+            metadata_syncs_ok_total: Counter::new(),
+            metadata_syncs_failed_total: Counter::new(),
             store_dir,
             broker_name,
             started: Instant::now(),
@@ -486,7 +492,17 @@ impl BrokerMetrics {
             write_header(out, name, help, "gauge")?;
             writeln!(out, "{name} {}", gauge.get())?;
         }
-        for (name, help, counter) in [
+        for (name, help, counter) in self.broker_counters() {
+            write_header(out, name, help, "counter")?;
+            writeln!(out, "{name} {}", counter.get())?;
+        }
+
+        self.write_disk_usage(out)
+    }
+
+    /// The broker-wide counters: name, help text, counter.
+    fn broker_counters(&self) -> [(&'static str, &'static str, &Counter); 4] {
+        [
             (
                 "ringmq_namesrv_registrations_ok_total",
                 "Registrations with a NameServer that succeeded.",
@@ -497,12 +513,17 @@ impl BrokerMetrics {
                 "Registrations with a NameServer that failed.",
                 &self.namesrv_registrations_failed_total,
             ),
-        ] {
-            write_header(out, name, help, "counter")?;
-            writeln!(out, "{name} {}", counter.get())?;
-        }
-
-        self.write_disk_usage(out)
+            (
+                "ringmq_metadata_syncs_ok_total",
+                "Slave: topic and offset syncs from the master that succeeded.",
+                &self.metadata_syncs_ok_total,
+            ),
+            (
+                "ringmq_metadata_syncs_failed_total",
+                "Slave: topic and offset syncs from the master that failed.",
+                &self.metadata_syncs_failed_total,
+            ),
+        ]
     }
 
     /// Disk usage of the filesystem holding the store directory, measured now. Skipped silently
@@ -1343,6 +1364,8 @@ mod tests {
             "ringmq_producer_groups",
             "ringmq_namesrv_registrations_ok_total",
             "ringmq_namesrv_registrations_failed_total",
+            "ringmq_metadata_syncs_ok_total",
+            "ringmq_metadata_syncs_failed_total",
             "ringmq_disk_used_ratio",
             "ringmq_disk_total_bytes",
             "ringmq_disk_available_bytes",

@@ -172,7 +172,7 @@ fn run(shared: &BrokerShared, addrs: Vec<String>, wake: &flume::Receiver<()>) {
                         // A slave learns where its master is from the answer (§3.3).
                         match answer.header::<RegisterBrokerResponseHeader<'_>>() {
                             Ok(reply) => {
-                                shared.master.learn(reply.master_addr, reply.ha_server_addr)
+                                shared.master.learn(reply.master_addr, reply.ha_server_addr);
                             }
                             Err(err) => {
                                 tracing::warn!(namesrv = %namesrv.addr, %err, "bad registration answer");

@@ -314,6 +314,12 @@ async fn serve(setup: ShardSetup) -> Result<(), String> {
                     .detach();
             }
             ShardMessage::ReplicaAcked => crate::ha::shard_side::replica_acked(&ctx),
+            ShardMessage::CollectOffsets { reply } => {
+                let _ = reply.send(ctx.offsets.borrow().to_body());
+            }
+            ShardMessage::ApplyMasterOffsets { offsets, reply } => {
+                let _ = reply.send(handler::apply_master_offsets(&ctx, &offsets));
+            }
             ShardMessage::Stop => {
                 ctx.stopping.set(true);
                 ctx.stop.notify();

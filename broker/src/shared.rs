@@ -15,7 +15,10 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use ringmq_protocol::{Command, body::TopicConfig};
+use ringmq_protocol::{
+    Command,
+    body::{ConsumerOffsetTable as ConsumerOffsetBody, TopicConfig},
+};
 
 use crate::{
     clients::{ChannelId, ClientRegistry, Notifications, QueueLocks, SubscriptionTable},
@@ -102,6 +105,16 @@ pub(crate) enum ShardMessage {
     },
     /// A slave acknowledged more of this shard's log: wake the SYNC_MASTER sends it covers.
     ReplicaAcked,
+    /// GET_ALL_CONSUMER_OFFSET's part from this shard: a copy of its committed offsets.
+    CollectOffsets {
+        reply: flume::Sender<ConsumerOffsetBody>,
+    },
+    /// A slave's metadata sync: take the master's offsets of the queues this shard owns (all
+    /// shards get the same table); the number of offsets that changed is sent back.
+    ApplyMasterOffsets {
+        offsets: Arc<ConsumerOffsetBody>,
+        reply: flume::Sender<usize>,
+    },
     /// Quiesce: stop accepting and reading requests, report once the shard's connections have
     /// nothing in flight, keep serving forwarded requests.
     Stop,
@@ -116,6 +129,9 @@ pub(crate) enum TopicEdit {
     Upsert(TopicConfig),
     /// Remove the topic's config (DELETE_TOPIC_IN_BROKER); removing an unknown topic is a no-op.
     Delete(String),
+    /// Make the table exactly these topics (a slave copying its master's table), in one save;
+    /// the template topic stays while auto-creation is on. Re-registers only if it changed.
+    ReplaceAll(Vec<TopicConfig>),
 }
 
 /// A change to the broker-wide topic table, handled by its one writer (shard 0).

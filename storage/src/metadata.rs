@@ -407,6 +407,35 @@ impl<S: Storage> TopicConfigTable<S> {
         Ok(Some(config))
     }
 
+    /// Makes the table exactly `configs` (keyed by their names; of two configs with one name the
+    /// later wins) and saves it before returning whether anything changed. An identical table is
+    /// a no-op (no version bump, no I/O).
+    ///
+    /// A slave copies its master's table this way: one save and one version step per sync
+    /// rather than one per changed topic, so the file and the NameServer never see a half-copied
+    /// table. Rolled back on error, like [`upsert`](Self::upsert).
+    pub async fn replace_all(
+        &mut self,
+        configs: impl IntoIterator<Item = TopicConfig>,
+    ) -> Result<bool, MetadataError> {
+        let topics: BTreeMap<String, TopicConfig> = configs
+            .into_iter()
+            .map(|config| (config.topic_name.clone(), config))
+            .collect();
+        if topics == self.topics {
+            return Ok(false);
+        }
+        let version_before = self.data_version;
+        let topics_before = std::mem::replace(&mut self.topics, topics);
+        self.data_version = version_before.next(now_ms());
+        if let Err(error) = self.save().await {
+            self.data_version = version_before;
+            self.topics = topics_before;
+            return Err(error);
+        }
+        Ok(true)
+    }
+
     /// A copy of the table for the REGISTER_BROKER body.
     pub fn to_wrapper(&self) -> TopicConfigSerializeWrapper {
         TopicConfigSerializeWrapper {
@@ -940,6 +969,56 @@ mod tests {
             "no crash fell between tmp write and rename"
         );
         assert!(saw_new, "no crash fell after the rename");
+    }
+
+    /// A whole-table replacement is one save and one version step, a no-op when nothing
+    /// differs, and rolled back (memory and file) when its save fails.
+    #[test]
+    fn replace_all_saves_once_and_rolls_back_on_failure() {
+        let path = Path::new("/store/config/topics.json");
+        run(async {
+            let storage = MemStorage::new();
+            let mut table = TopicConfigTable::open(storage.clone(), path).await.unwrap();
+            table.upsert(topic("Kept", 4)).await.unwrap();
+            table.upsert(topic("Gone", 1)).await.unwrap();
+            let counter = table.data_version().counter;
+
+            let changed = table
+                .replace_all([topic("Kept", 8), topic("New", 2)])
+                .await
+                .unwrap();
+            assert!(changed);
+            assert_eq!(table.data_version().counter, counter + 1);
+            let names: Vec<&str> = table.iter().map(|c| c.topic_name.as_str()).collect();
+            assert_eq!(names, ["Kept", "New"]);
+            assert_eq!(table.get("Kept"), Some(&topic("Kept", 8)));
+
+            // The same table again: nothing written, no version step.
+            let ops = storage.ops();
+            let changed = table
+                .replace_all([topic("New", 2), topic("Kept", 8)])
+                .await
+                .unwrap();
+            assert!(!changed);
+            assert_eq!(storage.ops(), ops);
+            assert_eq!(table.data_version().counter, counter + 1);
+
+            let before = table.to_wrapper();
+            let file_before = storage.file_contents(path).unwrap();
+            storage.set_faults(FaultPlan {
+                fail_sync_at: Some(storage.sync_calls() + 1),
+                ..FaultPlan::default()
+            });
+            assert!(table.replace_all([topic("Other", 1)]).await.is_err());
+            assert_eq!(table.to_wrapper(), before);
+            assert_eq!(storage.file_contents(path).unwrap(), file_before);
+
+            let reopened =
+                TopicConfigTable::open(storage.crash_image(CrashMode::LoseUnsynced), path)
+                    .await
+                    .unwrap();
+            assert_eq!(reopened.to_wrapper(), before);
+        });
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub(crate) mod locator;
 pub(crate) mod master;
+pub(crate) mod metadata_sync;
 pub(crate) mod shard_side;
 pub(crate) mod slave;
 pub(crate) mod state;

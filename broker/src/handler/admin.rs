@@ -127,6 +127,45 @@ pub(super) fn all_topic_config(ctx: &ShardCtx, command: &Command) -> Handled {
     )
 }
 
+/// GET_ALL_CONSUMER_OFFSET (43): every shard's committed offsets merged into one table (a
+/// slave's metadata sync reads it, PROTOCOL.md §8.6). Each queue's offsets live on one shard
+/// only, so the merge never has two values for one queue. Refused rather than answered in part
+/// when a shard cannot answer (the broker stopping): a partial table would read as offsets
+/// that do not exist.
+pub(super) async fn all_consumer_offset(ctx: &ShardCtx, command: &Command) -> Handled {
+    let mut merged = ctx.offsets.borrow().to_body();
+    let mut answers = Vec::with_capacity(ctx.shared.shard_count());
+    for (shard, inbox) in ctx.shared.inboxes.iter().enumerate() {
+        if shard == ctx.id {
+            continue;
+        }
+        let (reply, answer) = flume::bounded(1);
+        if inbox
+            .send_async(ShardMessage::CollectOffsets { reply })
+            .await
+            .is_err()
+        {
+            return error(command, ResponseCode::SystemError, "the broker is stopping");
+        }
+        answers.push(answer);
+    }
+    for answer in answers {
+        let Ok(part) = answer.recv_async().await else {
+            return error(command, ResponseCode::SystemError, "the broker is stopping");
+        };
+        for (key, queues) in part.offset_table {
+            merged.offset_table.entry(key).or_default().extend(queues);
+        }
+    }
+    reply(
+        command,
+        ResponseCode::Success,
+        None,
+        &(),
+        &body::to_vec(&merged),
+    )
+}
+
 pub(super) fn runtime_info(ctx: &ShardCtx, command: &Command) -> Handled {
     let metrics = &ctx.shared.metrics;
     let stored: u64 = metrics

@@ -25,6 +25,7 @@ use ringmq_protocol::{
 use ringmq_storage::SHARD_SHIFT;
 
 pub(crate) use admin::query_key_here;
+pub(crate) use offset::apply_master_offsets;
 pub(crate) use send::append_owned;
 
 use crate::{
@@ -220,6 +221,9 @@ async fn handle(ctx: &Rc<ShardCtx>, command: Command, origin: &Origin) -> Handle
         RequestCode::UpdateAndCreateTopic => Box::pin(admin::create_topic(ctx, &command)).await,
         RequestCode::DeleteTopicInBroker => Box::pin(admin::delete_topic(ctx, &command)).await,
         RequestCode::GetAllTopicConfig => admin::all_topic_config(ctx, &command),
+        RequestCode::GetAllConsumerOffset => {
+            Box::pin(admin::all_consumer_offset(ctx, &command)).await
+        }
         RequestCode::GetBrokerRuntimeInfo => admin::runtime_info(ctx, &command),
         RequestCode::ViewMessageById => Box::pin(admin::view_message(ctx, &command)).await,
         RequestCode::QueryMessage => Box::pin(admin::query_message(ctx, &command)).await,
@@ -246,6 +250,7 @@ fn kind_of(code: RequestCode) -> RequestKind {
         RequestCode::UpdateAndCreateTopic
         | RequestCode::DeleteTopicInBroker
         | RequestCode::GetAllTopicConfig
+        | RequestCode::GetAllConsumerOffset
         | RequestCode::GetBrokerRuntimeInfo
         | RequestCode::ViewMessageById
         | RequestCode::QueryMessage => RequestKind::Admin,

@@ -1,0 +1,475 @@
+//! A slave's copy of its master's topic configs and consumer offsets (PROTOCOL.md §8.6).
+//!
+//! A side thread that, shortly after start and then every `metadataSyncInterval` (10 s), asks
+//! the master for GET_ALL_TOPIC_CONFIG and GET_ALL_CONSUMER_OFFSET over one short-lived remoting
+//! connection, and applies both:
+//! - topics: the slave's table becomes the master's, through the table's one writer on shard 0
+//!   and in one save (`crate::metadata`), so the routes the slave registers match the master's;
+//! - offsets: each shard takes the master's offset of every queue it owns; offsets only the
+//!   slave has stay (`crate::handler::apply_master_offsets` says why).
+//!
+//! Both answers are fetched and checked before either is applied, so a bad answer changes
+//! nothing. A master that is down, refuses or answers garbage leaves the slave's tables as they
+//! are; that is logged once per outage rather than every round, and counted in
+//! `ringmq_metadata_syncs_failed_total`.
+//!
+//! Blocking sockets on a plain thread, like the NameServer registration: one connection every
+//! few seconds needs no runtime, and a slow master never delays a shard. A connection per round
+//! rather than a kept one: nothing to reconnect or to keep alive across a master restart, for a
+//! handshake every 10 s. Java slaves also copy the delay offsets and subscription-group configs;
+//! RingMQ keeps neither table, so there is nothing to copy.
+
+use std::{
+    io::{self, Read, Write},
+    net::{TcpStream, ToSocketAddrs},
+    sync::Arc,
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use bytes::BytesMut;
+use ringmq_protocol::{
+    Command, CommandHead, FrameCodec, RequestCode, ResponseCode, SerializeType,
+    body::{
+        self, ConsumerOffsetTable as ConsumerOffsetBody, TopicConfig, TopicConfigSerializeWrapper,
+    },
+    encode_frame,
+};
+use ringmq_storage::metadata::METADATA_PAYLOAD_BYTES_MAX;
+use serde::de::DeserializeOwned;
+
+use crate::{
+    shared::{BrokerShared, ShardMessage, TopicChange, TopicEdit},
+    topics,
+};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Limit on each read and write: a master that stops answering fails the round, not the thread.
+const IO_TIMEOUT: Duration = Duration::from_secs(3);
+/// The first round comes soon after start: the registration thread may already know the master.
+const FIRST_ROUND_DELAY: Duration = Duration::from_millis(100);
+/// How often to look again while the master's address is unknown (it has not registered yet).
+const ADDRESS_POLL: Duration = Duration::from_millis(500);
+/// Longest wait for the topic writer or a shard to take or apply a sync.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest answer accepted: a master cannot persist a bigger table than its metadata files hold,
+/// plus room for the frame's header.
+const MAX_ANSWER_BYTES: usize = METADATA_PAYLOAD_BYTES_MAX + (1 << 20);
+
+/// The running sync thread (slaves only).
+#[derive(Debug)]
+pub(crate) struct MetadataSync {
+    /// Dropped to wake the thread out of its wait between rounds and end it.
+    stop: Option<flume::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MetadataSync {
+    pub(crate) fn start(shared: Arc<BrokerShared>) -> io::Result<Self> {
+        let (stop, stopped) = flume::bounded(1);
+        let thread = std::thread::Builder::new()
+            .name("metadata-sync".into())
+            .spawn(move || run(&shared, &stopped))?;
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Ends the thread and waits for it: at once when it is between rounds, otherwise after the
+    /// step in progress (at worst one I/O timeout).
+    pub(crate) fn join(mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What one successful round did.
+#[derive(Debug)]
+struct Synced {
+    topics: usize,
+    offsets_changed: usize,
+}
+
+fn run(shared: &BrokerShared, stop: &flume::Receiver<()>) {
+    let interval = Duration::from_millis(shared.config.metadata_sync_interval_ms);
+    let mut wait = FIRST_ROUND_DELAY.min(interval);
+    // Whether the last round failed: an outage is logged when it starts and when it ends.
+    let mut failing = false;
+    loop {
+        match stop.recv_timeout(wait) {
+            Err(flume::RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(flume::RecvTimeoutError::Disconnected) => return,
+        }
+        if shared.stopping() {
+            return;
+        }
+        let Some(master) = shared.master.remoting_addr() else {
+            wait = ADDRESS_POLL.min(interval);
+            continue;
+        };
+        wait = interval;
+        match sync_once(shared, &master) {
+            Ok(synced) => {
+                shared.metrics.metadata_syncs_ok_total.inc();
+                if failing {
+                    tracing::info!(%master, "metadata sync from the master works again");
+                    failing = false;
+                }
+                tracing::debug!(
+                    %master,
+                    topics = synced.topics,
+                    offsets_changed = synced.offsets_changed,
+                    "metadata synced from the master"
+                );
+            }
+            Err(_) if shared.stopping() => return,
+            Err(reason) => {
+                shared.metrics.metadata_syncs_failed_total.inc();
+                if failing {
+                    tracing::debug!(%master, %reason, "metadata sync failed again");
+                } else {
+                    tracing::warn!(
+                        %master,
+                        %reason,
+                        "cannot sync topics and consumer offsets from the master; keeping the \
+                         current ones and retrying every {interval:?}"
+                    );
+                    failing = true;
+                }
+            }
+        }
+    }
+}
+
+/// One round: fetch both tables, check them, then apply them.
+fn sync_once(shared: &BrokerShared, master: &str) -> Result<Synced, String> {
+    let mut connection = MasterConnection::open(master)?;
+    let topics: TopicConfigSerializeWrapper = connection.fetch(
+        RequestCode::GetAllTopicConfig,
+        "TopicConfigSerializeWrapper",
+    )?;
+    let offsets: ConsumerOffsetBody =
+        connection.fetch(RequestCode::GetAllConsumerOffset, "ConsumerOffsetTable")?;
+    drop(connection);
+    let configs = checked_topics(topics)?;
+    let topic_count = configs.len();
+    replace_topics(shared, configs)?;
+    let offsets_changed = apply_offsets(shared, offsets)?;
+    Ok(Synced {
+        topics: topic_count,
+        offsets_changed,
+    })
+}
+
+/// The master's topic configs, refused whole when one is not a valid topic (its key is not its
+/// name, or RocketMQ's rules refuse the name): topic names become directory names in the store,
+/// and a table half taken would delete the topics left out.
+fn checked_topics(wrapper: TopicConfigSerializeWrapper) -> Result<Vec<TopicConfig>, String> {
+    wrapper
+        .topic_config_table
+        .into_iter()
+        .map(|(key, config)| {
+            if key != config.topic_name {
+                return Err(format!(
+                    "the master's topic table key {key:?} holds the config of topic {:?}",
+                    config.topic_name
+                ));
+            }
+            topics::validate_name(&key)
+                .map_err(|reason| format!("the master's topic {key:?}: {reason}"))?;
+            Ok(config)
+        })
+        .collect()
+}
+
+/// Hands the master's table to the topic table's writer and waits for it to be saved.
+fn replace_topics(shared: &BrokerShared, configs: Vec<TopicConfig>) -> Result<(), String> {
+    let (reply, answer) = flume::bounded(1);
+    let change = TopicChange {
+        edit: TopicEdit::ReplaceAll(configs),
+        reply,
+    };
+    shared
+        .topic_changes
+        .send_timeout(change, APPLY_TIMEOUT)
+        .map_err(|_| "the topic table's writer did not take the master's table".to_owned())?;
+    answer
+        .recv_timeout(APPLY_TIMEOUT)
+        .map_err(|_| "the topic table's writer did not answer".to_owned())?
+}
+
+/// Hands the master's offsets to every shard (each takes the queues it owns) and waits for all;
+/// returns how many offsets changed.
+fn apply_offsets(shared: &BrokerShared, offsets: ConsumerOffsetBody) -> Result<usize, String> {
+    let offsets = Arc::new(offsets);
+    let mut answers = Vec::with_capacity(shared.shard_count());
+    for (shard, inbox) in shared.inboxes.iter().enumerate() {
+        let (reply, answer) = flume::bounded(1);
+        let message = ShardMessage::ApplyMasterOffsets {
+            offsets: Arc::clone(&offsets),
+            reply,
+        };
+        inbox
+            .send_timeout(message, APPLY_TIMEOUT)
+            .map_err(|_| format!("shard {shard} did not take the master's offsets"))?;
+        answers.push((shard, answer));
+    }
+    let mut changed = 0;
+    for (shard, answer) in answers {
+        changed += answer
+            .recv_timeout(APPLY_TIMEOUT)
+            .map_err(|_| format!("shard {shard} did not apply the master's offsets"))?;
+    }
+    Ok(changed)
+}
+
+/// One blocking remoting connection to the master, for one round.
+struct MasterConnection {
+    stream: TcpStream,
+    codec: FrameCodec,
+    input: BytesMut,
+    opaque: i32,
+}
+
+impl MasterConnection {
+    fn open(addr: &str) -> Result<Self, String> {
+        let socket = addr
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {addr}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{addr} resolves to no address"))?;
+        let stream = TcpStream::connect_timeout(&socket, CONNECT_TIMEOUT)
+            .map_err(|e| format!("connect: {e}"))?;
+        stream
+            .set_read_timeout(Some(IO_TIMEOUT))
+            .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
+            .map_err(|e| format!("socket timeouts: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        Ok(Self {
+            stream,
+            codec: FrameCodec::new(MAX_ANSWER_BYTES),
+            input: BytesMut::new(),
+            opaque: 0,
+        })
+    }
+
+    /// Sends a request without header or body and decodes the body of its SUCCESS answer.
+    fn fetch<T: DeserializeOwned>(
+        &mut self,
+        code: RequestCode,
+        body_name: &'static str,
+    ) -> Result<T, String> {
+        self.opaque = self.opaque.wrapping_add(1);
+        let opaque = self.opaque;
+        let mut frame = BytesMut::with_capacity(256);
+        let head = CommandHead::request(code, opaque, SerializeType::Json);
+        encode_frame(&head, &(), &[], &mut frame);
+        self.stream
+            .write_all(&frame)
+            .map_err(|e| format!("{code}: write: {e}"))?;
+        let answer = self
+            .answer(opaque)
+            .map_err(|reason| format!("{code}: {reason}"))?;
+        let answered = answer.response_code();
+        if answered != ResponseCode::Success {
+            return Err(match answer.remark.as_deref() {
+                Some(remark) if !remark.is_empty() => {
+                    format!("{code} refused: {answered} ({remark})")
+                }
+                _ => format!("{code} refused: {answered}"),
+            });
+        }
+        body::decode(&answer.body, body_name).map_err(|e| format!("{code}: {e}"))
+    }
+
+    /// Reads until the answer to `opaque` (requests the master sends meanwhile are skipped).
+    fn answer(&mut self, opaque: i32) -> Result<Command, String> {
+        let mut chunk = vec![0_u8; 64 << 10];
+        loop {
+            match self.codec.decode(&mut self.input) {
+                Ok(Some(command)) if command.is_response() && command.opaque == opaque => {
+                    return Ok(command);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    let read = self
+                        .stream
+                        .read(&mut chunk)
+                        .map_err(|e| format!("read: {e}"))?;
+                    if read == 0 {
+                        return Err("the master closed the connection".into());
+                    }
+                    self.input.extend_from_slice(&chunk[..read]);
+                }
+                Err(err) => return Err(format!("bad answer: {err}")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, net::TcpListener};
+
+    use ringmq_protocol::body::DataVersion;
+
+    use super::*;
+
+    fn topic(name: &str) -> TopicConfig {
+        TopicConfig {
+            topic_name: name.to_owned(),
+            read_queue_nums: 4,
+            write_queue_nums: 4,
+            perm: 6,
+            ..TopicConfig::default()
+        }
+    }
+
+    fn wrapper(entries: &[(&str, TopicConfig)]) -> TopicConfigSerializeWrapper {
+        TopicConfigSerializeWrapper {
+            data_version: DataVersion::default(),
+            topic_config_table: entries
+                .iter()
+                .map(|(key, config)| ((*key).to_owned(), config.clone()))
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    #[test]
+    fn a_valid_master_table_is_taken_whole() {
+        let configs = checked_topics(wrapper(&[
+            ("Orders", topic("Orders")),
+            ("%RETRY%billing", topic("%RETRY%billing")),
+        ]))
+        .unwrap();
+        let names: Vec<&str> = configs.iter().map(|c| c.topic_name.as_str()).collect();
+        assert_eq!(names, ["%RETRY%billing", "Orders"]);
+    }
+
+    #[test]
+    fn one_bad_topic_refuses_the_whole_table() {
+        let mismatched = checked_topics(wrapper(&[
+            ("Orders", topic("Orders")),
+            ("Alias", topic("Other")),
+        ]))
+        .unwrap_err();
+        assert!(mismatched.contains("\"Alias\""), "{mismatched}");
+        let traversal = checked_topics(wrapper(&[("../etc", topic("../etc"))])).unwrap_err();
+        assert!(traversal.contains("../etc"), "{traversal}");
+    }
+
+    /// A one-connection fake master: answers each request with what `answer` returns for its
+    /// code (response code and body), then closes when the client does.
+    fn fake_master(
+        answer: impl Fn(RequestCode) -> Option<(ResponseCode, Vec<u8>)> + Send + 'static,
+    ) -> (String, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let thread = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let codec = FrameCodec::default();
+            let mut input = BytesMut::new();
+            let mut chunk = [0_u8; 4096];
+            loop {
+                while let Some(request) = codec.decode(&mut input).unwrap() {
+                    // `None`: hang up instead of answering.
+                    let Some((code, body)) = answer(request.request_code()) else {
+                        return;
+                    };
+                    let mut frame = BytesMut::new();
+                    encode_frame(
+                        &CommandHead::response_to(&request, code),
+                        &(),
+                        &body,
+                        &mut frame,
+                    );
+                    stream.write_all(&frame).unwrap();
+                }
+                let read = stream.read(&mut chunk).unwrap();
+                if read == 0 {
+                    return;
+                }
+                input.extend_from_slice(&chunk[..read]);
+            }
+        });
+        (addr, thread)
+    }
+
+    #[test]
+    fn fetch_decodes_both_tables_including_unquoted_queue_ids() {
+        let (addr, master) = fake_master(|code| match code {
+            RequestCode::GetAllTopicConfig => Some((
+                ResponseCode::Success,
+                body::to_vec(&wrapper(&[("Orders", topic("Orders"))])),
+            )),
+            // As a Java master writes it: fastjson leaves integer map keys unquoted.
+            RequestCode::GetAllConsumerOffset => Some((
+                ResponseCode::Success,
+                br#"{"offsetTable":{"Orders@billing":{0:5,1:7}}}"#.to_vec(),
+            )),
+            _ => Some((ResponseCode::RequestCodeNotSupported, Vec::new())),
+        });
+        let mut connection = MasterConnection::open(&addr).unwrap();
+        let topics: TopicConfigSerializeWrapper = connection
+            .fetch(
+                RequestCode::GetAllTopicConfig,
+                "TopicConfigSerializeWrapper",
+            )
+            .unwrap();
+        assert_eq!(topics.topic_config_table["Orders"], topic("Orders"));
+        let offsets: ConsumerOffsetBody = connection
+            .fetch(RequestCode::GetAllConsumerOffset, "ConsumerOffsetTable")
+            .unwrap();
+        assert_eq!(
+            offsets.offset_table["Orders@billing"],
+            BTreeMap::from([(0, 5), (1, 7)])
+        );
+        drop(connection);
+        master.join().unwrap();
+    }
+
+    #[test]
+    fn refusals_bad_json_and_hang_ups_are_errors_naming_the_request() {
+        let (addr, master) = fake_master(|code| match code {
+            RequestCode::GetAllTopicConfig => Some((ResponseCode::SystemError, Vec::new())),
+            RequestCode::GetAllConsumerOffset => {
+                Some((ResponseCode::Success, b"{\"offsetTable\":[".to_vec()))
+            }
+            _ => None,
+        });
+        let mut connection = MasterConnection::open(&addr).unwrap();
+        let refused = connection
+            .fetch::<TopicConfigSerializeWrapper>(
+                RequestCode::GetAllTopicConfig,
+                "TopicConfigSerializeWrapper",
+            )
+            .unwrap_err();
+        assert!(
+            refused.starts_with("GET_ALL_TOPIC_CONFIG")
+                && refused.ends_with("refused: SYSTEM_ERROR(1)"),
+            "{refused}"
+        );
+        let bad_json = connection
+            .fetch::<ConsumerOffsetBody>(RequestCode::GetAllConsumerOffset, "ConsumerOffsetTable")
+            .unwrap_err();
+        assert!(bad_json.contains("GET_ALL_CONSUMER_OFFSET"), "{bad_json}");
+        let hung_up = connection
+            .fetch::<ConsumerOffsetBody>(RequestCode::GetBrokerRuntimeInfo, "KvTable")
+            .unwrap_err();
+        assert!(hung_up.contains("closed"), "{hung_up}");
+        master.join().unwrap();
+    }
+
+    #[test]
+    fn a_master_that_is_down_is_an_error() {
+        let addr = {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().to_string()
+        };
+        let refused = MasterConnection::open(&addr).err().unwrap();
+        assert!(refused.starts_with("connect:"), "{refused}");
+    }
+}

@@ -1,0 +1,245 @@
+//! A slave copies its master's topic configs and consumer offsets (PROTOCOL.md §8.6), against
+//! real `ringmq-broker` processes: what the master creates, deletes and commits reaches the
+//! slave; offsets only the slave has and its own TBW102 stay; while the master is down the slave
+//! keeps its tables and warns once; a slave started before its master syncs once the master
+//! appears. Nothing here needs master/slave log replication.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use ringmq_protocol::{
+    RequestCode,
+    body::{self, ConsumerOffsetTable, TopicConfig, TopicConfigSerializeWrapper},
+    header::{DeleteTopicRequestHeader, UpdateConsumerOffsetRequestHeader},
+};
+use ringmq_testkit::{
+    BrokerOptions, BrokerProcess, DEADLINE,
+    remoting::{self, RemotingClient},
+    wait_until,
+};
+
+const GROUP: &str = "SyncGroup";
+const SYNC_FAILED: &str = "cannot sync topics and consumer offsets from the master";
+const SYNC_BACK: &str = "metadata sync from the master works again";
+
+/// A slave of broker-a registering with `namesrv`, syncing every 200 ms.
+fn slave_options(namesrv: Option<String>, extra: &[&str]) -> BrokerOptions {
+    let mut extra_args: Vec<String> = [
+        "--broker-role",
+        "SLAVE",
+        "--broker-id",
+        "1",
+        "--set",
+        "metadataSyncInterval=200",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    extra_args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+    BrokerOptions {
+        namesrv,
+        extra_args,
+        ..BrokerOptions::default()
+    }
+}
+
+fn topics(broker: &str) -> BTreeMap<String, TopicConfig> {
+    let answer = RemotingClient::connect(broker)
+        .unwrap()
+        .request_ok(RequestCode::GetAllTopicConfig, &(), &[])
+        .unwrap();
+    let wrapper: TopicConfigSerializeWrapper =
+        body::decode(&answer.body, "TopicConfigSerializeWrapper").unwrap();
+    wrapper.topic_config_table
+}
+
+fn all_offsets(broker: &str) -> ConsumerOffsetTable {
+    let answer = RemotingClient::connect(broker)
+        .unwrap()
+        .request_ok(RequestCode::GetAllConsumerOffset, &(), &[])
+        .unwrap();
+    body::decode(&answer.body, "ConsumerOffsetTable").unwrap()
+}
+
+fn commit(broker: &str, group: &str, topic: &str, queue_id: i32, offset: i64) {
+    let header = UpdateConsumerOffsetRequestHeader {
+        consumer_group: group,
+        topic,
+        queue_id,
+        commit_offset: offset,
+    };
+    RemotingClient::connect(broker)
+        .unwrap()
+        .request_ok(RequestCode::UpdateConsumerOffset, &header, &[])
+        .unwrap();
+}
+
+fn delete_topic(broker: &str, topic: &str) {
+    RemotingClient::connect(broker)
+        .unwrap()
+        .request_ok(
+            RequestCode::DeleteTopicInBroker,
+            &DeleteTopicRequestHeader { topic },
+            &[],
+        )
+        .unwrap();
+}
+
+/// The committed offset of `group` on a queue, as the broker answers QUERY_CONSUMER_OFFSET.
+fn offset(broker: &str, group: &str, topic: &str, queue_id: i32) -> Option<i64> {
+    remoting::committed_offset(broker, group, topic, queue_id).unwrap()
+}
+
+/// The value of an unlabelled series on a broker's metrics endpoint.
+fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: ringmq\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn metrics_addr(broker: &BrokerProcess) -> SocketAddr {
+    wait_until("the metrics address in the log", DEADLINE, || {
+        broker.log().lines().find_map(|line| {
+            line.split_once("metrics listening on ")?
+                .1
+                .trim()
+                .parse()
+                .ok()
+        })
+    })
+}
+
+#[test]
+fn a_slave_follows_its_masters_topics_and_offsets_and_keeps_them_while_it_is_down() {
+    let mut master = BrokerProcess::start(BrokerOptions {
+        shards: Some(2),
+        // No TBW102 on the master: the slave must keep its own.
+        extra_args: vec!["--auto-create-topic".into(), "false".into()],
+        ..BrokerOptions::default()
+    });
+    let ha_master = format!("127.0.0.1:{}", master.socket_addr().port() + 1);
+    // Another shard count than the master's: the master's merged table is spread anew.
+    let mut slave = BrokerProcess::start(BrokerOptions {
+        shards: Some(3),
+        ..slave_options(
+            master.embedded_namesrv_addr(),
+            &["--ha-master-address", &ha_master, "--metrics-port", "0"],
+        )
+    });
+    let (master_addr, slave_addr) = (master.addr(), slave.addr());
+
+    remoting::create_topic(&master_addr, "Kept", 4).unwrap();
+    remoting::create_topic(&master_addr, "Dropped", 2).unwrap();
+    for queue_id in 0..4 {
+        commit(
+            &master_addr,
+            GROUP,
+            "Kept",
+            queue_id,
+            10 + i64::from(queue_id),
+        );
+    }
+    commit(&master_addr, GROUP, "Dropped", 1, 3);
+    // GET_ALL_CONSUMER_OFFSET merges every shard's offsets.
+    assert_eq!(
+        all_offsets(&master_addr).offset_table,
+        BTreeMap::from([
+            (
+                format!("Kept@{GROUP}"),
+                BTreeMap::from([(0, 10), (1, 11), (2, 12), (3, 13)])
+            ),
+            (format!("Dropped@{GROUP}"), BTreeMap::from([(1, 3)])),
+        ])
+    );
+
+    let master_topics = topics(&master_addr);
+    assert!(!master_topics.contains_key("TBW102"));
+    wait_until("the slave to copy the master's topics", DEADLINE, || {
+        let mut slave_topics = topics(&slave_addr);
+        slave_topics.remove("TBW102")?;
+        (slave_topics == master_topics).then_some(())
+    });
+    wait_until("the slave to copy the master's offsets", DEADLINE, || {
+        (0..4)
+            .all(|q| offset(&slave_addr, GROUP, "Kept", q) == Some(10 + i64::from(q)))
+            .then_some(())
+    });
+    assert_eq!(offset(&slave_addr, GROUP, "Dropped", 1), Some(3));
+
+    // A commit only the slave has (made while, say, the master was down) survives later syncs.
+    commit(&slave_addr, "SlaveOnly", "Kept", 2, 42);
+    delete_topic(&master_addr, "Dropped");
+    commit(&master_addr, GROUP, "Kept", 0, 20);
+    wait_until(
+        "the slave to follow a delete and a commit",
+        DEADLINE,
+        || {
+            let slave_topics = topics(&slave_addr);
+            (!slave_topics.contains_key("Dropped")
+                && offset(&slave_addr, GROUP, "Kept", 0) == Some(20))
+            .then_some(())
+        },
+    );
+    assert!(topics(&slave_addr).contains_key("TBW102"));
+    assert_eq!(offset(&slave_addr, "SlaveOnly", "Kept", 2), Some(42));
+
+    // The master goes away: the slave keeps what it has, and says so once, not every round.
+    master.kill();
+    let metrics = metrics_addr(&slave);
+    wait_until("several failed sync rounds", DEADLINE, || {
+        (metric(metrics, "ringmq_metadata_syncs_failed_total")? >= 3.0).then_some(())
+    });
+    assert_eq!(
+        slave.log().matches(SYNC_FAILED).count(),
+        1,
+        "{}",
+        slave.log()
+    );
+    assert!(topics(&slave_addr).contains_key("Kept"));
+    assert_eq!(offset(&slave_addr, GROUP, "Kept", 0), Some(20));
+    assert_eq!(offset(&slave_addr, GROUP, "Kept", 3), Some(13));
+
+    master.restart();
+    wait_until("the sync to recover", DEADLINE, || {
+        slave.log().contains(SYNC_BACK).then_some(())
+    });
+    let status = slave.terminate();
+    assert_eq!(status.code(), Some(0), "a slave stops cleanly: {status}");
+}
+
+#[test]
+fn a_slave_started_before_its_master_syncs_once_the_master_registers() {
+    let slave = BrokerProcess::start(slave_options(None, &[]));
+    let slave_addr = slave.addr();
+    // It serves on its own: no master needed to start.
+    assert!(topics(&slave_addr).contains_key("TBW102"));
+
+    // It learns the master's address from the NameServer's answer to its registration.
+    let master = BrokerProcess::start(BrokerOptions::master(
+        "broker-a",
+        &slave.embedded_namesrv_addr().unwrap(),
+    ));
+    remoting::create_topic(&master.addr(), "Late", 2).unwrap();
+    commit(&master.addr(), GROUP, "Late", 1, 7);
+    wait_until(
+        "the slave to copy the late master's topic and offset",
+        DEADLINE,
+        || {
+            (topics(&slave_addr).contains_key("Late")
+                && offset(&slave_addr, GROUP, "Late", 1) == Some(7))
+            .then_some(())
+        },
+    );
+}
