@@ -35,6 +35,17 @@ impl FromStr for BrokerRole {
     }
 }
 
+impl BrokerRole {
+    /// The `broker.conf` spelling, as RocketMQ prints it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::AsyncMaster => "ASYNC_MASTER",
+            Self::SyncMaster => "SYNC_MASTER",
+            Self::Slave => "SLAVE",
+        }
+    }
+}
+
 /// Which compio driver the shards use (DESIGN.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoDriver {

@@ -155,8 +155,10 @@ impl Registry {
 
     /// UNREGISTER_BROKER, and the removal of an expired or disconnected broker.
     ///
-    /// Removing a master drops its queues from every route; removing a slave leaves the
-    /// master and its queues. A broker name with no address left leaves its cluster.
+    /// A broker name keeps its queues while any of its addresses is left, as in RocketMQ: when
+    /// the master goes, routes still show the queues with the slave's address, which is how
+    /// consumers keep reading from the slave (PROTOCOL.md §8.5). A broker name with no address
+    /// left loses its queues and leaves its cluster.
     pub fn unregister(&mut self, broker_name: &str, broker_addr: &str, broker_id: i64) -> Changed {
         let mut changed = Changed::new();
         if self
@@ -176,10 +178,8 @@ impl Registry {
         let cluster = broker.cluster.clone();
         let now_empty = broker.broker_addrs.is_empty();
         changed.extend(self.topics_of(broker_name));
-        if broker_id == 0 || now_empty {
-            self.remove_queues_of(broker_name);
-        }
         if now_empty {
+            self.remove_queues_of(broker_name);
             self.brokers.remove(broker_name);
             if let Some(names) = self.clusters.get_mut(&cluster) {
                 names.remove(broker_name);

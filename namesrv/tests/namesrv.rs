@@ -154,7 +154,7 @@ fn silent_brokers_expire_and_closed_connections_are_removed_at_once() {
 }
 
 #[test]
-fn removing_a_master_drops_its_queues_and_removing_a_slave_keeps_them() {
+fn a_broker_name_keeps_its_queues_while_any_address_is_left() {
     let server = NamesrvProcess::start(10_000, 120_000);
     let master = FakeBroker::new("broker-m", "127.0.0.1:12011", 0, &["Paired"]);
     let slave = FakeBroker::new("broker-m", "127.0.0.1:12021", 1, &["Paired"]);
@@ -178,16 +178,25 @@ fn removing_a_master_drops_its_queues_and_removing_a_slave_keeps_them() {
 
     slave.register(&mut conn);
     unregister(&mut conn, &master);
-    assert!(
-        route_of(&mut conn, "Paired").is_none(),
-        "a master's removal drops its queues"
+    // As in RocketMQ: the queues stay, routed to the slave, so consumers read from it.
+    let route = route_of(&mut conn, "Paired").expect("the slave keeps the route");
+    assert_eq!(route.queue_datas.len(), 1);
+    assert_eq!(
+        route.broker_datas[0]
+            .broker_addrs
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![1]
     );
-    // The slave is still known to the cluster.
     let info = cluster_of(&mut conn);
     assert_eq!(
         info.broker_addr_table["broker-m"].broker_addrs[&1],
         slave.addr
     );
+    // With no address left the queues go too.
+    unregister(&mut conn, &slave);
+    assert!(route_of(&mut conn, "Paired").is_none());
 }
 
 #[test]

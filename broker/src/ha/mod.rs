@@ -22,8 +22,8 @@ pub(crate) struct ReplicaLag {
     /// Master: bytes the best slave is behind this shard's written end. Slave: bytes the master
     /// had sent (at its last frame) beyond this shard's written end.
     pub bytes: u64,
-    /// Master: age of the best slave's oldest unacknowledged frame. Slave: time since the last
-    /// frame from the master.
+    /// Master: age of the best slave's oldest unacknowledged frame. Slave: while behind, time
+    /// since the last frame from the master.
     pub ms: u64,
 }
 
@@ -35,13 +35,20 @@ pub(crate) fn replica_lag(shared: &BrokerShared, shard: usize, written: u64) -> 
             return ReplicaLag::default();
         }
         let seen_ms = progress.master_seen_ms.load(Ordering::SeqCst);
+        let bytes = progress
+            .master_offset
+            .load(Ordering::SeqCst)
+            .saturating_sub(written);
         return ReplicaLag {
             slaves: 1,
-            bytes: progress
-                .master_offset
-                .load(Ordering::SeqCst)
-                .saturating_sub(written),
-            ms: (crate::now_ms() as u64).saturating_sub(seen_ms),
+            bytes,
+            // Behind: for how long nothing arrived. Caught up (an idle master sends only
+            // heartbeats): no lag.
+            ms: if bytes == 0 {
+                0
+            } else {
+                (crate::now_ms() as u64).saturating_sub(seen_ms)
+            },
         };
     }
     let replicas = &shared.replicas[shard];

@@ -194,7 +194,7 @@ pub(super) fn runtime_info(ctx: &ShardCtx, command: &Command) -> Handled {
     put("msgPutTotalTodayNow", stored.to_string());
     put("msgGetTotalTodayNow", delivered.to_string());
     put("shards", ctx.shared.shard_count().to_string());
-    put("brokerRole", format!("{:?}", config.broker_role));
+    put("brokerRole", config.broker_role.as_str().into());
     put(
         "flushDiskType",
         match config.flush_mode {

@@ -167,6 +167,33 @@ fn is_not_found(result: &ReadResult, requested: i64) -> bool {
     }
 }
 
+/// Which broker of the group the consumer should pull from next (PROTOCOL.md §8.5): the
+/// master (0), unless `slaveReadEnable` is on and the consumer reads far enough behind the
+/// log's end that the master would rather it read from slave 1.
+fn suggest_broker(ctx: &ShardCtx, result: &ReadResult) -> i64 {
+    /// Where PHYSICALOFFSET sits in a stored record (PROTOCOL.md §5.4).
+    const PHYSICAL_OFFSET_AT: usize = 28;
+    let config = &ctx.shared.config;
+    if !config.slave_read_enable {
+        return 0;
+    }
+    let Some(first) = result
+        .records
+        .first()
+        .and_then(|r| r.get(PHYSICAL_OFFSET_AT..PHYSICAL_OFFSET_AT + 8))
+    else {
+        return 0;
+    };
+    let mut offset = [0u8; 8];
+    offset.copy_from_slice(first);
+    let behind = ctx
+        .store
+        .physical_range()
+        .1
+        .saturating_sub(u64::from_be_bytes(offset));
+    i64::from(behind > config.slave_read_lag_bytes)
+}
+
 /// The PULL answer for a store result (the table of PROTOCOL.md §3.5 step 4).
 fn respond(ctx: &ShardCtx, command: &Command, requested: i64, result: ReadResult) -> Handled {
     let (code, next, remark) = match result.status {
@@ -200,8 +227,21 @@ fn respond(ctx: &ShardCtx, command: &Command, requested: i64, result: ReadResult
             "OFFSET_OVERFLOW_BADLY",
         ),
     };
+    let is_slave = ctx.shared.config.broker_role == BrokerRole::Slave;
+    let (code, next, remark) = if is_slave && code == ResponseCode::PullOffsetMoved {
+        // A slave may simply not have replicated up to the consumer's offset yet (the offset
+        // came from the master): it never tells a consumer to move (RocketMQ's
+        // `offsetCheckInSlave=false`).
+        (
+            ResponseCode::PullRetryImmediately,
+            requested,
+            "SLAVE_BEHIND",
+        )
+    } else {
+        (code, next, remark)
+    };
     let header = PullMessageResponseHeader {
-        suggest_which_broker_id: 0,
+        suggest_which_broker_id: suggest_broker(ctx, &result),
         next_begin_offset: next,
         min_offset: result.min_offset as i64,
         max_offset: result.max_offset as i64,

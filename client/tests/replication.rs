@@ -1,0 +1,532 @@
+//! Master/slave replication (DESIGN.md §6, PROTOCOL.md §8) with real processes on loopback: a
+//! NameServer, a master and a slave of `broker-a`, started by `ringmq-testkit`, with 2 shards
+//! each and 1 MiB commit-log segments (so streams cross segment ends).
+//!
+//! What is shown:
+//! - SYNC_MASTER: every acknowledged message survives a SIGKILL of the master and is consumed
+//!   from the slave, in order per queue, once each; without a slave the producer gets
+//!   SLAVE_NOT_AVAILABLE, and a frozen slave (SIGSTOP) gives FLUSH_SLAVE_TIMEOUT.
+//! - A slave killed mid-stream and restarted catches up; a restarted master is followed again;
+//!   a slave added to a master with data copies all of it, byte for byte (segment checksums).
+//! - Garbage, another broker group's slave, a log past the master's end and a shard-layout
+//!   mismatch on the HA port are refused with a logged reason; the master keeps serving and the
+//!   slave keeps replicating.
+//! - A slave refuses sends with SERVICE_NOT_AVAILABLE; replication lag shows in
+//!   GET_BROKER_RUNTIME_INFO.
+//!
+//! Every wait is a condition with a deadline; every load loop is bounded in count and time.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ringmq_client::{
+    ClientConfig, Message, MessageQueue, Producer, PullConsumer, SendStatus, StartPosition,
+};
+use ringmq_protocol::body::{self, KvTable};
+use ringmq_protocol::header::SendMessageRequestHeader;
+use ringmq_protocol::{RequestCode, ResponseCode};
+use ringmq_testkit::remoting::{RemotingClient, create_topic};
+use ringmq_testkit::{BrokerOptions, BrokerProcess, NamesrvProcess, wait_until};
+
+const TOPIC: &str = "ha-topic";
+const QUEUES: i32 = 4;
+const SHARDS: u32 = 2;
+/// Deadline of every replication condition.
+const DEADLINE: Duration = Duration::from_secs(40);
+const SEGMENT_BYTES: u64 = 1 << 20;
+
+/// One test at a time: each runs three processes on a shared 2-core machine.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn common_args(role: &str, id: u32) -> Vec<String> {
+    [
+        "--broker-role".to_owned(),
+        role.to_owned(),
+        "--broker-id".to_owned(),
+        id.to_string(),
+        "--set".to_owned(),
+        format!("mappedFileSizeCommitLog={SEGMENT_BYTES}"),
+        "--max-message-size".to_owned(),
+        "262144".to_owned(),
+        "--set".to_owned(),
+        "haSendHeartbeatInterval=500".to_owned(),
+        "--set".to_owned(),
+        "haReconnectInterval=200".to_owned(),
+        "--set".to_owned(),
+        "metadataSyncInterval=300".to_owned(),
+        "--set".to_owned(),
+        "slaveTimeout=2000".to_owned(),
+    ]
+    .into()
+}
+
+fn master(namesrv: &str, role: &str) -> BrokerProcess {
+    BrokerProcess::start(BrokerOptions {
+        shards: Some(SHARDS),
+        extra_args: common_args(role, 0),
+        ..BrokerOptions::master("broker-a", namesrv)
+    })
+}
+
+fn slave(namesrv: &str) -> BrokerProcess {
+    BrokerProcess::start(BrokerOptions {
+        shards: Some(SHARDS),
+        extra_args: common_args("SLAVE", 1),
+        ..BrokerOptions::master("broker-a", namesrv)
+    })
+}
+
+fn runtime_info(broker: &str) -> BTreeMap<String, String> {
+    let answer = RemotingClient::connect(broker)
+        .unwrap()
+        .request_ok(RequestCode::GetBrokerRuntimeInfo, &(), &[])
+        .unwrap();
+    body::decode::<KvTable>(&answer.body, "KvTable")
+        .unwrap()
+        .table
+}
+
+/// Waits until every shard of `master` has a slave connected.
+fn wait_slave_connected(master: &BrokerProcess) {
+    wait_until("the slave connected on every shard", DEADLINE, || {
+        let info = RemotingClient::connect(&master.addr())
+            .ok()
+            .and_then(|mut c| {
+                c.request_ok(RequestCode::GetBrokerRuntimeInfo, &(), &[])
+                    .ok()
+            })
+            .and_then(|a| body::decode::<KvTable>(&a.body, "KvTable").ok())?;
+        (info.table.get("haConnectedSlaves").map(String::as_str) == Some("1")).then_some(())
+    });
+}
+
+/// Contents of every commit-log segment under `store` that holds anything (spare segments are
+/// all zeros), by shard and name: CRC32 and length.
+fn segment_checksums(store: &Path) -> BTreeMap<String, (u32, usize)> {
+    let mut out = BTreeMap::new();
+    for shard in 0..SHARDS {
+        let dir = store.join(format!("shard-{shard}")).join("commitlog");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let entry = entry.unwrap();
+            let bytes = std::fs::read(entry.path()).unwrap();
+            if bytes.iter().all(|&b| b == 0) {
+                continue;
+            }
+            out.insert(
+                format!("shard-{shard}/{}", entry.file_name().to_string_lossy()),
+                (crc32(&bytes), bytes.len()),
+            );
+        }
+    }
+    out
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
+/// Waits until the slave's segments equal the master's, byte for byte.
+fn wait_identical(master: &BrokerProcess, slave: &BrokerProcess) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (m, s) = (
+            segment_checksums(master.store_dir()),
+            segment_checksums(slave.store_dir()),
+        );
+        if !m.is_empty() && m == s {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slave's segments never matched the master's:\nmaster {m:?}\nslave  {s:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn producer(namesrv: &str) -> Producer {
+    Producer::builder(namesrv)
+        .config(
+            ClientConfig::new(namesrv)
+                .with_route_refresh_interval(Duration::from_millis(300))
+                .with_request_timeout(Duration::from_secs(3))
+                .with_connect_timeout(Duration::from_secs(1)),
+        )
+        .group("ha-producer")
+        .send_timeout(Duration::from_secs(5))
+        .retries(2)
+        .build()
+        .unwrap()
+}
+
+/// An acknowledged send: where the broker said it stored the body.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Acked {
+    queue_id: i32,
+    queue_offset: i64,
+    body: String,
+}
+
+/// Sends `count` 1 KiB-ish messages from one thread; returns those acknowledged SEND_OK.
+fn send_some(producer: &Producer, prefix: &str, count: usize) -> Vec<Acked> {
+    (0..count)
+        .map(|index| {
+            let body = format!("{prefix}-{index}-{}", "x".repeat(900));
+            let result = producer
+                .send(Message::new(TOPIC, body.clone()))
+                .wait()
+                .unwrap_or_else(|error| panic!("send {prefix}-{index}: {error}"));
+            assert_eq!(result.status, SendStatus::SendOk, "send {prefix}-{index}");
+            Acked {
+                queue_id: result.queue.queue_id,
+                queue_offset: result.queue_offset,
+                body,
+            }
+        })
+        .collect()
+}
+
+/// Reads every message of the topic's queues from the start, through the NameServer's route
+/// (the client picks the slave when the master is gone), until `expected` are all seen.
+fn consume_all(namesrv: &str, expected: usize) -> Vec<Acked> {
+    let consumer = PullConsumer::builder(namesrv, "ha-consumer")
+        .config(
+            ClientConfig::new(namesrv)
+                .with_route_refresh_interval(Duration::from_millis(300))
+                .with_request_timeout(Duration::from_secs(3))
+                .with_connect_timeout(Duration::from_secs(1)),
+        )
+        .start_position(StartPosition::First)
+        .build()
+        .unwrap();
+    let queues: Vec<MessageQueue> = (0..QUEUES)
+        .map(|queue_id| MessageQueue {
+            topic: TOPIC.to_owned(),
+            broker_name: "broker-a".to_owned(),
+            queue_id,
+        })
+        .collect();
+    consumer.assign(queues.clone()).wait().unwrap();
+    for queue in &queues {
+        consumer.seek(queue, 0).wait().unwrap();
+    }
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while seen.len() < expected && Instant::now() < deadline {
+        if let Ok(messages) = consumer.poll(Duration::from_millis(500)).wait() {
+            seen.extend(messages.into_iter().map(|m| Acked {
+                queue_id: m.queue_id,
+                queue_offset: m.queue_offset,
+                body: String::from_utf8_lossy(&m.body).into_owned(),
+            }));
+        }
+    }
+    consumer.shutdown();
+    seen
+}
+
+/// Every acknowledged message is among `seen`, at the offset its send returned; per queue the
+/// offsets run 0, 1, 2, ... with no gap and no repeat.
+fn assert_all_delivered(acked: &[Acked], seen: &[Acked]) {
+    let seen_set: BTreeSet<&Acked> = seen.iter().collect();
+    let missing: Vec<&Acked> = acked.iter().filter(|a| !seen_set.contains(a)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged messages missing, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        missing.first().map(|a| (a.queue_id, a.queue_offset))
+    );
+    for queue_id in 0..QUEUES {
+        let offsets: Vec<i64> = seen
+            .iter()
+            .filter(|m| m.queue_id == queue_id)
+            .map(|m| m.queue_offset)
+            .collect();
+        let expected: Vec<i64> = (0..offsets.len() as i64).collect();
+        assert_eq!(offsets, expected, "queue {queue_id}: in order, once each");
+    }
+    let bodies: BTreeSet<&str> = seen.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(bodies.len(), seen.len(), "a body was stored twice");
+}
+
+fn kill_signal(process: &BrokerProcess, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &process.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal}");
+}
+
+#[test]
+fn sync_master_killed_loses_no_acknowledged_message() {
+    let _serial = serial();
+    let namesrv = NamesrvProcess::start();
+    let ns = namesrv.addr();
+    let mut master = master(&ns, "SYNC_MASTER");
+    create_topic(&master.addr(), TOPIC, QUEUES).unwrap();
+    let producer = producer(&ns);
+
+    // No slave yet: stored on the master, but the producer hears SLAVE_NOT_AVAILABLE.
+    let lonely = producer
+        .send(Message::new(TOPIC, "before-any-slave"))
+        .wait()
+        .unwrap();
+    assert_eq!(lonely.status, SendStatus::SlaveNotAvailable);
+
+    let slave = slave(&ns);
+    wait_slave_connected(&master);
+    // The slave takes the topic from the master and refuses sends itself.
+    wait_until("the slave has the topic", DEADLINE, || {
+        let mut client = RemotingClient::connect(&slave.addr()).ok()?;
+        let answer = client
+            .request_ok(RequestCode::GetAllTopicConfig, &(), &[])
+            .ok()?;
+        String::from_utf8_lossy(&answer.body)
+            .contains(TOPIC)
+            .then_some(())
+    });
+    let header = SendMessageRequestHeader {
+        producer_group: "ha-producer",
+        topic: TOPIC,
+        default_topic: "TBW102",
+        default_topic_queue_nums: 4,
+        queue_id: 0,
+        born_timestamp_ms: 1,
+        ..SendMessageRequestHeader::default()
+    };
+    let refused = RemotingClient::connect(&slave.addr())
+        .unwrap()
+        .request(RequestCode::SendMessage, &header, b"to the slave")
+        .unwrap();
+    assert_eq!(
+        refused.code,
+        ResponseCode::ServiceNotAvailable.as_i32(),
+        "{:?}",
+        refused.remark
+    );
+
+    // Four producers send until the master is SIGKILLed in the middle of their stream.
+    let mut acked = vec![Acked {
+        queue_id: lonely.queue.queue_id,
+        queue_offset: lonely.queue_offset,
+        body: "before-any-slave".to_owned(),
+    }];
+    let stop = Arc::new(AtomicBool::new(false));
+    let senders: Vec<_> = (0..4)
+        .map(|sender| {
+            let producer = producer.clone();
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut acked = Vec::new();
+                let started = Instant::now();
+                for index in 0..20_000 {
+                    if stop.load(Ordering::SeqCst) || started.elapsed() > DEADLINE {
+                        break;
+                    }
+                    let body = format!("s{sender}-{index}-{}", "y".repeat(900));
+                    match producer.send(Message::new(TOPIC, body.clone())).wait() {
+                        Ok(result) if result.status == SendStatus::SendOk => acked.push(Acked {
+                            queue_id: result.queue.queue_id,
+                            queue_offset: result.queue_offset,
+                            body,
+                        }),
+                        // The master is gone (or a send was answered without a slave's ack).
+                        Ok(_) | Err(_) => break,
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    wait_until("the master took 3000 messages", DEADLINE, || {
+        let info = runtime_info(&master.addr());
+        let stored: u64 = info.get("msgPutTotalTodayNow")?.parse().ok()?;
+        (stored >= 3000).then_some(())
+    });
+    master.kill();
+    stop.store(true, Ordering::SeqCst);
+    for sender in senders {
+        acked.extend(sender.join().unwrap());
+    }
+    assert!(acked.len() >= 3000, "only {} acknowledged", acked.len());
+
+    // Consumers find the slave through the NameServer and read everything acknowledged.
+    let seen = consume_all(&ns, acked.len());
+    assert_all_delivered(&acked, &seen);
+    drop(slave);
+}
+
+#[test]
+fn frozen_slave_gives_flush_slave_timeout_and_lag_shows() {
+    let _serial = serial();
+    let namesrv = NamesrvProcess::start();
+    let ns = namesrv.addr();
+    let master = master(&ns, "SYNC_MASTER");
+    create_topic(&master.addr(), TOPIC, QUEUES).unwrap();
+    let slave = slave(&ns);
+    wait_slave_connected(&master);
+    let producer = producer(&ns);
+    send_some(&producer, "warm", 20);
+
+    kill_signal(&slave, "-STOP");
+    let started = Instant::now();
+    let result = producer
+        .send(Message::new(TOPIC, "while-frozen"))
+        .wait()
+        .unwrap();
+    assert_eq!(result.status, SendStatus::FlushSlaveTimeout);
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    // The master shows the lag while the slave is frozen.
+    wait_until("lag in the runtime info", DEADLINE, || {
+        let info = runtime_info(&master.addr());
+        let bytes: u64 = info.get("haLagBytes")?.parse().ok()?;
+        let ms: u64 = info.get("haLagMs")?.parse().ok()?;
+        (bytes > 0 && ms > 0).then_some(())
+    });
+    kill_signal(&slave, "-CONT");
+    send_some(&producer, "thawed", 20);
+    wait_until("the lag is gone", DEADLINE, || {
+        let info = runtime_info(&master.addr());
+        (info.get("haLagBytes")? == "0").then_some(())
+    });
+    wait_identical(&master, &slave);
+}
+
+#[test]
+fn restarts_on_either_side_resume_and_a_new_slave_copies_everything() {
+    let _serial = serial();
+    let namesrv = NamesrvProcess::start();
+    let ns = namesrv.addr();
+    let mut master = master(&ns, "ASYNC_MASTER");
+    create_topic(&master.addr(), TOPIC, QUEUES).unwrap();
+    let producer = producer(&ns);
+    // Data first (several 1 MiB segments per shard), then a slave with an empty store.
+    let mut acked = send_some(&producer, "before", 6000);
+    let mut slave = slave(&ns);
+    wait_identical(&master, &slave);
+
+    // The slave is SIGKILLed while messages stream, then restarted: it catches up.
+    let background = {
+        let producer = producer.clone();
+        thread::spawn(move || send_some(&producer, "during", 3000))
+    };
+    wait_until("the slave is receiving", DEADLINE, || {
+        let info = runtime_info(&master.addr());
+        let stored: u64 = info.get("msgPutTotalTodayNow")?.parse().ok()?;
+        (stored >= 7000).then_some(())
+    });
+    slave.kill();
+    slave.restart();
+    acked.extend(background.join().unwrap());
+    wait_identical(&master, &slave);
+
+    // The master restarts (SIGKILL, same store and port): the slave follows it again.
+    master.kill();
+    master.restart();
+    wait_slave_connected(&master);
+    acked.extend(send_some(&producer, "after", 2000));
+    wait_identical(&master, &slave);
+
+    // And the slave serves all of it once the master is gone.
+    master.kill();
+    let seen = consume_all(&ns, acked.len());
+    assert_all_delivered(&acked, &seen);
+}
+
+/// A HELLO as the HA handshake encodes it (see broker/src/ha/wire.rs).
+fn hello(cluster: &str, name: &str, shard: u16, shards: u16, offset: u64) -> Vec<u8> {
+    let mut out = b"RMQH".to_vec();
+    out.extend_from_slice(&1u16.to_be_bytes());
+    out.extend_from_slice(&shard.to_be_bytes());
+    out.extend_from_slice(&shards.to_be_bytes());
+    out.extend_from_slice(&(cluster.len() as u16).to_be_bytes());
+    out.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    out.extend_from_slice(&SEGMENT_BYTES.to_be_bytes());
+    out.extend_from_slice(&7i64.to_be_bytes());
+    out.extend_from_slice(&offset.to_be_bytes());
+    out.extend_from_slice(cluster.as_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out
+}
+
+/// Sends `bytes` to the HA port and returns everything the master answers before closing.
+fn ha_exchange(master: &BrokerProcess, bytes: &[u8]) -> Vec<u8> {
+    let port: u16 = master.addr().rsplit_once(':').unwrap().1.parse().unwrap();
+    let mut stream = TcpStream::connect(("127.0.0.1", port + 1)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(bytes).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    answer
+}
+
+#[test]
+fn bad_input_on_the_ha_port_is_refused_and_changes_nothing() {
+    let _serial = serial();
+    let namesrv = NamesrvProcess::start();
+    let ns = namesrv.addr();
+    let master = master(&ns, "SYNC_MASTER");
+    create_topic(&master.addr(), TOPIC, QUEUES).unwrap();
+    let slave = slave(&ns);
+    wait_slave_connected(&master);
+    let producer = producer(&ns);
+    let mut acked = send_some(&producer, "first", 300);
+
+    // Garbage: closed without an answer.
+    assert!(ha_exchange(&master, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").is_empty());
+    let cluster = "DefaultCluster";
+    for (bytes, reason) in [
+        (hello(cluster, "broker-b", 0, 2, 0), "another broker group"),
+        (
+            hello("OtherCluster", "broker-a", 0, 2, 0),
+            "another broker group",
+        ),
+        (
+            hello(cluster, "broker-a", 0, 2, 1 << 40),
+            "past this master's end",
+        ),
+        (hello(cluster, "broker-a", 0, 3, 0), "shards"),
+    ] {
+        let answer = ha_exchange(&master, &bytes);
+        let text = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with(b"RMQH"), "{text}");
+        assert_eq!(answer[6], 1, "refused: {text}");
+        assert!(text.contains(reason), "{reason}: {text}");
+    }
+    let log = master.log();
+    for logged in [
+        "bad handshake",
+        "another broker group",
+        "past this master's end",
+    ] {
+        assert!(log.contains(logged), "the master logs {logged:?}");
+    }
+    // The master still serves, SYNC_MASTER acknowledgements still come from the real slave,
+    // and both stores still match.
+    acked.extend(send_some(&producer, "second", 300));
+    wait_identical(&master, &slave);
+    assert_eq!(acked.len(), 600);
+}
