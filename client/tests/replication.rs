@@ -32,7 +32,7 @@ use ringmq_client::{
 use ringmq_protocol::body::{self, KvTable};
 use ringmq_protocol::header::SendMessageRequestHeader;
 use ringmq_protocol::{RequestCode, ResponseCode};
-use ringmq_testkit::remoting::{RemotingClient, create_topic};
+use ringmq_testkit::remoting::{RemotingClient, create_topic, topic_route};
 use ringmq_testkit::{BrokerOptions, BrokerProcess, NamesrvProcess, wait_until};
 
 const TOPIC: &str = "ha-topic";
@@ -296,6 +296,13 @@ fn sync_master_killed_loses_no_acknowledged_message() {
 
     let slave = slave(&ns);
     wait_slave_connected(&master);
+    // The slave registers too: the route lists both addresses of broker-a.
+    wait_until("the route lists master and slave", DEADLINE, || {
+        let route = topic_route(&ns, TOPIC).ok()??;
+        let addrs = &route.broker_datas.first()?.broker_addrs;
+        (addrs.get(&0) == Some(&master.addr()) && addrs.get(&1) == Some(&slave.addr()))
+            .then_some(())
+    });
     // The slave takes the topic from the master and refuses sends itself.
     wait_until("the slave has the topic", DEADLINE, || {
         let mut client = RemotingClient::connect(&slave.addr()).ok()?;

@@ -24,6 +24,8 @@ use crate::{config::BrokerRole, shared::BrokerShared};
 
 /// How long a new connection has to send its HELLO.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// HA connections served at once (slaves x shards, plus handshakes in progress).
+const MAX_CONNECTIONS: usize = 128;
 /// How often a sender with nothing to send checks for stop.
 const IDLE_CHECK: Duration = Duration::from_millis(200);
 
@@ -99,6 +101,11 @@ fn accept_loop(ctx: &Arc<HaContext>, listener: &TcpListener) -> Vec<JoinHandle<(
         }
         connections.retain(|c| !c.is_finished());
         match accepted {
+            Ok((stream, peer)) if connections.len() >= MAX_CONNECTIONS => {
+                // Each connection costs two threads: a flood must not exhaust them.
+                tracing::warn!(%peer, limit = MAX_CONNECTIONS, "HA connection refused: too many connections");
+                drop(stream);
+            }
             Ok((stream, peer)) => {
                 let ctx = Arc::clone(ctx);
                 let spawned = std::thread::Builder::new()
