@@ -652,15 +652,46 @@ pub(crate) fn dispatch_chunk<F: Clone>(
     config: &StoreConfig,
     queues: &mut QueueMap<F>,
 ) -> bool {
-    // Validate the whole chunk before dispatching any of it, so a bad chunk adds nothing.
+    // Validate the whole chunk before dispatching any of it, so a bad chunk adds nothing:
+    // framing, physical offsets, and that each record continues its queue (tracked across the
+    // chunk's own records, since one chunk may hold several of a queue).
+    let mut next_of: Vec<(&str, i32, u64)> = Vec::new();
     let mut at = 0;
     while at < payload.len() {
-        match StoredRecord::decode(&payload[at..]) {
-            Ok((record, size)) if record.physical_offset as u64 == position + at as u64 => {
-                at += size;
-            }
-            _ => return false,
+        let Ok((record, size)) = StoredRecord::decode(&payload[at..]) else {
+            return false;
+        };
+        if record.physical_offset as u64 != position + at as u64 || record.queue_offset < 0 {
+            return false;
         }
+        let queue_offset = record.queue_offset as u64;
+        let expected = match next_of
+            .iter_mut()
+            .find(|(topic, queue_id, _)| *topic == record.topic && *queue_id == record.queue_id)
+        {
+            Some((_, _, next)) => Some(std::mem::replace(next, queue_offset + 1)),
+            None => {
+                let existing = usize::try_from(record.queue_id)
+                    .ok()
+                    .and_then(|index| queues.get(record.topic)?.get(index)?.as_ref())
+                    // A queue that never held anything starts wherever its first record is.
+                    .filter(|q| !(q.next_offset() == q.min_offset && q.files.is_empty()))
+                    .map(ConsumeQueue::next_offset);
+                next_of.push((record.topic, record.queue_id, queue_offset + 1));
+                existing
+            }
+        };
+        if expected.is_some_and(|expected| expected != queue_offset) {
+            tracing::warn!(
+                topic = record.topic,
+                queue_id = record.queue_id,
+                expected,
+                found = queue_offset,
+                "record does not continue its consume queue"
+            );
+            return false;
+        }
+        at += size;
     }
     let mut at = 0;
     let mut state_queues = StateQueues { queues, config };

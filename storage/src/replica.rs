@@ -30,6 +30,9 @@ use crate::{
     store::validate_topic,
 };
 
+/// Bytes of log compared by [`LogReader::tail_fingerprint`].
+const TAIL_FINGERPRINT_BYTES: u64 = 4096;
+
 /// The log's marks, readable from any thread, with a way to wait for them to move.
 ///
 /// Invariant: each mark only grows while the store is open (`min_offset` with retention,
@@ -242,7 +245,16 @@ impl LogReader {
                 ..empty
             });
         }
-        let limit = upto.min(segment_end);
+        // A segment file may be shorter than a segment (not preallocated): past its end the log
+        // is zeros, i.e. this segment is done.
+        let file_end = segment_start + self.file_len(segment_start)?;
+        if file_end.saturating_sub(from) < CHUNK_HEADER_BYTES as u64 {
+            return Ok(ChunkRun {
+                next: segment_end,
+                ..empty
+            });
+        }
+        let limit = upto.min(segment_end).min(file_end);
         let want = ((limit - from) as usize).min(max_bytes.max(CHUNK_HEADER_BYTES));
         let start_len = out.len();
         self.read_at(segment_start, from, want, out)?;
@@ -298,6 +310,57 @@ impl LogReader {
         })
     }
 
+    /// A fingerprint of the log's last bytes before `end`: (length, CRC32C) of up to 4 KiB
+    /// ending at `end`, within the segment holding `end - 1`; `None` at the shard's first byte.
+    /// Master and slave compare theirs before streaming: equal chunk boundaries alone do not
+    /// prove equal logs (a master that lost its tail in a crash and wrote new records in its
+    /// place can end a chunk at the same offset), equal bytes do.
+    pub fn tail_fingerprint(&mut self, end: u64) -> Result<Option<(u32, u32)>, LogReadError> {
+        if end <= self.base {
+            return Ok(None);
+        }
+        let segment_start = self.segment_start(end - 1);
+        let from = end
+            .saturating_sub(TAIL_FINGERPRINT_BYTES)
+            .max(segment_start);
+        let mut bytes = Vec::with_capacity((end - from) as usize);
+        let file_end = segment_start + self.file_len(segment_start)?;
+        // Bytes past the file's end are zeros, as a preallocated file would hold.
+        let in_file = end.min(file_end).saturating_sub(from) as usize;
+        if in_file > 0 {
+            self.read_at(segment_start, from, in_file, &mut bytes)?;
+        }
+        bytes.resize((end - from) as usize, 0);
+        Ok(Some((bytes.len() as u32, crc32c::crc32c(&bytes))))
+    }
+
+    fn file_len(&mut self, segment_start: u64) -> Result<u64, LogReadError> {
+        self.open_segment(segment_start)?;
+        let path = self.dir.join(segment_name(segment_start));
+        let Some((_, file)) = &self.open else {
+            return Ok(0);
+        };
+        file.metadata()
+            .map(|m| m.len())
+            .map_err(|source| LogReadError::Io { path, source })
+    }
+
+    fn open_segment(&mut self, segment_start: u64) -> Result<(), LogReadError> {
+        if self
+            .open
+            .as_ref()
+            .is_none_or(|(start, _)| *start != segment_start)
+        {
+            let path = self.dir.join(segment_name(segment_start));
+            let file = File::open(&path).map_err(|source| LogReadError::SegmentGone {
+                path: path.clone(),
+                source,
+            })?;
+            self.open = Some((segment_start, file));
+        }
+        Ok(())
+    }
+
     fn read_at(
         &mut self,
         segment_start: u64,
@@ -306,17 +369,7 @@ impl LogReader {
         out: &mut Vec<u8>,
     ) -> Result<(), LogReadError> {
         let path = self.dir.join(segment_name(segment_start));
-        if self
-            .open
-            .as_ref()
-            .is_none_or(|(start, _)| *start != segment_start)
-        {
-            let file = File::open(&path).map_err(|source| LogReadError::SegmentGone {
-                path: path.clone(),
-                source,
-            })?;
-            self.open = Some((segment_start, file));
-        }
+        self.open_segment(segment_start)?;
         let Some((_, file)) = &self.open else {
             return Ok(());
         };
@@ -345,16 +398,26 @@ impl<S: Storage> MessageStore<S> {
     /// One past the last byte accepted (appended or replicated, written or not): where a slave
     /// asks its master to continue.
     pub fn log_end(&self) -> u64 {
-        self.inner.state.borrow().log.write_pos
+        let state = self.inner.state.borrow();
+        let (write_pos, active_end) = (state.log.write_pos, state.log.next_segment_start());
+        // A segment closed by an end marker, or with no room for a header, is done: the log
+        // continues at the next segment's start, even before that segment exists (creating it
+        // may have failed on a full disk; the master streams from there).
+        if state.log.segment_ended || active_end - write_pos < CHUNK_HEADER_BYTES as u64 {
+            active_end
+        } else {
+            write_pos
+        }
     }
 
-    /// Whether the store holds no record at all (a new store, or one retention emptied is not
-    /// this: it still has a position past its base).
+    /// Whether the store holds no byte of log and no queue: a new store, or one moved by
+    /// [`MessageStore::start_at`] that has received nothing since.
     pub fn is_pristine(&self) -> bool {
         let state = self.inner.state.borrow();
-        state.log.write_pos == self.inner.config.base_offset()
+        state.log.write_pos == state.log.min_offset()
             && state.log.segments.len() <= 1
             && !state.log.has_pending()
+            && state.log.in_flight() == 0
             && state.queues.is_empty()
     }
 
@@ -379,13 +442,14 @@ impl<S: Storage> MessageStore<S> {
                 "only an empty store can move its start".into(),
             ));
         }
-        if position == base {
+        if position == self.log_end() {
             return Ok(());
         }
         let segment = self.create_segment(position).await?;
         let old = {
             let mut state = inner.state.borrow_mut();
-            let old: Vec<_> = state.log.segments.drain(..).collect();
+            let mut old: Vec<_> = state.log.segments.drain(..).collect();
+            old.extend(state.log.spare_segment.take());
             state.log.restart_at(std::rc::Rc::new(segment), position);
             old
         };

@@ -10,7 +10,7 @@ use std::{path::Path, time::Duration};
 use bytes::Bytes;
 use common::{body_for, record, runtime, small_config};
 use ringmq_storage::{
-    FlushMode, LogReadError, LogReader, Mark, MessageStore, ReadRequest, StoreError,
+    FlushMode, LogReadError, LogReader, Mark, MessageStore, ReadRequest, StoreError, format,
     io::UringStorage,
 };
 
@@ -122,6 +122,16 @@ fn replicated_log_is_byte_identical_and_survives_reopen() {
         assert_eq!(
             watch.wait_past(Mark::Durable, end - 1, Duration::ZERO),
             watch.durable()
+        );
+        // Same bytes, same fingerprint; one byte of difference shows.
+        let fingerprint = |config| LogReader::new(config).tail_fingerprint(end).unwrap();
+        assert!(fingerprint(&master_config).is_some());
+        assert_eq!(fingerprint(&master_config), fingerprint(&replica_config));
+        assert_eq!(
+            LogReader::new(&master_config)
+                .tail_fingerprint(master_config.base_offset())
+                .unwrap(),
+            None
         );
         for queue_id in 0..3 {
             assert_eq!(
@@ -239,8 +249,36 @@ fn bad_or_misplaced_chunks_are_refused_and_change_nothing() {
             matches!(refused, Err(StoreError::ReplicaRefused(_))),
             "{refused:?}"
         );
+        // A chunk whose CRCs are right but whose second record does not continue its queue:
+        // refused whole, so not even the first record's queue appears.
+        let first_len = u32::from_be_bytes(buf[16..20].try_into().unwrap()) as usize;
+        let first = &buf[16..16 + first_len];
+        let mut second = first.to_vec();
+        second[20..28].copy_from_slice(&5i64.to_be_bytes());
+        let second_at = start + 16 + first_len as u64;
+        second[28..36].copy_from_slice(&(second_at as i64).to_be_bytes());
+        let mut chunk = vec![0u8; 16];
+        chunk.extend_from_slice(first);
+        chunk.extend_from_slice(&second);
+        let payload_crc = crc32c::crc32c(&chunk[16..]);
+        let payload_bytes = (chunk.len() - 16) as u32;
+        format::write_chunk_header(
+            &mut chunk[..16],
+            start,
+            format::ChunkHeader::Records {
+                payload_bytes,
+                payload_crc,
+            },
+        );
+        let refused = replica.replicate(start, Bytes::from(chunk)).await;
+        assert!(
+            matches!(refused, Err(StoreError::ReplicaRefused(_))),
+            "{refused:?}"
+        );
         assert_eq!(replica.log_end(), start);
-        assert!(replica.queue_offsets("TopicB", 0).is_none());
+        for queue_id in 0..3 {
+            assert!(replica.queue_offsets("TopicB", queue_id).is_none());
+        }
         // The good bytes still go in afterwards.
         let end = replica.replicate(start, Bytes::from(buf)).await.unwrap();
         assert_eq!(end, run.next);
