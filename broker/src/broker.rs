@@ -148,7 +148,7 @@ impl Broker {
         for (id, inbox) in inbox_receivers.into_iter().enumerate() {
             // Bounded: a slave shard that cannot keep up slows its HA thread, then the master.
             let replica_commands = is_slave.then(|| {
-                let (sender, receiver) = flume::bounded(64);
+                let (sender, receiver) = flume::bounded(16);
                 replica_senders.push(sender);
                 receiver
             });
@@ -207,7 +207,12 @@ impl Broker {
                 .map_err(|e| BrokerError::io("cannot start the HA server", e))?,
         );
         if shared.config.broker_role == BrokerRole::Slave {
-            let links = watches.into_iter().zip(replica_senders).collect();
+            let links = watches
+                .into_iter()
+                .zip(replica_senders)
+                .enumerate()
+                .map(|(id, (watch, sender))| (watch, shard::store_config(shared, id), sender))
+                .collect();
             self.ha_client = Some(
                 HaClient::start(shared, links)
                     .map_err(|e| BrokerError::io("cannot start replication", e))?,

@@ -461,17 +461,28 @@ fn restarts_on_either_side_resume_and_a_new_slave_copies_everything() {
     assert_all_delivered(&acked, &seen);
 }
 
-/// A HELLO as the HA handshake encodes it (see broker/src/ha/wire.rs).
-fn hello(cluster: &str, name: &str, shard: u16, shards: u16, offset: u64) -> Vec<u8> {
+/// A HELLO as the HA handshake encodes it (see broker/src/ha/wire.rs), of a non-empty slave
+/// whose last 4 KiB have CRC32C `tail_crc`.
+fn hello(
+    cluster: &str,
+    name: &str,
+    shard: u16,
+    shards: u16,
+    offset: u64,
+    tail_crc: u32,
+) -> Vec<u8> {
     let mut out = b"RMQH".to_vec();
     out.extend_from_slice(&1u16.to_be_bytes());
     out.extend_from_slice(&shard.to_be_bytes());
     out.extend_from_slice(&shards.to_be_bytes());
     out.extend_from_slice(&(cluster.len() as u16).to_be_bytes());
     out.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    out.extend_from_slice(&0u16.to_be_bytes());
     out.extend_from_slice(&SEGMENT_BYTES.to_be_bytes());
     out.extend_from_slice(&7i64.to_be_bytes());
     out.extend_from_slice(&offset.to_be_bytes());
+    out.extend_from_slice(&4096u32.to_be_bytes());
+    out.extend_from_slice(&tail_crc.to_be_bytes());
     out.extend_from_slice(cluster.as_bytes());
     out.extend_from_slice(name.as_bytes());
     out
@@ -505,17 +516,34 @@ fn bad_input_on_the_ha_port_is_refused_and_changes_nothing() {
     // Garbage: closed without an answer.
     assert!(ha_exchange(&master, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").is_empty());
     let cluster = "DefaultCluster";
+    // Where the real slave's shard 0 is: a chunk boundary of the master's log.
+    let info = runtime_info(&master.addr());
+    let held: u64 = info["haSlaves"]
+        .split(',')
+        .find_map(|slave| slave.strip_prefix("0:1@"))
+        .and_then(|rest| rest.rsplit(':').next())
+        .and_then(|offset| offset.parse().ok())
+        .expect("shard 0's slave offset");
+    assert!(held > 4096, "{info:?}");
     for (bytes, reason) in [
-        (hello(cluster, "broker-b", 0, 2, 0), "another broker group"),
         (
-            hello("OtherCluster", "broker-a", 0, 2, 0),
+            hello(cluster, "broker-b", 0, 2, 0, 0),
             "another broker group",
         ),
         (
-            hello(cluster, "broker-a", 0, 2, 1 << 40),
+            hello("OtherCluster", "broker-a", 0, 2, 0, 0),
+            "another broker group",
+        ),
+        (
+            hello(cluster, "broker-a", 0, 2, 1 << 40, 0),
             "past this master's end",
         ),
-        (hello(cluster, "broker-a", 0, 3, 0), "shards"),
+        (hello(cluster, "broker-a", 0, 3, 0, 0), "shards"),
+        // The right offset, other bytes before it: a log that diverged.
+        (
+            hello(cluster, "broker-a", 0, 2, held, 0x1234_5678),
+            "differ",
+        ),
     ] {
         let answer = ha_exchange(&master, &bytes);
         let text = String::from_utf8_lossy(&answer);
@@ -528,6 +556,7 @@ fn bad_input_on_the_ha_port_is_refused_and_changes_nothing() {
         "bad handshake",
         "another broker group",
         "past this master's end",
+        "differ from this master's",
     ] {
         assert!(log.contains(logged), "the master logs {logged:?}");
     }

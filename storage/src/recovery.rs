@@ -665,21 +665,20 @@ pub(crate) fn dispatch_chunk<F: Clone>(
             return false;
         }
         let queue_offset = record.queue_offset as u64;
-        let expected = match next_of
+        let known = next_of
             .iter_mut()
-            .find(|(topic, queue_id, _)| *topic == record.topic && *queue_id == record.queue_id)
-        {
-            Some((_, _, next)) => Some(std::mem::replace(next, queue_offset + 1)),
-            None => {
-                let existing = usize::try_from(record.queue_id)
-                    .ok()
-                    .and_then(|index| queues.get(record.topic)?.get(index)?.as_ref())
-                    // A queue that never held anything starts wherever its first record is.
-                    .filter(|q| !(q.next_offset() == q.min_offset && q.files.is_empty()))
-                    .map(ConsumeQueue::next_offset);
-                next_of.push((record.topic, record.queue_id, queue_offset + 1));
-                existing
-            }
+            .find(|(topic, queue_id, _)| *topic == record.topic && *queue_id == record.queue_id);
+        let expected = if let Some((_, _, next)) = known {
+            Some(std::mem::replace(next, queue_offset + 1))
+        } else {
+            let existing = usize::try_from(record.queue_id)
+                .ok()
+                .and_then(|index| queues.get(record.topic)?.get(index)?.as_ref())
+                // A queue that never held anything starts wherever its first record is.
+                .filter(|q| !(q.next_offset() == q.min_offset && q.files.is_empty()))
+                .map(ConsumeQueue::next_offset);
+            next_of.push((record.topic, record.queue_id, queue_offset + 1));
+            existing
         };
         if expected.is_some_and(|expected| expected != queue_offset) {
             tracing::warn!(

@@ -10,8 +10,8 @@ use std::{
     io::{Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -36,6 +36,33 @@ struct HaContext {
     /// Per shard: the log's marks and the store's layout.
     shards: Vec<(Arc<LogWatch>, StoreConfig)>,
     stop: AtomicBool,
+    /// Clones of the connected slaves' sockets, shut down on stop so no thread stays blocked
+    /// in a read or write.
+    streams: Mutex<Vec<(u64, TcpStream)>>,
+    next_stream: AtomicU64,
+}
+
+impl HaContext {
+    fn register_stream(&self, stream: &TcpStream) -> u64 {
+        let id = self.next_stream.fetch_add(1, Ordering::SeqCst);
+        if let Ok(clone) = stream.try_clone() {
+            self.streams
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((id, clone));
+        }
+        if self.stop.load(Ordering::SeqCst) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        id
+    }
+
+    fn unregister_stream(&self, id: u64) {
+        self.streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(each, _)| *each != id);
+    }
 }
 
 /// The running HA server.
@@ -59,6 +86,8 @@ impl HaServer {
             shared,
             shards,
             stop: AtomicBool::new(false),
+            streams: Mutex::new(Vec::new()),
+            next_stream: AtomicU64::new(0),
         });
         let accept_ctx = Arc::clone(&ctx);
         let accept = std::thread::Builder::new()
@@ -74,6 +103,15 @@ impl HaServer {
     /// Closes every slave connection and ends the threads.
     pub(crate) fn stop(mut self) {
         self.ctx.stop.store(true, Ordering::SeqCst);
+        for (_, stream) in self
+            .ctx
+            .streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
         // Wake the blocking accept with a connection of our own.
         let _ = TcpStream::connect_timeout(
             &SocketAddr::new(
@@ -128,11 +166,10 @@ fn accept_loop(ctx: &Arc<HaContext>, listener: &TcpListener) -> Vec<JoinHandle<(
 fn serve(ctx: &Arc<HaContext>, mut stream: TcpStream, peer: SocketAddr) {
     let config = &ctx.shared.config;
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(HELLO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(Duration::from_millis(
         config.ha_housekeeping_interval_ms,
     )));
-    let hello = match Hello::read(&mut stream) {
+    let hello = match Hello::read(&mut DeadlineReader::new(&stream, HELLO_TIMEOUT)) {
         Ok(hello) => hello,
         Err(err) => {
             tracing::warn!(%peer, %err, "HA connection refused: bad handshake");
@@ -155,7 +192,10 @@ fn serve(ctx: &Arc<HaContext>, mut stream: TcpStream, peer: SocketAddr) {
     let shard = usize::from(hello.shard);
     let replicas = &ctx.shared.replicas[shard];
     let inbox = &ctx.shared.inboxes[shard];
-    let link = replicas.connect(peer, hello.broker_id, start);
+    // Counts for SYNC_MASTER only from the slave's first report: `start` may include bytes the
+    // slave has queued but not yet written.
+    let link = replicas.connect(peer, hello.broker_id, inbox);
+    let registered = ctx.register_stream(&stream);
     tracing::info!(%peer, shard, slave = hello.broker_id, start, "slave connected");
     let closed = Arc::new(AtomicBool::new(false));
     let reader = match stream.try_clone() {
@@ -180,6 +220,7 @@ fn serve(ctx: &Arc<HaContext>, mut stream: TcpStream, peer: SocketAddr) {
     };
     let _ = stream.shutdown(Shutdown::Both);
     let reader_reason = reader.and_then(|r| r.join().ok());
+    ctx.unregister_stream(registered);
     replicas.disconnect(&link, inbox);
     tracing::warn!(
         %peer,
@@ -188,6 +229,37 @@ fn serve(ctx: &Arc<HaContext>, mut stream: TcpStream, peer: SocketAddr) {
         reason = %reader_reason.filter(|r| !r.is_empty()).unwrap_or(reason),
         "slave disconnected"
     );
+}
+
+/// Reads with one deadline for the whole of a message (a per-read timeout alone would let a
+/// peer sending a byte at a time hold a thread for minutes).
+struct DeadlineReader<'a> {
+    stream: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl<'a> DeadlineReader<'a> {
+    fn new(stream: &'a TcpStream, timeout: Duration) -> Self {
+        Self {
+            stream,
+            deadline: Instant::now() + timeout,
+        }
+    }
+}
+
+impl Read for DeadlineReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the handshake took too long",
+            ));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        let mut stream = self.stream;
+        stream.read(buf)
+    }
 }
 
 /// Checks a HELLO against this broker; returns where to stream from.
@@ -236,8 +308,8 @@ fn admit(ctx: &HaContext, hello: &Hello) -> Result<u64, String> {
              diverged (copy the slave's store again)"
         ));
     }
-    if offset == base && min > base {
-        // An empty slave copies everything the master still has.
+    if hello.empty {
+        // An empty slave copies everything the master still has, wherever its store starts.
         return Ok(min);
     }
     if offset < min {
@@ -246,10 +318,11 @@ fn admit(ctx: &HaContext, hello: &Hello) -> Result<u64, String> {
              the slave's store to copy again"
         ));
     }
+    let mut reader = LogReader::new(store);
     if offset < written {
         // The slave's end must be one of this log's chunk boundaries.
         let mut probe = Vec::new();
-        match LogReader::new(store).read_chunks(offset, written, 0, &mut probe) {
+        match reader.read_chunks(offset, written, 0, &mut probe) {
             Ok(_) => {}
             Err(LogReadError::NotAChunk(_)) => {
                 return Err(format!(
@@ -259,6 +332,17 @@ fn admit(ctx: &HaContext, hello: &Hello) -> Result<u64, String> {
             }
             Err(err) => return Err(format!("cannot read the log at {offset}: {err}")),
         }
+    }
+    // And the bytes before it must be this log's: a master that lost its tail in a crash and
+    // wrote new records in its place can have a chunk boundary at the same offset.
+    let ours = reader
+        .tail_fingerprint(offset)
+        .map_err(|err| format!("cannot read this master's log before {offset}: {err}"))?;
+    if ours != hello.tail {
+        return Err(format!(
+            "the slave's last bytes before {offset} differ from this master's: the logs \
+             diverged (copy the slave's store again)"
+        ));
     }
     Ok(offset)
 }

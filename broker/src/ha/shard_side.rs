@@ -2,7 +2,11 @@
 //! shard's replica task (it writes what the HA thread received), and a SYNC_MASTER send
 //! waiting for a slave to hold its bytes.
 
-use std::{rc::Rc, task::Poll, time::Duration};
+use std::{
+    rc::Rc,
+    task::Poll,
+    time::{Duration, Instant},
+};
 
 use ringmq_protocol::ResponseCode;
 
@@ -11,8 +15,9 @@ use crate::shard::ShardCtx;
 
 /// A slave shard's replica task: applies the HA thread's commands in order. Frames are taken
 /// one after another (each `replicate` returns once its chunks are queued for writing, so
-/// writes still overlap); parked pulls are woken once a frame's bytes are readable.
+/// writes still overlap).
 pub(crate) async fn serve_replica(ctx: Rc<ShardCtx>, commands: flume::Receiver<ReplicaCommand>) {
+    let _pull_waker = compio::runtime::spawn(wake_pulls_on_progress(Rc::clone(&ctx)));
     while let Ok(command) = commands.recv_async().await {
         match command {
             ReplicaCommand::Position { reply } => {
@@ -27,17 +32,7 @@ pub(crate) async fn serve_replica(ctx: Rc<ShardCtx>, commands: flume::Receiver<R
                 bytes,
                 refused,
             } => match ctx.store.replicate(position, bytes).await {
-                Ok(end) => {
-                    if ctx.longpoll.parked() > 0 {
-                        let waker = Rc::clone(&ctx);
-                        compio::runtime::spawn(async move {
-                            if waker.store.wait_acknowledged(end).await.is_ok() {
-                                waker.longpoll.arrived_anywhere();
-                            }
-                        })
-                        .detach();
-                    }
-                }
+                Ok(_) => {}
                 Err(err) => {
                     tracing::warn!(shard = ctx.id, position, %err, "replicated data refused");
                     let _ = refused.try_send(err.to_string());
@@ -63,20 +58,47 @@ pub(crate) async fn wait_for_slave(ctx: &ShardCtx, end: u64) -> Result<(), Respo
         return Err(ResponseCode::SlaveNotAvailable);
     }
     replicas.start_waiting();
-    let wait = std::future::poll_fn(|cx| {
-        // `start_waiting` came first: an acknowledgement after this check queues a wake.
-        if replicas.acked() >= end {
-            return Poll::Ready(Ok(()));
+    let deadline = Instant::now() + Duration::from_millis(config.slave_timeout_ms);
+    let outcome = loop {
+        let wait = std::future::poll_fn(|cx| {
+            // `start_waiting` came first: an acknowledgement after this check queues a wake.
+            if replicas.acked() >= end {
+                return Poll::Ready(Ok(()));
+            }
+            if replicas.connected() == 0 {
+                return Poll::Ready(Err(ResponseCode::SlaveNotAvailable));
+            }
+            ctx.slave_waiters.register(end, cx.waker().clone());
+            Poll::Pending
+        });
+        // The wake message can be dropped (a full inbox): re-check now and then regardless.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break Err(ResponseCode::FlushSlaveTimeout);
         }
-        if replicas.connected() == 0 {
-            return Poll::Ready(Err(ResponseCode::SlaveNotAvailable));
+        if let Ok(outcome) = compio::time::timeout(left.min(RECHECK), wait).await {
+            break outcome;
         }
-        ctx.slave_waiters.register(end, cx.waker().clone());
-        Poll::Pending
-    });
-    let outcome = compio::time::timeout(Duration::from_millis(config.slave_timeout_ms), wait).await;
+    };
     replicas.stop_waiting();
-    outcome.unwrap_or(Err(ResponseCode::FlushSlaveTimeout))
+    outcome
+}
+
+/// How often a SYNC_MASTER send re-checks the slaves' mark without being woken.
+const RECHECK: Duration = Duration::from_millis(50);
+
+/// A slave shard's watch over what readers can see: parked pulls are woken whenever replicated
+/// bytes become readable (the replica task cannot tell which queues a frame touched without
+/// parsing it again, and a pull may park between a frame's queuing and its write).
+pub(crate) async fn wake_pulls_on_progress(ctx: Rc<ShardCtx>) {
+    let mut visible = ctx.store.physical_range().1;
+    loop {
+        if ctx.store.wait_acknowledged(visible + 1).await.is_err() {
+            return;
+        }
+        visible = ctx.store.physical_range().1;
+        ctx.longpoll.arrived_anywhere();
+    }
 }
 
 /// The HA threads say a slave holds more: wake the sends it covers.

@@ -7,7 +7,7 @@ use std::{
     io::Read,
     net::{Shutdown, TcpStream, ToSocketAddrs},
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
@@ -15,12 +15,16 @@ use std::{
 };
 
 use bytes::BytesMut;
-use ringmq_storage::{FlushMode, LogWatch, Mark};
+use ringmq_storage::{FlushMode, LogReader, LogWatch, Mark, StoreConfig};
 
 use super::wire::{FRAME_HEADER_BYTES, Hello, Welcome, parse_frame_header};
 use crate::shared::BrokerShared;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest wait for the shard's answer to a question (its log's end, a move of its start).
+const ASK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the store may take to write what it has queued before a HELLO.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the reporter checks for a refused frame or stop while the mark does not move.
 const IDLE_CHECK: Duration = Duration::from_millis(200);
 
@@ -47,6 +51,8 @@ pub(crate) enum ReplicaCommand {
 pub(crate) struct HaClient {
     stop: flume::Sender<()>,
     threads: Vec<JoinHandle<()>>,
+    /// Each shard's current connection, shut down on stop so no thread stays blocked on it.
+    streams: Arc<Vec<Mutex<Option<TcpStream>>>>,
 }
 
 /// What each shard's thread needs.
@@ -54,27 +60,31 @@ struct ShardLink {
     shared: Arc<BrokerShared>,
     shard: usize,
     watch: Arc<LogWatch>,
-    segment_bytes: u64,
+    store: StoreConfig,
     commands: flume::Sender<ReplicaCommand>,
     stop: flume::Receiver<()>,
+    streams: Arc<Vec<Mutex<Option<TcpStream>>>>,
 }
 
 impl HaClient {
     /// Starts one thread per shard; `shards[i]` is shard i's log watch and replica queue.
     pub(crate) fn start(
         shared: &Arc<BrokerShared>,
-        shards: Vec<(Arc<LogWatch>, flume::Sender<ReplicaCommand>)>,
+        shards: Vec<(Arc<LogWatch>, StoreConfig, flume::Sender<ReplicaCommand>)>,
     ) -> std::io::Result<Self> {
         let (stop, stopped) = flume::bounded(0);
+        let streams: Arc<Vec<Mutex<Option<TcpStream>>>> =
+            Arc::new(shards.iter().map(|_| Mutex::new(None)).collect());
         let mut threads = Vec::new();
-        for (shard, (watch, commands)) in shards.into_iter().enumerate() {
+        for (shard, (watch, store, commands)) in shards.into_iter().enumerate() {
             let link = ShardLink {
                 shared: Arc::clone(shared),
                 shard,
                 watch,
-                segment_bytes: shared.config.segment_bytes,
+                store,
                 commands,
                 stop: stopped.clone(),
+                streams: Arc::clone(&streams),
             };
             threads.push(
                 std::thread::Builder::new()
@@ -82,12 +92,22 @@ impl HaClient {
                     .spawn(move || run(&link))?,
             );
         }
-        Ok(Self { stop, threads })
+        Ok(Self {
+            stop,
+            threads,
+            streams,
+        })
     }
 
-    /// Ends every thread (dropping the stop sender wakes their waits).
+    /// Ends every thread (dropping the stop sender wakes their waits, shutting the sockets
+    /// down ends their reads and writes).
     pub(crate) fn stop(self) {
         drop(self.stop);
+        for stream in self.streams.iter() {
+            if let Some(stream) = stream.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
         for thread in self.threads {
             let _ = thread.join();
         }
@@ -106,6 +126,19 @@ impl ShardLink {
 
     fn progress(&self) -> &super::state::SlaveProgress {
         &self.shared.slave_progress[self.shard]
+    }
+
+    /// Keeps a clone of the session's socket for [`HaClient::stop`] (`None` clears it).
+    fn track(&self, stream: Option<&TcpStream>) {
+        let clone = stream.and_then(|s| s.try_clone().ok());
+        *self.streams[self.shard]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = clone;
+        if stream.is_some() && self.stopping() {
+            if let Some(s) = stream {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
     }
 }
 
@@ -143,16 +176,15 @@ fn ask<T>(
 ) -> Result<T, String> {
     let (reply, answer) = flume::bounded(1);
     link.commands
-        .send(command(reply))
-        .map_err(|_| "the shard is gone".to_owned())?;
+        .send_timeout(command(reply), ASK_TIMEOUT)
+        .map_err(|_| "the shard did not take the request".to_owned())?;
     answer
-        .recv()
+        .recv_timeout(ASK_TIMEOUT)
         .map_err(|_| "the shard did not answer".to_owned())
 }
 
 /// One connection: handshake, then frames until an error or stop.
 fn session(link: &ShardLink, addr: &str) -> Result<(), String> {
-    let config = &link.shared.config;
     let target = addr
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {addr}: {e}"))?
@@ -160,6 +192,16 @@ fn session(link: &ShardLink, addr: &str) -> Result<(), String> {
         .ok_or_else(|| format!("{addr} does not resolve"))?;
     let mut stream = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT)
         .map_err(|e| format!("connect: {e}"))?;
+    link.track(Some(&stream));
+    let outcome = stream_session(link, addr, &mut stream);
+    link.track(None);
+    let _ = stream.shutdown(Shutdown::Both);
+    outcome
+}
+
+/// The session on a connected socket.
+fn stream_session(link: &ShardLink, addr: &str, stream: &mut TcpStream) -> Result<(), String> {
+    let config = &link.shared.config;
     let housekeeping = Duration::from_millis(config.ha_housekeeping_interval_ms);
     let _ = stream.set_nodelay(true);
     stream
@@ -167,22 +209,35 @@ fn session(link: &ShardLink, addr: &str) -> Result<(), String> {
         .and_then(|()| stream.set_write_timeout(Some(housekeeping)))
         .map_err(|e| format!("socket options: {e}"))?;
     let (end, pristine) = ask(link, |reply| ReplicaCommand::Position { reply })?;
+    // The fingerprint reads the files: wait until everything below `end` is in them.
+    if !pristine && link.watch.wait_past(Mark::Written, end - 1, SETTLE_TIMEOUT) < end {
+        return Err("the store has not written what it holds; writes are failing?".into());
+    }
+    let tail = if pristine {
+        None
+    } else {
+        LogReader::new(&link.store)
+            .tail_fingerprint(end)
+            .map_err(|e| format!("cannot read this slave's log: {e}"))?
+    };
     let hello = Hello {
         shard: link.shard as u16,
         shard_count: link.shared.shard_count() as u16,
-        segment_bytes: link.segment_bytes,
+        segment_bytes: link.store.segment_bytes,
         broker_id: config.broker_id,
         offset: end,
+        empty: pristine,
+        tail,
         cluster: config.cluster_name.clone(),
         broker_name: config.broker_name.clone(),
     };
-    std::io::Write::write_all(&mut stream, &hello.encode()).map_err(|e| format!("write: {e}"))?;
-    let start = match Welcome::read(&mut stream).map_err(|e| format!("handshake: {e}"))? {
+    std::io::Write::write_all(stream, &hello.encode()).map_err(|e| format!("write: {e}"))?;
+    let start = match Welcome::read(stream).map_err(|e| format!("handshake: {e}"))? {
         Welcome::Accepted { start } => start,
         Welcome::Refused { reason } => return Err(format!("the master refused: {reason}")),
     };
     if start != end {
-        if !(pristine && start > end) {
+        if !pristine {
             return Err(format!(
                 "the master streams from {start} but this log ends at {end}"
             ));
@@ -220,7 +275,7 @@ fn session(link: &ShardLink, addr: &str) -> Result<(), String> {
             })
             .map_err(|e| format!("cannot start the reporter: {e}"))?
     };
-    let outcome = receive(link, &mut stream, start, &closed, &refused);
+    let outcome = receive(link, stream, start, &closed, &refused);
     closed.store(true, Ordering::SeqCst);
     let _ = stream.shutdown(Shutdown::Both);
     let reporter_reason = reporter.join().ok().flatten();
@@ -238,8 +293,9 @@ fn receive(
     closed: &AtomicBool,
     refused: &flume::Sender<String>,
 ) -> Result<(), String> {
-    // A frame holds whole chunks: never more than a segment.
-    let max_frame = link.segment_bytes.min(u64::from(u32::MAX >> 1));
+    // A frame holds whole chunks: a batch, or one chunk larger than a batch (a chunk holds at
+    // most a store chunk's worth of records, or one record of the largest message size).
+    let max_frame = (config_max_frame(link) as u64).min(link.store.segment_bytes);
     let mut expected = start;
     let mut header = [0u8; FRAME_HEADER_BYTES];
     let progress = link.progress();
@@ -293,6 +349,15 @@ fn receive(
     }
 }
 
+/// The largest frame a master of this configuration sends.
+fn config_max_frame(link: &ShardLink) -> usize {
+    let config = &link.shared.config;
+    config
+        .ha_transfer_batch_bytes
+        .max(link.store.max_chunk_bytes)
+        .max(config.max_message_bytes + (1 << 20))
+}
+
 /// Reports the shard's mark whenever it moves, and every heartbeat interval. Returns why the
 /// session must end, if it is for a reason of its own (a refused frame).
 #[allow(clippy::too_many_arguments)]
@@ -310,6 +375,7 @@ fn report(
     let mut last_report: Option<Instant> = None;
     loop {
         if closed.load(Ordering::SeqCst) || shared.stopping() || stop.is_disconnected() {
+            let _ = output.shutdown(Shutdown::Both);
             return None;
         }
         if let Ok(reason) = refusals.try_recv() {

@@ -76,19 +76,26 @@ pub(crate) struct ShardReplicas {
 }
 
 impl ShardReplicas {
-    /// Adds a connected slave that starts holding `offset`.
-    pub(crate) fn connect(&self, peer: SocketAddr, broker_id: i64, offset: u64) -> Arc<SlaveLink> {
+    /// Adds a connected slave; it holds nothing for SYNC_MASTER until its first report.
+    /// Waiting sends are woken (a send that found no slave re-checks).
+    pub(crate) fn connect(
+        &self,
+        peer: SocketAddr,
+        broker_id: i64,
+        inbox: &flume::Sender<ShardMessage>,
+    ) -> Arc<SlaveLink> {
         let link = Arc::new(SlaveLink {
             peer,
             broker_id,
-            acked: AtomicU64::new(offset),
+            acked: AtomicU64::new(0),
             unacked: Mutex::new(VecDeque::new()),
         });
         let mut links = self.links();
         links.push(Arc::clone(&link));
         self.count.store(links.len(), Ordering::SeqCst);
+        self.recompute_acked(&links);
         drop(links);
-        self.recompute_acked();
+        self.wake_shard(inbox);
         link
     }
 
@@ -97,8 +104,8 @@ impl ShardReplicas {
         let mut links = self.links();
         links.retain(|l| !Arc::ptr_eq(l, link));
         self.count.store(links.len(), Ordering::SeqCst);
+        self.recompute_acked(&links);
         drop(links);
-        self.recompute_acked();
         self.wake_shard(inbox);
     }
 
@@ -110,7 +117,11 @@ impl ShardReplicas {
         inbox: &flume::Sender<ShardMessage>,
     ) {
         link.ack(offset);
+        // Under the lock, so a concurrent connect or disconnect cannot store an older maximum
+        // over this one.
+        let links = self.links();
         let before = self.acked.fetch_max(offset, Ordering::SeqCst);
+        drop(links);
         if offset > before && self.waiting.load(Ordering::SeqCst) > 0 {
             self.wake_shard(inbox);
         }
@@ -130,8 +141,9 @@ impl ShardReplicas {
         self.wake_queued.store(false, Ordering::SeqCst);
     }
 
-    fn recompute_acked(&self) {
-        let best = self.links().iter().map(|l| l.acked()).max().unwrap_or(0);
+    /// Sets `acked` from the links (the caller holds their lock).
+    fn recompute_acked(&self, links: &[Arc<SlaveLink>]) {
+        let best = links.iter().map(|l| l.acked()).max().unwrap_or(0);
         self.acked.store(best, Ordering::SeqCst);
     }
 

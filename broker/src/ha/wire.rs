@@ -10,15 +10,18 @@
 //!
 //! ```text
 //! slave -> master  HELLO    "RMQH" ver:u16 shard:u16 shards:u16 cluster_len:u16 name_len:u16
-//!                           segment_bytes:u64 broker_id:i64 offset:i64 cluster name
+//!                           flags:u16 segment_bytes:u64 broker_id:i64 offset:i64
+//!                           tail_len:u32 tail_crc:u32 cluster name
 //! master -> slave  WELCOME  "RMQH" ver:u16 status:u8 start:i64 reason_len:u16 reason
 //! then             master -> slave frames: offset:i64 size:i32 bytes (size 0: heartbeat)
 //!                  slave -> master reports: offset:i64 (what the slave holds)
 //! ```
 //!
-//! All integers big-endian. `offset` in HELLO is where the slave's log ends; `start` in
-//! WELCOME is where the master streams from (the same, or the master's oldest segment for an
-//! empty slave).
+//! All integers big-endian. `offset` in HELLO is where the slave's log ends; `flags` bit 0 says
+//! the slave's store is empty; `tail_len`/`tail_crc` fingerprint the slave's last bytes before
+//! `offset` (CRC32C of up to 4 KiB, `ringmq_storage::LogReader::tail_fingerprint`; 0/0 for
+//! none), which the master compares with its own before accepting. `start` in WELCOME is where
+//! the master streams from (the slave's end, or the master's oldest segment for an empty slave).
 
 use std::io::{self, Read, Write};
 
@@ -30,7 +33,9 @@ const MAX_NAME_BYTES: usize = 255;
 const MAX_REASON_BYTES: usize = 1024;
 /// Bytes of a frame header.
 pub(crate) const FRAME_HEADER_BYTES: usize = 12;
-const HELLO_FIXED_BYTES: usize = 4 + 2 * 5 + 8 * 3;
+const HELLO_FIXED_BYTES: usize = 4 + 2 * 6 + 8 * 3 + 4 * 2;
+/// `flags` bit: the slave's store holds nothing.
+const FLAG_EMPTY: u16 = 1;
 
 /// A slave's greeting.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +46,10 @@ pub(crate) struct Hello {
     pub broker_id: i64,
     /// Where the slave's log for this shard ends.
     pub offset: u64,
+    /// The slave's store holds nothing: start it wherever the master's log starts.
+    pub empty: bool,
+    /// (length, CRC32C) of the slave's last bytes before `offset`, if it has any.
+    pub tail: Option<(u32, u32)>,
     pub cluster: String,
     pub broker_name: String,
 }
@@ -72,9 +81,13 @@ impl Hello {
         out.extend_from_slice(&self.shard_count.to_be_bytes());
         out.extend_from_slice(&(self.cluster.len() as u16).to_be_bytes());
         out.extend_from_slice(&(self.broker_name.len() as u16).to_be_bytes());
+        out.extend_from_slice(&(if self.empty { FLAG_EMPTY } else { 0 }).to_be_bytes());
         out.extend_from_slice(&self.segment_bytes.to_be_bytes());
         out.extend_from_slice(&self.broker_id.to_be_bytes());
         out.extend_from_slice(&(self.offset as i64).to_be_bytes());
+        let (tail_len, tail_crc) = self.tail.unwrap_or((0, 0));
+        out.extend_from_slice(&tail_len.to_be_bytes());
+        out.extend_from_slice(&tail_crc.to_be_bytes());
         out.extend_from_slice(self.cluster.as_bytes());
         out.extend_from_slice(self.broker_name.as_bytes());
         out
@@ -95,6 +108,9 @@ impl Hello {
             bytes.copy_from_slice(&fixed[at..at + 8]);
             u64::from_be_bytes(bytes)
         };
+        let u32_at = |at: usize| {
+            u32::from_be_bytes([fixed[at], fixed[at + 1], fixed[at + 2], fixed[at + 3]])
+        };
         let version = u16_at(0);
         if version != VERSION {
             return Err(HelloError::Version(version));
@@ -105,7 +121,7 @@ impl Hello {
                 return Err(HelloError::NameTooLong(len));
             }
         }
-        let offset = u64_at(26) as i64;
+        let offset = u64_at(28) as i64;
         if offset < 0 {
             return Err(HelloError::NegativeOffset(offset));
         }
@@ -114,12 +130,15 @@ impl Hello {
         let broker_name =
             String::from_utf8(names.split_off(cluster_len)).map_err(|_| HelloError::NotUtf8)?;
         let cluster = String::from_utf8(names).map_err(|_| HelloError::NotUtf8)?;
+        let (tail_len, tail_crc) = (u32_at(36), u32_at(40));
         Ok(Self {
             shard: u16_at(2),
             shard_count: u16_at(4),
-            segment_bytes: u64_at(10),
-            broker_id: u64_at(18) as i64,
+            segment_bytes: u64_at(12),
+            broker_id: u64_at(20) as i64,
             offset: offset as u64,
+            empty: u16_at(10) & FLAG_EMPTY != 0,
+            tail: (tail_len > 0).then_some((tail_len, tail_crc)),
             cluster,
             broker_name,
         })
@@ -216,6 +235,8 @@ mod tests {
             segment_bytes: 1 << 30,
             broker_id: 1,
             offset: (1 << 48) + 4096,
+            empty: false,
+            tail: Some((4096, 0xDEAD_BEEF)),
             cluster: "DefaultCluster".into(),
             broker_name: "broker-a".into(),
         }

@@ -90,7 +90,11 @@ pub(super) async fn pull(ctx: &Rc<ShardCtx>, command: &Command, origin: &Origin)
         Ok(result) => result,
         Err(err) => return error(command, ResponseCode::SystemError, &err.to_string()),
     };
-    if header.is_suspend() && is_not_found(&result, header.queue_offset) {
+    let is_slave = ctx.shared.config.broker_role == BrokerRole::Slave;
+    if header.is_suspend()
+        && (is_not_found(&result, header.queue_offset)
+            || is_slave_behind(is_slave, &result, header.queue_offset))
+    {
         let config = &ctx.shared.config;
         let hold = if config.long_polling {
             Duration::from_millis(header.suspend_timeout_ms.max(0) as u64).min(MAX_SUSPEND)
@@ -156,6 +160,19 @@ fn subscription(
         )),
         Some(Some(filter)) => Ok(filter),
     }
+}
+
+/// A slave asked for an offset it does not hold yet: its copy is behind the master (whose
+/// offset the consumer has). It parks and answers PULL_NOT_FOUND at the same offset, as for
+/// "nothing new": never OFFSET_MOVED (RocketMQ's `offsetCheckInSlave=false`), and never an
+/// immediate retry, which a consumer would repeat in a tight loop.
+fn is_slave_behind(is_slave: bool, result: &ReadResult, requested: i64) -> bool {
+    is_slave
+        && match result.status {
+            ReadStatus::OffsetOverflow => true,
+            ReadStatus::NoSuchQueue | ReadStatus::NoMessageInQueue => requested > 0,
+            _ => false,
+        }
 }
 
 /// Whether the result maps to PULL_NOT_FOUND (the case a suspended pull parks on).
@@ -228,15 +245,8 @@ fn respond(ctx: &ShardCtx, command: &Command, requested: i64, result: ReadResult
         ),
     };
     let is_slave = ctx.shared.config.broker_role == BrokerRole::Slave;
-    let (code, next, remark) = if is_slave && code == ResponseCode::PullOffsetMoved {
-        // A slave may simply not have replicated up to the consumer's offset yet (the offset
-        // came from the master): it never tells a consumer to move (RocketMQ's
-        // `offsetCheckInSlave=false`).
-        (
-            ResponseCode::PullRetryImmediately,
-            requested,
-            "SLAVE_BEHIND",
-        )
+    let (code, next, remark) = if is_slave_behind(is_slave, &result, requested) {
+        (ResponseCode::PullNotFound, requested, "SLAVE_BEHIND")
     } else {
         (code, next, remark)
     };
