@@ -326,7 +326,7 @@ pub struct ShardMetrics {
     /// Slave: bytes the master had sent beyond what this shard has written, at the last frame.
     pub replica_lag_bytes: Gauge,
     /// Master: age (ms) of the oldest frame the most caught-up slave has not acknowledged.
-    /// Slave: ms since the last frame from the master (data or heartbeat) while connected.
+    /// Slave: while behind the master's last frame, ms since that frame arrived.
     pub replica_lag_ms: Gauge,
     /// Send requests: request arrival to response queued.
     pub send_latency: Histogram,
