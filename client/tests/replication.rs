@@ -12,7 +12,8 @@
 //!   mismatch on the HA port are refused with a logged reason; the master keeps serving and the
 //!   slave keeps replicating.
 //! - A slave refuses sends with SERVICE_NOT_AVAILABLE; replication lag shows in
-//!   GET_BROKER_RUNTIME_INFO.
+//!   GET_BROKER_RUNTIME_INFO; a group's offset committed at the master is where the group resumes
+//!   on the slave once the master is gone.
 //!
 //! Every wait is a condition with a deadline; every load loop is bounded in count and time.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -32,7 +33,7 @@ use ringmq_client::{
 use ringmq_protocol::body::{self, KvTable};
 use ringmq_protocol::header::SendMessageRequestHeader;
 use ringmq_protocol::{RequestCode, ResponseCode};
-use ringmq_testkit::remoting::{RemotingClient, create_topic, topic_route};
+use ringmq_testkit::remoting::{RemotingClient, committed_offset, create_topic, topic_route};
 use ringmq_testkit::{BrokerOptions, BrokerProcess, NamesrvProcess, wait_until};
 
 const TOPIC: &str = "ha-topic";
@@ -206,10 +207,8 @@ fn send_some(producer: &Producer, prefix: &str, count: usize) -> Vec<Acked> {
         .collect()
 }
 
-/// Reads every message of the topic's queues from the start, through the NameServer's route
-/// (the client picks the slave when the master is gone), until `expected` are all seen.
-fn consume_all(namesrv: &str, expected: usize) -> Vec<Acked> {
-    let consumer = PullConsumer::builder(namesrv, "ha-consumer")
+fn pull_consumer(namesrv: &str, group: &str) -> PullConsumer {
+    PullConsumer::builder(namesrv, group)
         .config(
             ClientConfig::new(namesrv)
                 .with_route_refresh_interval(Duration::from_millis(300))
@@ -218,14 +217,22 @@ fn consume_all(namesrv: &str, expected: usize) -> Vec<Acked> {
         )
         .start_position(StartPosition::First)
         .build()
-        .unwrap();
-    let queues: Vec<MessageQueue> = (0..QUEUES)
-        .map(|queue_id| MessageQueue {
-            topic: TOPIC.to_owned(),
-            broker_name: "broker-a".to_owned(),
-            queue_id,
-        })
-        .collect();
+        .unwrap()
+}
+
+fn queue(queue_id: i32) -> MessageQueue {
+    MessageQueue {
+        topic: TOPIC.to_owned(),
+        broker_name: "broker-a".to_owned(),
+        queue_id,
+    }
+}
+
+/// Reads every message of the topic's queues from the start, through the NameServer's route
+/// (the client picks the slave when the master is gone), until `expected` are all seen.
+fn consume_all(namesrv: &str, expected: usize) -> Vec<Acked> {
+    let consumer = pull_consumer(namesrv, "ha-consumer");
+    let queues: Vec<MessageQueue> = (0..QUEUES).map(queue).collect();
     consumer.assign(queues.clone()).wait().unwrap();
     for queue in &queues {
         consumer.seek(queue, 0).wait().unwrap();
@@ -371,12 +378,35 @@ fn sync_master_killed_loses_no_acknowledged_message() {
         let stored: u64 = info.get("msgPutTotalTodayNow")?.parse().ok()?;
         (stored >= 3000).then_some(())
     });
+    // A group commits offset 10 of queue 0 at the master; the slave copies it.
+    let committer = pull_consumer(&ns, "ha-offsets");
+    let queue0 = queue(0);
+    committer.assign(vec![queue0.clone()]).wait().unwrap();
+    committer.seek(&queue0, 10).wait().unwrap();
+    committer.commit().wait().unwrap();
+    committer.shutdown();
+    wait_until("the slave has the group's offset", DEADLINE, || {
+        let offset = committed_offset(&slave.addr(), "ha-offsets", TOPIC, 0).ok()??;
+        (offset == 10).then_some(())
+    });
     master.kill();
     stop.store(true, Ordering::SeqCst);
     for sender in senders {
         acked.extend(sender.join().unwrap());
     }
     assert!(acked.len() >= 3000, "only {} acknowledged", acked.len());
+    // With the master gone, the group resumes from its committed offset, read from the slave.
+    let resumed = pull_consumer(&ns, "ha-offsets");
+    resumed.assign(vec![queue0.clone()]).wait().unwrap();
+    let first = wait_until("the group's next message from the slave", DEADLINE, || {
+        resumed
+            .poll(Duration::from_millis(500))
+            .wait()
+            .ok()
+            .and_then(|messages| messages.first().map(|m| m.queue_offset))
+    });
+    assert_eq!(first, 10, "resumed at the committed offset");
+    resumed.shutdown();
 
     // Consumers find the slave through the NameServer and read everything acknowledged.
     let seen = consume_all(&ns, acked.len());
