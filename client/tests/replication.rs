@@ -285,27 +285,11 @@ fn kill_signal(process: &BrokerProcess, signal: &str) {
     assert!(status.success(), "kill {signal}");
 }
 
-#[test]
-fn sync_master_killed_loses_no_acknowledged_message() {
-    let _serial = serial();
-    let namesrv = NamesrvProcess::start();
-    let ns = namesrv.addr();
-    let mut master = master(&ns, "SYNC_MASTER");
-    create_topic(&master.addr(), TOPIC, QUEUES).unwrap();
-    let producer = producer(&ns);
-
-    // No slave yet: stored on the master, but the producer hears SLAVE_NOT_AVAILABLE.
-    let lonely = producer
-        .send(Message::new(TOPIC, "before-any-slave"))
-        .wait()
-        .unwrap();
-    assert_eq!(lonely.status, SendStatus::SlaveNotAvailable);
-
-    let slave = slave(&ns);
-    wait_slave_connected(&master);
+/// The slave is in the route beside the master, has the topic, and refuses sends itself.
+fn assert_slave_joined(ns: &str, master: &BrokerProcess, slave: &BrokerProcess) {
     // The slave registers too: the route lists both addresses of broker-a.
     wait_until("the route lists master and slave", DEADLINE, || {
-        let route = topic_route(&ns, TOPIC).ok()??;
+        let route = topic_route(ns, TOPIC).ok()??;
         let addrs = &route.broker_datas.first()?.broker_addrs;
         (addrs.get(&0) == Some(&master.addr()) && addrs.get(&1) == Some(&slave.addr()))
             .then_some(())
@@ -339,6 +323,27 @@ fn sync_master_killed_loses_no_acknowledged_message() {
         "{:?}",
         refused.remark
     );
+}
+
+#[test]
+fn sync_master_killed_loses_no_acknowledged_message() {
+    let _serial = serial();
+    let namesrv = NamesrvProcess::start();
+    let ns = namesrv.addr();
+    let mut master = master(&ns, "SYNC_MASTER");
+    create_topic(&master.addr(), TOPIC, QUEUES).unwrap();
+    let producer = producer(&ns);
+
+    // No slave yet: stored on the master, but the producer hears SLAVE_NOT_AVAILABLE.
+    let lonely = producer
+        .send(Message::new(TOPIC, "before-any-slave"))
+        .wait()
+        .unwrap();
+    assert_eq!(lonely.status, SendStatus::SlaveNotAvailable);
+
+    let slave = slave(&ns);
+    wait_slave_connected(&master);
+    assert_slave_joined(&ns, &master, &slave);
 
     // Four producers send until the master is SIGKILLed in the middle of their stream.
     let mut acked = vec![Acked {
