@@ -277,6 +277,11 @@ async fn serve(setup: ShardSetup) -> Result<(), String> {
             crate::ha::shard_side::serve_replica(Rc::clone(&ctx), commands),
         ));
     }
+    if ctx.shared.config.broker_role == crate::config::BrokerRole::SyncMaster {
+        tasks.push(compio::runtime::spawn(
+            crate::ha::shard_side::recheck_waiters(Rc::clone(&ctx)),
+        ));
+    }
     for listener in listeners {
         let listener = TcpListener::from_std(listener)
             .map_err(|e| format!("cannot register a listener: {e}"))?;

@@ -507,7 +507,7 @@ fn hello(
     tail_crc: u32,
 ) -> Vec<u8> {
     let mut out = b"RMQH".to_vec();
-    out.extend_from_slice(&1u16.to_be_bytes());
+    out.extend_from_slice(&2u16.to_be_bytes());
     out.extend_from_slice(&shard.to_be_bytes());
     out.extend_from_slice(&shards.to_be_bytes());
     out.extend_from_slice(&(cluster.len() as u16).to_be_bytes());

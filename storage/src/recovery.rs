@@ -96,12 +96,7 @@ impl<S: Storage> MessageStore<S> {
         let checkpoint = load_checkpoint(&storage, &config).await?;
         let mut segments = load_segments(&storage, &config).await?;
         let clean = checkpoint.as_ref().is_some_and(|c| c.clean_shutdown);
-        let first_segment = segments.front().map(|s| s.start);
-        let scan_from = match (&checkpoint, first_segment) {
-            (Some(found), Some(first)) if found.log_offset >= first => found.log_offset,
-            (_, Some(first)) => first,
-            (_, None) => config.base_offset(),
-        };
+        let scan_from = scan_start(&config, checkpoint.as_ref(), &segments);
         let queues = load_queues(&storage, &config, checkpoint.as_ref(), scan_from).await?;
         let mut state = State {
             log: LogState::new(
@@ -522,6 +517,28 @@ async fn load_queues<S: Storage>(
         tracing::warn!(dir = %config.dir.display(), "rebuilding every consume queue from the commit log");
     }
     Ok(queues)
+}
+
+/// Where recovery starts reading the log: the checkpoint's offset when it lies within the
+/// segments found, else the first segment (or the shard's base for a new store).
+fn scan_start<F>(
+    config: &StoreConfig,
+    checkpoint: Option<&Checkpoint>,
+    segments: &VecDeque<Rc<Segment<F>>>,
+) -> u64 {
+    let first_segment = segments.front().map(|s| s.start);
+    let log_end = segments.back().map(|s| s.start + config.segment_bytes);
+    match (checkpoint, first_segment) {
+        // A checkpoint past every segment (an empty replica moved to an earlier start crashed
+        // before its new checkpoint) vouches for nothing here.
+        (Some(found), Some(first))
+            if found.log_offset >= first && log_end.is_some_and(|end| found.log_offset <= end) =>
+        {
+            found.log_offset
+        }
+        (_, Some(first)) => first,
+        (_, None) => config.base_offset(),
+    }
 }
 
 /// Scans chunks from `from` to the end of the log, verifying CRCs and dispatching records to

@@ -311,7 +311,8 @@ impl LogReader {
     }
 
     /// A fingerprint of the log's last bytes before `end`: (length, CRC32C) of up to 4 KiB
-    /// ending at `end`, within the segment holding `end - 1`; `None` at the shard's first byte.
+    /// ending at `end`, within the segment holding `end - 1`; `None` when nothing precedes
+    /// `end` (the shard's first byte, or a segment start whose predecessor is gone).
     /// Master and slave compare theirs before streaming: equal chunk boundaries alone do not
     /// prove equal logs (a master that lost its tail in a crash and wrote new records in its
     /// place can end a chunk at the same offset), equal bytes do.
@@ -324,7 +325,15 @@ impl LogReader {
             .saturating_sub(TAIL_FINGERPRINT_BYTES)
             .max(segment_start);
         let mut bytes = Vec::with_capacity((end - from) as usize);
-        let file_end = segment_start + self.file_len(segment_start)?;
+        let file_end = match self.file_len(segment_start) {
+            Ok(len) => segment_start + len,
+            // At a segment start whose predecessor retention removed there is nothing before
+            // `end` to compare: the log begins there.
+            Err(LogReadError::SegmentGone { .. }) if self.segment_start(end) == end => {
+                return Ok(None);
+            }
+            Err(err) => return Err(err),
+        };
         // Bytes past the file's end are zeros, as a preallocated file would hold.
         let in_file = end.min(file_end).saturating_sub(from) as usize;
         if in_file > 0 {

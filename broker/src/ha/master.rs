@@ -302,15 +302,15 @@ fn admit(ctx: &HaContext, hello: &Hello) -> Result<u64, String> {
         ));
     }
     let (min, written) = (watch.min_offset(), watch.written());
+    if hello.empty {
+        // An empty slave copies everything the master still has, wherever its store starts.
+        return Ok(min);
+    }
     if offset > written {
         return Err(format!(
             "the slave's log ends at {offset}, past this master's end {written}: the logs \
              diverged (copy the slave's store again)"
         ));
-    }
-    if hello.empty {
-        // An empty slave copies everything the master still has, wherever its store starts.
-        return Ok(min);
     }
     if offset < min {
         return Err(format!(
@@ -338,7 +338,11 @@ fn admit(ctx: &HaContext, hello: &Hello) -> Result<u64, String> {
     let ours = reader
         .tail_fingerprint(offset)
         .map_err(|err| format!("cannot read this master's log before {offset}: {err}"))?;
-    if ours != hello.tail {
+    // At a segment start one side may have nothing before it any more (retention): nothing
+    // to compare, and nothing there to have diverged.
+    let at_segment_start = reader.segment_start(offset) == offset;
+    let comparable = !(at_segment_start && (ours.is_none() || hello.tail.is_none()));
+    if comparable && ours != hello.tail {
         return Err(format!(
             "the slave's last bytes before {offset} differ from this master's: the logs \
              diverged (copy the slave's store again)"

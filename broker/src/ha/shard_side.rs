@@ -2,11 +2,7 @@
 //! shard's replica task (it writes what the HA thread received), and a SYNC_MASTER send
 //! waiting for a slave to hold its bytes.
 
-use std::{
-    rc::Rc,
-    task::Poll,
-    time::{Duration, Instant},
-};
+use std::{rc::Rc, task::Poll, time::Duration};
 
 use ringmq_protocol::ResponseCode;
 
@@ -54,38 +50,46 @@ pub(crate) async fn wait_for_slave(ctx: &ShardCtx, end: u64) -> Result<(), Respo
         return Ok(());
     }
     let written = ctx.store.watch().written();
-    if written.saturating_sub(replicas.acked()) > config.ha_slave_fallbehind_max_bytes {
+    if replicas.any_reported()
+        && written.saturating_sub(replicas.acked()) > config.ha_slave_fallbehind_max_bytes
+    {
         return Err(ResponseCode::SlaveNotAvailable);
     }
     replicas.start_waiting();
-    let deadline = Instant::now() + Duration::from_millis(config.slave_timeout_ms);
-    let outcome = loop {
-        let wait = std::future::poll_fn(|cx| {
-            // `start_waiting` came first: an acknowledgement after this check queues a wake.
-            if replicas.acked() >= end {
-                return Poll::Ready(Ok(()));
-            }
-            if replicas.connected() == 0 {
-                return Poll::Ready(Err(ResponseCode::SlaveNotAvailable));
-            }
-            ctx.slave_waiters.register(end, cx.waker().clone());
-            Poll::Pending
-        });
-        // The wake message can be dropped (a full inbox): re-check now and then regardless.
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break Err(ResponseCode::FlushSlaveTimeout);
+    // Registered again only when woken (the wake removed the entry), so a send leaves at most
+    // one entry behind. Wakes that get lost (a full inbox) are made up by `recheck_waiters`.
+    let wait = std::future::poll_fn(|cx| {
+        // `start_waiting` came first: an acknowledgement after this check queues a wake.
+        if replicas.acked() >= end {
+            return Poll::Ready(Ok(()));
         }
-        if let Ok(outcome) = compio::time::timeout(left.min(RECHECK), wait).await {
-            break outcome;
+        if replicas.connected() == 0 {
+            return Poll::Ready(Err(ResponseCode::SlaveNotAvailable));
         }
-    };
+        ctx.slave_waiters.register(end, cx.waker().clone());
+        Poll::Pending
+    });
+    let outcome = compio::time::timeout(Duration::from_millis(config.slave_timeout_ms), wait)
+        .await
+        .unwrap_or(Err(ResponseCode::FlushSlaveTimeout));
     replicas.stop_waiting();
     outcome
 }
 
-/// How often a SYNC_MASTER send re-checks the slaves' mark without being woken.
+/// How often a master shard re-checks its waiting SYNC_MASTER sends without being woken.
 const RECHECK: Duration = Duration::from_millis(50);
+
+/// A master shard's safety net for SYNC_MASTER waits: the HA threads' wake message can be
+/// dropped when the shard's inbox is full, so while sends wait, the shard looks at the slaves'
+/// mark itself every [`RECHECK`].
+pub(crate) async fn recheck_waiters(ctx: Rc<ShardCtx>) {
+    loop {
+        compio::time::sleep(RECHECK).await;
+        if ctx.shared.replicas[ctx.id].waiting() > 0 {
+            replica_acked(&ctx);
+        }
+    }
+}
 
 /// A slave shard's watch over what readers can see: parked pulls are woken whenever replicated
 /// bytes become readable (the replica task cannot tell which queues a frame touched without

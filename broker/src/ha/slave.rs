@@ -21,6 +21,8 @@ use super::wire::{FRAME_HEADER_BYTES, Hello, Welcome, parse_frame_header};
 use crate::shared::BrokerShared;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A frame body is read (and its buffer grown) this much at a time.
+const READ_STEP_BYTES: usize = 1 << 20;
 /// Longest wait for the shard's answer to a question (its log's end, a move of its start).
 const ASK_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the store may take to write what it has queued before a HELLO.
@@ -190,24 +192,21 @@ fn session(link: &ShardLink, addr: &str) -> Result<(), String> {
         .map_err(|e| format!("cannot resolve {addr}: {e}"))?
         .next()
         .ok_or_else(|| format!("{addr} does not resolve"))?;
+    // The HELLO first: asking the shard and reading the files may take a while, and the
+    // master gives a connection 5 s to say it.
+    let (hello, pristine) = hello(link)?;
     let mut stream = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT)
         .map_err(|e| format!("connect: {e}"))?;
     link.track(Some(&stream));
-    let outcome = stream_session(link, addr, &mut stream);
+    let outcome = stream_session(link, addr, &mut stream, &hello, pristine);
     link.track(None);
     let _ = stream.shutdown(Shutdown::Both);
     outcome
 }
 
-/// The session on a connected socket.
-fn stream_session(link: &ShardLink, addr: &str, stream: &mut TcpStream) -> Result<(), String> {
+/// This shard's HELLO: where its log ends, whether it is empty, the fingerprint of its tail.
+fn hello(link: &ShardLink) -> Result<(Hello, bool), String> {
     let config = &link.shared.config;
-    let housekeeping = Duration::from_millis(config.ha_housekeeping_interval_ms);
-    let _ = stream.set_nodelay(true);
-    stream
-        .set_read_timeout(Some(housekeeping))
-        .and_then(|()| stream.set_write_timeout(Some(housekeeping)))
-        .map_err(|e| format!("socket options: {e}"))?;
     let (end, pristine) = ask(link, |reply| ReplicaCommand::Position { reply })?;
     // The fingerprint reads the files: wait until everything below `end` is in them.
     if !pristine && link.watch.wait_past(Mark::Written, end - 1, SETTLE_TIMEOUT) < end {
@@ -231,6 +230,25 @@ fn stream_session(link: &ShardLink, addr: &str, stream: &mut TcpStream) -> Resul
         cluster: config.cluster_name.clone(),
         broker_name: config.broker_name.clone(),
     };
+    Ok((hello, pristine))
+}
+
+/// The session on a connected socket.
+fn stream_session(
+    link: &ShardLink,
+    addr: &str,
+    stream: &mut TcpStream,
+    hello: &Hello,
+    pristine: bool,
+) -> Result<(), String> {
+    let config = &link.shared.config;
+    let housekeeping = Duration::from_millis(config.ha_housekeeping_interval_ms);
+    let _ = stream.set_nodelay(true);
+    stream
+        .set_read_timeout(Some(housekeeping))
+        .and_then(|()| stream.set_write_timeout(Some(housekeeping)))
+        .map_err(|e| format!("socket options: {e}"))?;
+    let end = hello.offset;
     std::io::Write::write_all(stream, &hello.encode()).map_err(|e| format!("write: {e}"))?;
     let start = match Welcome::read(stream).map_err(|e| format!("handshake: {e}"))? {
         Welcome::Accepted { start } => start,
@@ -293,9 +311,9 @@ fn receive(
     closed: &AtomicBool,
     refused: &flume::Sender<String>,
 ) -> Result<(), String> {
-    // A frame holds whole chunks: a batch, or one chunk larger than a batch (a chunk holds at
-    // most a store chunk's worth of records, or one record of the largest message size).
-    let max_frame = (config_max_frame(link) as u64).min(link.store.segment_bytes);
+    // A frame holds whole chunks: never more than a segment. (A batch send is one chunk of any
+    // size up to that.) The body is read in steps, so a header's size alone allocates little.
+    let max_frame = link.store.segment_bytes.min(u64::from(u32::MAX >> 1));
     let mut expected = start;
     let mut header = [0u8; FRAME_HEADER_BYTES];
     let progress = link.progress();
@@ -334,10 +352,14 @@ fn receive(
                 "the master sent data for {offset}, before this log's end {expected}"
             ));
         }
-        let mut body = BytesMut::zeroed(size);
-        stream
-            .read_exact(&mut body)
-            .map_err(|e| format!("read: {e}"))?;
+        let mut body = BytesMut::new();
+        while body.len() < size {
+            let at = body.len();
+            body.resize(at + (size - at).min(READ_STEP_BYTES), 0);
+            stream
+                .read_exact(&mut body[at..])
+                .map_err(|e| format!("read: {e}"))?;
+        }
         expected = offset + size as u64;
         link.commands
             .send(ReplicaCommand::Data {
@@ -347,15 +369,6 @@ fn receive(
             })
             .map_err(|_| "the shard is gone".to_owned())?;
     }
-}
-
-/// The largest frame a master of this configuration sends.
-fn config_max_frame(link: &ShardLink) -> usize {
-    let config = &link.shared.config;
-    config
-        .ha_transfer_batch_bytes
-        .max(link.store.max_chunk_bytes)
-        .max(config.max_message_bytes + (1 << 20))
 }
 
 /// Reports the shard's mark whenever it moves, and every heartbeat interval. Returns why the

@@ -25,6 +25,8 @@ pub(crate) struct SlaveLink {
     pub broker_id: i64,
     /// What the slave last reported holding.
     acked: AtomicU64,
+    /// The slave has reported at least once (until then `acked` means nothing).
+    reported: AtomicBool,
     /// Ends of frames sent and not yet acknowledged, with when they were sent: the front's
     /// age is how far behind the slave is in time. Shared by this link's two threads only.
     unacked: Mutex<VecDeque<(u64, Instant)>>,
@@ -72,6 +74,8 @@ pub(crate) struct ShardReplicas {
     wake_queued: AtomicBool,
     /// `links.len()`, readable without the lock (the send path checks it).
     count: AtomicUsize,
+    /// Links that have reported at least once.
+    reported: AtomicUsize,
     links: Mutex<Vec<Arc<SlaveLink>>>,
 }
 
@@ -88,6 +92,7 @@ impl ShardReplicas {
             peer,
             broker_id,
             acked: AtomicU64::new(0),
+            reported: AtomicBool::new(false),
             unacked: Mutex::new(VecDeque::new()),
         });
         let mut links = self.links();
@@ -104,6 +109,11 @@ impl ShardReplicas {
         let mut links = self.links();
         links.retain(|l| !Arc::ptr_eq(l, link));
         self.count.store(links.len(), Ordering::SeqCst);
+        let reported = links
+            .iter()
+            .filter(|l| l.reported.load(Ordering::SeqCst))
+            .count();
+        self.reported.store(reported, Ordering::SeqCst);
         self.recompute_acked(&links);
         drop(links);
         self.wake_shard(inbox);
@@ -121,6 +131,9 @@ impl ShardReplicas {
         // over this one.
         let links = self.links();
         let before = self.acked.fetch_max(offset, Ordering::SeqCst);
+        if !link.reported.swap(true, Ordering::SeqCst) {
+            self.reported.fetch_add(1, Ordering::SeqCst);
+        }
         drop(links);
         if offset > before && self.waiting.load(Ordering::SeqCst) > 0 {
             self.wake_shard(inbox);
@@ -153,6 +166,17 @@ impl ShardReplicas {
 
     pub(crate) fn connected(&self) -> usize {
         self.count.load(Ordering::SeqCst)
+    }
+
+    /// Whether any connected slave has reported what it holds (so `acked` is meaningful for
+    /// the fall-behind check).
+    pub(crate) fn any_reported(&self) -> bool {
+        self.reported.load(Ordering::SeqCst) > 0
+    }
+
+    /// SYNC_MASTER sends waiting right now.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
     }
 
     /// Counts a send as waiting (call before checking [`ShardReplicas::acked`]).

@@ -26,7 +26,7 @@
 use std::io::{self, Read, Write};
 
 pub(crate) const MAGIC: [u8; 4] = *b"RMQH";
-pub(crate) const VERSION: u16 = 1;
+pub(crate) const VERSION: u16 = 2;
 /// Longest cluster or broker name accepted in a HELLO.
 const MAX_NAME_BYTES: usize = 255;
 /// Longest refusal reason sent.
