@@ -419,16 +419,38 @@ fn sync_master_killed_loses_no_acknowledged_message() {
     drop(slave);
 }
 
-#[test]
-fn frozen_slave_gives_flush_slave_timeout_and_lag_shows() {
-    let _serial = serial();
+/// A NameServer, a SYNC_MASTER holding the test topic with a connected slave, and a producer.
+struct SyncPair {
+    _namesrv: NamesrvProcess,
+    master: BrokerProcess,
+    slave: BrokerProcess,
+    producer: Producer,
+}
+
+fn sync_pair() -> SyncPair {
     let namesrv = NamesrvProcess::start();
     let ns = namesrv.addr();
     let master = master(&ns, "SYNC_MASTER");
     create_topic(&master.addr(), TOPIC, QUEUES).unwrap();
     let slave = slave(&ns);
     wait_slave_connected(&master);
-    let producer = producer(&ns);
+    SyncPair {
+        producer: producer(&ns),
+        _namesrv: namesrv,
+        master,
+        slave,
+    }
+}
+
+#[test]
+fn frozen_slave_gives_flush_slave_timeout_and_lag_shows() {
+    let _serial = serial();
+    let SyncPair {
+        _namesrv,
+        master,
+        slave,
+        producer,
+    } = sync_pair();
     send_some(&producer, "warm", 20);
 
     kill_signal(&slave, "-STOP");
@@ -539,13 +561,12 @@ fn ha_exchange(master: &BrokerProcess, bytes: &[u8]) -> Vec<u8> {
 #[test]
 fn bad_input_on_the_ha_port_is_refused_and_changes_nothing() {
     let _serial = serial();
-    let namesrv = NamesrvProcess::start();
-    let ns = namesrv.addr();
-    let master = master(&ns, "SYNC_MASTER");
-    create_topic(&master.addr(), TOPIC, QUEUES).unwrap();
-    let slave = slave(&ns);
-    wait_slave_connected(&master);
-    let producer = producer(&ns);
+    let SyncPair {
+        _namesrv,
+        master,
+        slave,
+        producer,
+    } = sync_pair();
     let mut acked = send_some(&producer, "first", 300);
 
     // Garbage: closed without an answer.
