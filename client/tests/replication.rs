@@ -79,6 +79,13 @@ fn master(namesrv: &str, role: &str) -> BrokerProcess {
     })
 }
 
+/// A master of `role` holding the test topic.
+fn master_with_topic(namesrv: &str, role: &str) -> BrokerProcess {
+    let master = master(namesrv, role);
+    create_topic(&master.addr(), TOPIC, QUEUES).unwrap();
+    master
+}
+
 fn slave(namesrv: &str) -> BrokerProcess {
     BrokerProcess::start(BrokerOptions {
         shards: Some(SHARDS),
@@ -330,8 +337,7 @@ fn sync_master_killed_loses_no_acknowledged_message() {
     let _serial = serial();
     let namesrv = NamesrvProcess::start();
     let ns = namesrv.addr();
-    let mut master = master(&ns, "SYNC_MASTER");
-    create_topic(&master.addr(), TOPIC, QUEUES).unwrap();
+    let mut master = master_with_topic(&ns, "SYNC_MASTER");
     let producer = producer(&ns);
 
     // No slave yet: stored on the master, but the producer hears SLAVE_NOT_AVAILABLE.
@@ -430,8 +436,7 @@ struct SyncPair {
 fn sync_pair() -> SyncPair {
     let namesrv = NamesrvProcess::start();
     let ns = namesrv.addr();
-    let master = master(&ns, "SYNC_MASTER");
-    create_topic(&master.addr(), TOPIC, QUEUES).unwrap();
+    let master = master_with_topic(&ns, "SYNC_MASTER");
     let slave = slave(&ns);
     wait_slave_connected(&master);
     SyncPair {
@@ -482,8 +487,7 @@ fn restarts_on_either_side_resume_and_a_new_slave_copies_everything() {
     let _serial = serial();
     let namesrv = NamesrvProcess::start();
     let ns = namesrv.addr();
-    let mut master = master(&ns, "ASYNC_MASTER");
-    create_topic(&master.addr(), TOPIC, QUEUES).unwrap();
+    let mut master = master_with_topic(&ns, "ASYNC_MASTER");
     let producer = producer(&ns);
     // Data first (several 1 MiB segments per shard), then a slave with an empty store.
     let mut acked = send_some(&producer, "before", 6000);
