@@ -17,6 +17,7 @@
 //! - [`message`]: properties, sys flags, stored-message records, batch bodies, message ids, tags
 //!   hash and body CRC.
 //! - [`body`]: the JSON bodies (routes, cluster info, registration, heartbeats, ...).
+//! - [`topic`]: the topic-name rule every component applies, and RocketMQ's reserved names.
 //! - [`error`]: one error enum per layer.
 //!
 //! ## Costs
@@ -52,6 +53,7 @@ pub mod ext;
 pub mod frame;
 pub mod header;
 pub mod message;
+pub mod topic;
 
 pub use code::{LanguageCode, RequestCode, ResponseCode, SerializeType};
 pub use command::{Command, CommandHead, encode_frame, encode_frame_head};
