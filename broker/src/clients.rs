@@ -304,7 +304,7 @@ impl ClientRegistry {
 }
 
 /// Ordered-consumption locks (LOCK_BATCH_MQ / UNLOCK_BATCH_MQ): a queue is held by one client
-/// of a group for a lease, renewed by locking again (PROTOCOL.md §3.10).
+/// of a group for a lease, renewed by locking again (docs/protocol.md §3.10).
 #[derive(Debug, Default)]
 pub struct QueueLocks {
     /// (group, topic, broker, queue) -> (client id, lease end).

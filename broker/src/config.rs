@@ -1,4 +1,4 @@
-//! Broker configuration: RocketMQ's `broker.conf` keys (DESIGN.md §7), overridden by command-line
+//! Broker configuration: RocketMQ's `broker.conf` keys (docs/operations.md), overridden by command-line
 //! flags, validated before anything starts. An invalid value is refused with the key's name.
 
 use std::{
@@ -46,7 +46,7 @@ impl BrokerRole {
     }
 }
 
-/// Which compio driver the shards use (DESIGN.md §4).
+/// Which compio driver the shards use (docs/architecture.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoDriver {
     /// io_uring where available, epoll otherwise.

@@ -1,8 +1,8 @@
 //! # ringmq-broker
 //!
-//! The thread-per-core broker (DESIGN.md §3, §7): shards (one per core, each with its own
+//! The thread-per-core broker (docs/architecture.md §3, docs/operations.md): shards (one per core, each with its own
 //! compio runtime, SO_REUSEPORT listeners, commit log, consume queues, consumer offsets, parked
-//! pulls and connections), the request handlers for every client command of PROTOCOL.md §9,
+//! pulls and connections), the request handlers for every client command of docs/protocol.md §9,
 //! NameServer registration (or an embedded NameServer), Prometheus metrics and the
 //! `ringmq-broker` binary.
 //!

@@ -1,4 +1,4 @@
-//! Long polling (PROTOCOL.md §3.5 step 6): a pull that finds nothing parks on its queue until a
+//! Long polling (docs/protocol.md §3.5 step 6): a pull that finds nothing parks on its queue until a
 //! message is stored there or its suspend timeout passes.
 //!
 //! Per shard and lock-free: pulls of a queue run on the shard that owns it, and so do the sends

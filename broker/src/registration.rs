@@ -1,4 +1,4 @@
-//! Registration with every NameServer (PROTOCOL.md §3.3, §7.1): a side thread that sends
+//! Registration with every NameServer (docs/protocol.md §3.3, §7.1): a side thread that sends
 //! REGISTER_BROKER at start, every `registerNameServerPeriod` (30 s) and as soon as the topic
 //! table changes, keeps each connection open (a NameServer drops a broker whose connection
 //! closes), and sends UNREGISTER_BROKER on shutdown.

@@ -1,5 +1,5 @@
 //! A shard: one OS thread pinned to a core, with its own compio runtime, listeners, commit log,
-//! consume queues, consumer offsets, parked pulls and connections (DESIGN.md §3).
+//! consume queues, consumer offsets, parked pulls and connections (docs/architecture.md §3).
 //!
 //! Everything here is `!Send` and reached through `Rc<ShardCtx>`; other threads talk to a shard
 //! only through its inbox ([`ShardMessage`]).

@@ -1,5 +1,5 @@
 //! Topic rules: name validity, system topics, auto-creation from the template topic and the
-//! retry/dead-letter topics (PROTOCOL.md §3.4 "Broker-side send semantics", §3.7, §3.8).
+//! retry/dead-letter topics (docs/protocol.md §3.4 "Broker-side send semantics", §3.7, §3.8).
 //!
 //! Pure logic over a snapshot of the topic table; the table itself is owned by shard 0's
 //! metadata service (`crate::metadata`), which persists it and publishes new snapshots.
@@ -14,7 +14,7 @@ pub const AUTO_CREATE_TEMPLATE: &str = "TBW102";
 pub const RETRY_PREFIX: &str = "%RETRY%";
 /// Prefix of a consumer group's dead-letter topic.
 pub const DLQ_PREFIX: &str = "%DLQ%";
-/// Longest topic name: a v1 record stores its length in one signed byte (PROTOCOL.md §5.4).
+/// Longest topic name: a v1 record stores its length in one signed byte (docs/protocol.md §5.4).
 pub const MAX_TOPIC_BYTES: usize = 127;
 
 /// Topics clients may not send to: the broker's own internal queues.

@@ -1074,7 +1074,7 @@ fn a_broker_registers_with_an_external_nameserver() {
     );
     drop(client);
     // A broker that leaves is dropped from the NameServer (UNREGISTER_BROKER or the closed
-    // connection, PROTOCOL.md §1.1, §3.3).
+    // connection, docs/protocol.md §1.1, §3.3).
     assert_eq!(b.terminate().code(), Some(0));
     wait_until("broker-b's topic to leave the NameServer", DEADLINE, || {
         namesrv.route("OnlyOnB").is_none()

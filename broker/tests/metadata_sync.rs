@@ -1,4 +1,4 @@
-//! A slave copies its master's topic configs and consumer offsets (PROTOCOL.md §8.6), against
+//! A slave copies its master's topic configs and consumer offsets (docs/protocol.md §8.6), against
 //! real `ringmq-broker` processes: what the master creates, deletes and commits reaches the
 //! slave; offsets only the slave has and its own TBW102 stay; while the master is down the slave
 //! keeps its tables and warns once; a slave started before its master syncs once the master

@@ -1,4 +1,4 @@
-//! Reading from slaves (PROTOCOL.md §8.5) against real `ringmq-broker` processes: a master with
+//! Reading from slaves (docs/protocol.md §8.5) against real `ringmq-broker` processes: a master with
 //! `slaveReadEnable` suggests slave 1 to a consumer far behind and itself to one at the end, and
 //! without it always itself; a slave serves what it replicated, suggests the master, and when
 //! asked for an offset it does not hold yet holds the pull and answers PULL_NOT_FOUND at the

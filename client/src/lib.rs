@@ -1,6 +1,6 @@
 //! # ringmq-client
 //!
-//! The Rust client library for RingMQ and any RocketMQ 4.x broker (DESIGN.md §1).
+//! The Rust client library for RingMQ and any RocketMQ 4.x broker (docs/architecture.md §1).
 
 pub mod admin;
 pub mod config;

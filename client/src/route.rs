@@ -371,7 +371,7 @@ impl RouteTable {
     }
 
     /// Where to read `broker_name`'s queues: the broker id the last pull answer suggested
-    /// (`suggestWhichBrokerId`, PROTOCOL.md §8.5) when it is registered, else the master, else
+    /// (`suggestWhichBrokerId`, docs/protocol.md §8.5) when it is registered, else the master, else
     /// any slave — so consumers keep reading from a slave while the master is down, as Java's
     /// `findBrokerAddressInSubscribe` does.
     pub fn subscribe_addr(&self, broker_name: &str, suggested_id: Option<i64>) -> Option<String> {

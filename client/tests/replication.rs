@@ -1,4 +1,4 @@
-//! Master/slave replication (DESIGN.md §6, PROTOCOL.md §8) with real processes on loopback: a
+//! Master/slave replication (docs/architecture.md §6, docs/protocol.md §8) with real processes on loopback: a
 //! NameServer, a master and a slave of `broker-a`, started by `ringmq-testkit`, with 2 shards
 //! each and 1 MiB commit-log segments (so streams cross segment ends).
 //!

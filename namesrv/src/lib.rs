@@ -1,6 +1,6 @@
 //! # ringmq-namesrv
 //!
-//! The RocketMQ-compatible NameServer (DESIGN.md §1, PROTOCOL.md §3.3 and §7): the route
+//! The RocketMQ-compatible NameServer (docs/architecture.md §1, docs/protocol.md §3.3 and §7): the route
 //! registry brokers register with and clients ask for routes. It runs as the `ringmq-namesrv`
 //! binary or embedded in a broker ([`NameServer::start`] on its own threads).
 //!

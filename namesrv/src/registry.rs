@@ -1,5 +1,5 @@
 //! The route registry: RocketMQ's RouteInfoManager tables and the rules that change them
-//! (PROTOCOL.md §3.3, §7.1-7.2). Pure data, no I/O and no clock: callers pass `now`.
+//! (docs/protocol.md §3.3, §7.1-7.2). Pure data, no I/O and no clock: callers pass `now`.
 //!
 //! Tables:
 //! - clusters: cluster name -> broker names;
@@ -157,7 +157,7 @@ impl Registry {
     ///
     /// A broker name keeps its queues while any of its addresses is left, as in RocketMQ: when
     /// the master goes, routes still show the queues with the slave's address, which is how
-    /// consumers keep reading from the slave (PROTOCOL.md §8.5). A broker name with no address
+    /// consumers keep reading from the slave (docs/protocol.md §8.5). A broker name with no address
     /// left loses its queues and leaves its cluster.
     pub fn unregister(&mut self, broker_name: &str, broker_addr: &str, broker_id: i64) -> Changed {
         let mut changed = Changed::new();

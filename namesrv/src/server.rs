@@ -24,7 +24,7 @@ use ringmq_protocol::{FrameCodec, body, frame::DEFAULT_MAX_FRAME_BYTES};
 
 use crate::registry::{Changed, ConnectionId, Registry};
 
-/// NameServer settings (DESIGN.md §2 command line).
+/// NameServer settings (docs/operations.md).
 #[derive(Debug, Clone)]
 pub struct NamesrvConfig {
     /// Address to listen on (RocketMQ's default port is 9876).

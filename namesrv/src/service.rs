@@ -1,4 +1,4 @@
-//! Request handling: one command in, one response frame out (PROTOCOL.md §3.3, §7).
+//! Request handling: one command in, one response frame out (docs/protocol.md §3.3, §7).
 
 use std::time::Instant;
 

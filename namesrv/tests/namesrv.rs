@@ -84,7 +84,7 @@ fn two_nameservers_hold_the_same_cluster_and_pair_master_with_slave() {
         assert_eq!(a.broker_addrs[&0], "127.0.0.1:10911");
         assert_eq!(a.broker_addrs[&1], "127.0.0.1:10921");
         assert_eq!(a.cluster, "DefaultCluster");
-        // Every field the strictest client needs (PROTOCOL.md §4.2) is written.
+        // Every field the strictest client needs (docs/protocol.md §4.2) is written.
         let text = String::from_utf8(client.route("TopicA").body.to_vec()).unwrap();
         for key in [
             "\"brokerDatas\"",

@@ -1,5 +1,5 @@
 //! Numeric codes of the remoting protocol: request codes, response codes, language codes and the
-//! header serialize type (PROTOCOL.md §1.2, §2.5, §3.1, §3.2).
+//! header serialize type (docs/protocol.md §1.2, §2.5, §3.1, §3.2).
 //!
 //! Codes are enums rather than bare integers so a handler `match` is checked for typos, but every
 //! enum keeps an `Unknown` variant: a server must be able to answer a code it has never heard of
@@ -69,7 +69,7 @@ macro_rules! code_enum {
 }
 
 code_enum! {
-    /// Request codes of PROTOCOL.md §3.2.
+    /// Request codes of docs/protocol.md §3.2.
     pub enum RequestCode {
         SendMessage = 10 => "SEND_MESSAGE",
         PullMessage = 11 => "PULL_MESSAGE",
@@ -140,7 +140,7 @@ code_enum! {
 }
 
 code_enum! {
-    /// Response codes of PROTOCOL.md §3.1.
+    /// Response codes of docs/protocol.md §3.1.
     pub enum ResponseCode {
         Success = 0 => "SUCCESS",
         SystemError = 1 => "SYSTEM_ERROR",
@@ -181,7 +181,7 @@ code_enum! {
 }
 
 impl ResponseCode {
-    /// Whether a send answered with this code stored the message (PROTOCOL.md §3.1: 0, 10, 11, 12).
+    /// Whether a send answered with this code stored the message (docs/protocol.md §3.1: 0, 10, 11, 12).
     pub const fn is_stored(self) -> bool {
         matches!(
             self,
@@ -208,7 +208,7 @@ impl ResponseCode {
     }
 }
 
-/// The sender's implementation language (PROTOCOL.md §2.5). Informational only: no wire behaviour
+/// The sender's implementation language (docs/protocol.md §2.5). Informational only: no wire behaviour
 /// depends on it, so an unknown value is preserved rather than rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum LanguageCode {
@@ -292,7 +292,7 @@ impl LanguageCode {
     }
 }
 
-/// How a frame's header is encoded: the top byte of the header-length marker (PROTOCOL.md §1.2).
+/// How a frame's header is encoded: the top byte of the header-length marker (docs/protocol.md §1.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum SerializeType {
     /// JSON header (type byte 0). The default, and the only type ali-ons can read.

@@ -101,7 +101,7 @@ impl DecodeError {
     }
 }
 
-/// A stored-message record (PROTOCOL.md §5.4) or batch entry is malformed, or a record cannot be
+/// A stored-message record (docs/protocol.md §5.4) or batch entry is malformed, or a record cannot be
 /// encoded within the format's limits.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum RecordError {
@@ -144,7 +144,7 @@ pub enum RecordError {
     BodyCrcMismatch { stored: i32, computed: i32 },
 }
 
-/// A message id string (PROTOCOL.md §5.6) is malformed.
+/// A message id string (docs/protocol.md §5.6) is malformed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum MessageIdError {
     /// Neither 32 (IPv4) nor 56 (IPv6) hex characters.
@@ -155,7 +155,7 @@ pub enum MessageIdError {
     BadHex { position: usize },
 }
 
-/// A JSON body (PROTOCOL.md §4) could not be decoded.
+/// A JSON body (docs/protocol.md §4) could not be decoded.
 #[derive(Debug, Error)]
 pub enum BodyError {
     /// The JSON does not match the expected shape.

@@ -1,4 +1,4 @@
-//! `extFields`: the string map every typed header travels in (PROTOCOL.md §2.1), stored without
+//! `extFields`: the string map every typed header travels in (docs/protocol.md §2.1), stored without
 //! copying, and the writer interface that encodes typed headers without building a map at all.
 //!
 //! # Why spans instead of a `HashMap<String, String>`

@@ -1,4 +1,4 @@
-//! Framing (PROTOCOL.md §1.2): find where a frame ends before decoding anything.
+//! Framing (docs/protocol.md §1.2): find where a frame ends before decoding anything.
 //!
 //! ```text
 //!  0               4               8

@@ -1,7 +1,7 @@
 //! # ringmq-protocol
 //!
 //! A complete, allocation-light, panic-free codec for the Apache RocketMQ 4.x *remoting* protocol
-//! (`shared/PROTOCOL.md`), shared by the broker, the NameServer and the client. Pure: no I/O.
+//! (docs/protocol.md), shared by the broker, the NameServer and the client. Pure: no I/O.
 //!
 //! ## Layout
 //!

@@ -1,4 +1,4 @@
-//! Golden byte vectors: every worked example of PROTOCOL.md decodes to its documented fields and,
+//! Golden byte vectors: every worked example of docs/protocol.md decodes to its documented fields and,
 //! where the document gives exact bytes, encodes back to the same bytes.
 
 use bytes::BytesMut;
@@ -211,7 +211,7 @@ fn pull_not_found_of_section_3_5() {
 
 #[test]
 fn ali_ons_header_with_raw_json_values() {
-    // ali-ons: no serializeTypeCurrentRPC, numbers and booleans as JSON values (PROTOCOL.md §2.2).
+    // ali-ons: no serializeTypeCurrentRPC, numbers and booleans as JSON values (docs/protocol.md §2.2).
     let header = concat!(
         r#"{"code":310,"language":"JAVA","opaque":5,"flag":0,"version":121,"remark":null,"#,
         r#""extFields":{"a":"pg","b":"TopicTest","c":"TBW102","d":4,"e":0,"f":0,"g":1700000000000,"h":0,"#,

@@ -1,6 +1,6 @@
 //! # ringmq-storage
 //!
-//! The broker's message store (DESIGN.md §4-§5): one [`MessageStore`] per shard, holding a
+//! The broker's message store (docs/architecture.md §4-§5): one [`MessageStore`] per shard, holding a
 //! segmented, append-only commit log of RocketMQ stored-message records, the consume queues
 //! that index it by (topic, queue, offset), a checkpoint that bounds recovery, and retention.
 //! Metadata (topic configs, consumer offsets) lives in [`metadata`].

@@ -1,4 +1,4 @@
-//! What replication needs from a store (DESIGN.md §6). The broker's replication runs on side
+//! What replication needs from a store (docs/architecture.md §6). The broker's replication runs on side
 //! threads, so everything a *master* needs is `Send`: [`LogWatch`] publishes the log's marks
 //! and wakes waiting threads, [`LogReader`] reads whole chunks straight from the segment
 //! files. A *slave* writes through its shard: [`MessageStore::replicate`] takes chunks exactly

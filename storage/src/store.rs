@@ -99,7 +99,7 @@ impl ReadStatus {
 pub struct ReadResult {
     /// What happened.
     pub status: ReadStatus,
-    /// Matching records, each one whole stored record (PROTOCOL.md §5.4); concatenated they
+    /// Matching records, each one whole stored record (docs/protocol.md §5.4); concatenated they
     /// are a PULL response body.
     pub records: Vec<Bytes>,
     /// Offset to read from next.

@@ -1,6 +1,6 @@
 //! # ringmq-tools
 //!
-//! Command-line tools (DESIGN.md §2): `ringmq-admin` (mqadmin-like cluster operations),
+//! Command-line tools (docs/architecture.md §2): `ringmq-admin` (mqadmin-like cluster operations),
 //! `ringmq-bench` (produce/consume/end-to-end load against any RocketMQ-protocol broker) and
 //! `ringmq-inspect` (offline store verification and dumps).
 //!

@@ -1,5 +1,5 @@
 //! Where a slave's master is: `haMasterAddress` from the configuration when set, otherwise the
-//! addresses a NameServer answers the slave's registration with (PROTOCOL.md §3.3, §8.1).
+//! addresses a NameServer answers the slave's registration with (docs/protocol.md §3.3, §8.1).
 
 use std::sync::{Mutex, PoisonError};
 

@@ -1,4 +1,4 @@
-//! A slave's copy of its master's topic configs and consumer offsets (PROTOCOL.md §8.6).
+//! A slave's copy of its master's topic configs and consumer offsets (docs/protocol.md §8.6).
 //!
 //! A side thread that, shortly after start and then every `metadataSyncInterval` (10 s), asks
 //! the master for GET_ALL_TOPIC_CONFIG and GET_ALL_CONSUMER_OFFSET over one short-lived remoting

@@ -1,4 +1,4 @@
-//! Master/slave replication (DESIGN.md §6, PROTOCOL.md §8). The network side runs on side
+//! Master/slave replication (docs/architecture.md §6, docs/protocol.md §8). The network side runs on side
 //! threads ([`master`], [`slave`]), never on a shard; what needs the store runs on the shard
 //! that owns it ([`shard_side`]).
 

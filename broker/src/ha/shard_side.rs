@@ -39,7 +39,7 @@ pub(crate) async fn serve_replica(ctx: Rc<ShardCtx>, commands: flume::Receiver<R
 }
 
 /// SYNC_MASTER: waits until a slave holds everything below `end`. `Err` carries the code
-/// the producer gets (PROTOCOL.md §8.4); the message is stored on the master either way.
+/// the producer gets (docs/protocol.md §8.4); the message is stored on the master either way.
 pub(crate) async fn wait_for_slave(ctx: &ShardCtx, end: u64) -> Result<(), ResponseCode> {
     let config = &ctx.shared.config;
     let replicas = &ctx.shared.replicas[ctx.id];

@@ -1,4 +1,4 @@
-//! The HA connection's bytes (PROTOCOL.md §8.2-§8.3, plus a handshake).
+//! The HA connection's bytes (docs/protocol.md §8.2-§8.3, plus a handshake).
 //!
 //! RocketMQ's HA stream is raw: the slave sends its 8-byte offset, the master answers with
 //! frames of `offset i64 | size i32 | commit-log bytes`. RingMQ keeps exactly that stream, one

@@ -1,4 +1,4 @@
-//! Topic administration, runtime info and message lookups (PROTOCOL.md §3.11).
+//! Topic administration, runtime info and message lookups (docs/protocol.md §3.11).
 
 use std::{collections::BTreeMap, rc::Rc};
 
@@ -128,7 +128,7 @@ pub(super) fn all_topic_config(ctx: &ShardCtx, command: &Command) -> Handled {
 }
 
 /// GET_ALL_CONSUMER_OFFSET (43): every shard's committed offsets merged into one table (a
-/// slave's metadata sync reads it, PROTOCOL.md §8.6). Each queue's offsets live on one shard
+/// slave's metadata sync reads it, docs/protocol.md §8.6). Each queue's offsets live on one shard
 /// only, so the merge never has two values for one queue. Refused rather than answered in part
 /// when a shard cannot answer (the broker stopping): a partial table would read as offsets
 /// that do not exist.

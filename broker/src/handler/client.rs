@@ -1,4 +1,4 @@
-//! Client registration (PROTOCOL.md §3.7) and ordered-consumption locks (§3.10).
+//! Client registration (docs/protocol.md §3.7) and ordered-consumption locks (§3.10).
 
 use std::{
     rc::Rc,

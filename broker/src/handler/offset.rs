@@ -1,4 +1,4 @@
-//! Consumer offsets and queue offsets (PROTOCOL.md §3.6). All run on the shard owning the queue.
+//! Consumer offsets and queue offsets (docs/protocol.md §3.6). All run on the shard owning the queue.
 
 use ringmq_protocol::{
     Command, ResponseCode,

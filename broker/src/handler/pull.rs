@@ -1,4 +1,4 @@
-//! PULL_MESSAGE (PROTOCOL.md §3.5): filtering by tags hash, the store-status mapping, the
+//! PULL_MESSAGE (docs/protocol.md §3.5): filtering by tags hash, the store-status mapping, the
 //! commit-offset flag and long polling.
 
 use std::{rc::Rc, time::Duration};
@@ -184,11 +184,11 @@ fn is_not_found(result: &ReadResult, requested: i64) -> bool {
     }
 }
 
-/// Which broker of the group the consumer should pull from next (PROTOCOL.md §8.5): the
+/// Which broker of the group the consumer should pull from next (docs/protocol.md §8.5): the
 /// master (0), unless `slaveReadEnable` is on and the consumer reads far enough behind the
 /// log's end that the master would rather it read from slave 1.
 fn suggest_broker(ctx: &ShardCtx, result: &ReadResult) -> i64 {
-    /// Where PHYSICALOFFSET sits in a stored record (PROTOCOL.md §5.4).
+    /// Where PHYSICALOFFSET sits in a stored record (docs/protocol.md §5.4).
     const PHYSICAL_OFFSET_AT: usize = 28;
     let config = &ctx.shared.config;
     if !config.slave_read_enable {
@@ -211,7 +211,7 @@ fn suggest_broker(ctx: &ShardCtx, result: &ReadResult) -> i64 {
     i64::from(behind > config.slave_read_lag_bytes)
 }
 
-/// The PULL answer for a store result (the table of PROTOCOL.md §3.5 step 4).
+/// The PULL answer for a store result (the table of docs/protocol.md §3.5 step 4).
 fn respond(ctx: &ShardCtx, command: &Command, requested: i64, result: ReadResult) -> Handled {
     let (code, next, remark) = match result.status {
         ReadStatus::Found => (ResponseCode::Success, result.next_offset as i64, "FOUND"),

@@ -1,4 +1,4 @@
-//! SEND_MESSAGE, SEND_MESSAGE_V2, SEND_BATCH_MESSAGE (PROTOCOL.md §3.4) and
+//! SEND_MESSAGE, SEND_MESSAGE_V2, SEND_BATCH_MESSAGE (docs/protocol.md §3.4) and
 //! CONSUMER_SEND_MSG_BACK (§3.8).
 
 use std::{fmt::Write as _, net::SocketAddr, rc::Rc};
@@ -365,7 +365,7 @@ fn too_large(command: &Command, bytes: usize, max: usize) -> Handled {
     )
 }
 
-/// Maps a store failure to what clients understand (PROTOCOL.md §3.4).
+/// Maps a store failure to what clients understand (docs/protocol.md §3.4).
 pub(super) fn store_error(command: &Command, err: &StoreError) -> Handled {
     match err {
         StoreError::DiskFull { .. } | StoreError::WritesDisabled { .. } | StoreError::Closed => {
@@ -390,7 +390,7 @@ pub(super) fn store_error(command: &Command, err: &StoreError) -> Handled {
 }
 
 /// Whether the producer waits for the store (`WAIT` is not `false`): only then does a
-/// SYNC_MASTER send wait for a slave (PROTOCOL.md §8.4).
+/// SYNC_MASTER send wait for a slave (docs/protocol.md §8.4).
 fn waits_for_store(header: &SendMessageRequestHeader<'_>) -> bool {
     header
         .properties

@@ -981,7 +981,7 @@ impl Message {
             .map(|(_, value)| value.as_str())
     }
 
-    /// The properties string (PROTOCOL.md §5.1).
+    /// The properties string (docs/protocol.md §5.1).
     pub fn properties_string(&self) -> String {
         let mut text = String::new();
         let mut writer = PropertiesWriter::new(&mut text);
@@ -1091,7 +1091,7 @@ impl SendResult {
     }
 }
 
-/// Checks a send response (PROTOCOL.md §3.4, §5.6, §9.6): SUCCESS; `msgId` of 32 upper-case hex
+/// Checks a send response (docs/protocol.md §3.4, §5.6, §9.6): SUCCESS; `msgId` of 32 upper-case hex
 /// characters per message, decoding to `store_host`; `queueId`, `queueOffset`, `MSG_REGION` and
 /// `TRACE_ON` present.
 pub fn parse_send(response: &Command, store_host: SocketAddr, messages: usize) -> SendResult {
@@ -1170,7 +1170,7 @@ impl Client {
 
     /// Sends `messages` (same topic, same born timestamp) as one SEND_BATCH_MESSAGE to
     /// `queue_id` and returns the raw response. Topic, queue and born timestamp travel in the
-    /// header and apply to every message (PROTOCOL.md §3.4); the header also carries the
+    /// header and apply to every message (docs/protocol.md §3.4); the header also carries the
     /// batch-level property `WAIT=true`, as Java does.
     pub fn send_batch_raw(&mut self, queue_id: i32, messages: &[Message]) -> Command {
         let first = messages.first().expect("a batch has messages");
@@ -1237,7 +1237,7 @@ impl Client {
 // ------------------------------------------------------------------------------------------------
 // Records and pulls
 
-/// A stored record (PROTOCOL.md §5.4), owned.
+/// A stored record (docs/protocol.md §5.4), owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub magic: MessageMagic,
@@ -1426,7 +1426,7 @@ impl PullResult {
 }
 
 /// Decodes a pull response. The four offset fields must be present, and non-negative, with every
-/// pull status code (PROTOCOL.md §3.5, §9.6); SUCCESS must carry at least one record.
+/// pull status code (docs/protocol.md §3.5, §9.6); SUCCESS must carry at least one record.
 pub fn parse_pull(response: &Command) -> PullResult {
     let code = response.response_code();
     let with_offsets = matches!(
@@ -1729,7 +1729,7 @@ impl Client {
     }
 
     /// GET_CONSUMER_LIST_BY_GROUP, sorted; `None` when the broker has no consumer for the group
-    /// (SYSTEM_ERROR, PROTOCOL.md §3.7).
+    /// (SYSTEM_ERROR, docs/protocol.md §3.7).
     pub fn consumer_ids(&mut self, group: &str) -> Option<Vec<String>> {
         let response = self.request(
             RequestCode::GetConsumerListByGroup,

@@ -1,7 +1,7 @@
 //! Consumer offsets: the broker-side store (clustering and pull consumers), the local file store
 //! (broadcasting consumers), and where a queue without a committed offset starts.
 //!
-//! An offset is always the **next** offset to consume (PROTOCOL.md §3.6).
+//! An offset is always the **next** offset to consume (docs/protocol.md §3.6).
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -1,4 +1,4 @@
-//! Queue locks of orderly consumers (PROTOCOL.md §3.10).
+//! Queue locks of orderly consumers (docs/protocol.md §3.10).
 //!
 //! A queue's messages stay in order only if one client consumes it at a time, including while a
 //! rebalance moves it: the old owner may still be handling a batch when the new owner's

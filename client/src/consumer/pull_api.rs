@@ -1,4 +1,4 @@
-//! One PULL_MESSAGE exchange (PROTOCOL.md §3.5): the request a consumer sends and what each
+//! One PULL_MESSAGE exchange (docs/protocol.md §3.5): the request a consumer sends and what each
 //! answer means for its next pull.
 //!
 //! The broker answers every pull with the offset to pull from next (`nextBeginOffset`); only

@@ -1,4 +1,4 @@
-//! Splitting a topic's queues between the members of a consumer group (PROTOCOL.md §7.6).
+//! Splitting a topic's queues between the members of a consumer group (docs/protocol.md §7.6).
 //!
 //! Every member computes the split on its own, from the same inputs: the topic's readable queues
 //! sorted by (topic, broker, queue id) and the group's client ids sorted as strings. As long as

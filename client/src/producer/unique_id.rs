@@ -1,5 +1,5 @@
 //! Client-generated unique message ids (`UNIQ_KEY`), laid out like Java's `MessageClientIDSetter`
-//! (PROTOCOL.md §5.6) so tools that parse them keep working:
+//! (docs/protocol.md §5.6) so tools that parse them keep working:
 //!
 //! ```text
 //! IP (4 or 16 bytes) | pid u16 | per-process hash u32 | ms since start of month u32 | counter u16

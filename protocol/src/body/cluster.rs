@@ -1,4 +1,4 @@
-//! ClusterInfo, the GET_BROKER_CLUSTER_INFO body (PROTOCOL.md §4.3).
+//! ClusterInfo, the GET_BROKER_CLUSTER_INFO body (docs/protocol.md §4.3).
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,4 +1,4 @@
-//! HeartbeatData and its parts (PROTOCOL.md §4.5).
+//! HeartbeatData and its parts (docs/protocol.md §4.5).
 
 use serde::{Deserialize, Serialize};
 

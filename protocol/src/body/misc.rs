@@ -1,4 +1,4 @@
-//! The smaller bodies of PROTOCOL.md §3 and §4.6.
+//! The smaller bodies of docs/protocol.md §3 and §4.6.
 
 use std::collections::BTreeMap;
 
@@ -78,7 +78,7 @@ pub struct ConsumerOffsetTable {
     pub offset_table: BTreeMap<String, BTreeMap<i32, i64>>,
 }
 
-/// A consumer group's broker-side configuration (PROTOCOL.md §6.10, §7.7 defaults).
+/// A consumer group's broker-side configuration (docs/protocol.md §6.10, §7.7 defaults).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct SubscriptionGroupConfig {

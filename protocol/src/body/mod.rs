@@ -1,4 +1,4 @@
-//! JSON bodies (PROTOCOL.md §4), as serde types.
+//! JSON bodies (docs/protocol.md §4), as serde types.
 //!
 //! Output is what the strictest client needs: standard JSON with quoted map keys, object keys in
 //! alphabetical order (fields are declared alphabetically, matching fastjson), and every key the

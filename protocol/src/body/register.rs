@@ -1,4 +1,4 @@
-//! REGISTER_BROKER bodies and topic configs (PROTOCOL.md §4.4).
+//! REGISTER_BROKER bodies and topic configs (docs/protocol.md §4.4).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

@@ -1,4 +1,4 @@
-//! TopicRouteData, the GET_ROUTEINFO_BY_TOPIC body (PROTOCOL.md §4.2).
+//! TopicRouteData, the GET_ROUTEINFO_BY_TOPIC body (docs/protocol.md §4.2).
 
 use std::collections::BTreeMap;
 

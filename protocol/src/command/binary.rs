@@ -1,4 +1,4 @@
-//! Binary ("ROCKETMQ") command headers (PROTOCOL.md §2.3).
+//! Binary ("ROCKETMQ") command headers (docs/protocol.md §2.3).
 //!
 //! ```text
 //! offset size field

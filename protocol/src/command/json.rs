@@ -1,4 +1,4 @@
-//! JSON command headers (PROTOCOL.md §2.2).
+//! JSON command headers (docs/protocol.md §2.2).
 //!
 //! # Decoding
 //!
@@ -68,7 +68,7 @@ pub(super) fn decode(mut header: BytesMut) -> Result<(DecodedFields, ExtFields),
                     }
                 }
                 "extFields" => scanner.ext_fields(&mut ext)?,
-                // Informational only: the frame marker is authoritative (PROTOCOL.md §2.1).
+                // Informational only: the frame marker is authoritative (docs/protocol.md §2.1).
                 _ => scanner.skip_value(0)?,
             }
             scanner.skip_whitespace();

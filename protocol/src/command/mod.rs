@@ -1,10 +1,10 @@
 //! Remoting commands: the decoded form ([`Command`]) and the encoder that writes a frame straight
 //! into a caller's buffer from a [`CommandHead`], any [`EncodeExt`] fields, and a body.
 //!
-//! Requests and responses share one layout (PROTOCOL.md §2.1); the response bit of `flag` tells
+//! Requests and responses share one layout (docs/protocol.md §2.1); the response bit of `flag` tells
 //! them apart. Responses mirror the serialize type of their request ([`CommandHead::response_to`]),
 //! because ali-ons cannot read binary headers and a JSON request means a JSON-only peer may be
-//! listening (PROTOCOL.md §2.8).
+//! listening (docs/protocol.md §2.8).
 
 mod binary;
 mod json;
@@ -22,7 +22,7 @@ pub const FLAG_RESPONSE: i32 = 0x1;
 pub const FLAG_ONEWAY: i32 = 0x2;
 
 /// The `version` this implementation sends: 409 = V4_9_8, which Java clients record as the broker
-/// version and which is above every threshold of PROTOCOL.md §2.6.
+/// version and which is above every threshold of docs/protocol.md §2.6.
 pub const CURRENT_VERSION: i32 = 409;
 
 /// A decoded remoting command. Its `ext` fields and `body` share the receive buffer.
@@ -32,7 +32,7 @@ pub struct Command {
     pub code: i32,
     /// Sender's language.
     pub language: LanguageCode,
-    /// Sender's version ordinal (PROTOCOL.md §2.6).
+    /// Sender's version ordinal (docs/protocol.md §2.6).
     pub version: i32,
     /// Request id, echoed by the response.
     pub opaque: i32,
@@ -114,7 +114,7 @@ impl Command {
 pub struct CommandHead<'a> {
     /// Request or response code.
     pub code: i32,
-    /// Language to announce; servers answer `JAVA` (PROTOCOL.md §2.2).
+    /// Language to announce; servers answer `JAVA` (docs/protocol.md §2.2).
     pub language: LanguageCode,
     /// Version ordinal to announce.
     pub version: i32,

@@ -1,4 +1,4 @@
-//! Topic administration and message lookup headers (PROTOCOL.md §3.11).
+//! Topic administration and message lookup headers (docs/protocol.md §3.11).
 
 use super::ext_header;
 

@@ -1,4 +1,4 @@
-//! Client registration and retry headers (PROTOCOL.md §3.7, §3.8).
+//! Client registration and retry headers (docs/protocol.md §3.7, §3.8).
 
 use super::ext_header;
 

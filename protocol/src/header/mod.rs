@@ -1,4 +1,4 @@
-//! Typed request and response headers (PROTOCOL.md §3), read from and written to ext fields.
+//! Typed request and response headers (docs/protocol.md §3), read from and written to ext fields.
 //!
 //! Each header is a plain struct whose string fields borrow from the command they were decoded
 //! from, so reading a SEND or PULL header allocates nothing. Reading a header checks every

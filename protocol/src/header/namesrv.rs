@@ -1,4 +1,4 @@
-//! NameServer command headers (PROTOCOL.md §3.3).
+//! NameServer command headers (docs/protocol.md §3.3).
 
 use super::ext_header;
 
@@ -13,7 +13,7 @@ ext_header! {
         ha_server_addr: &'a str = "haServerAddr",
         /// 0 = master, ≥ 1 = slave.
         broker_id: i64 = "brokerId",
-        /// The body is the zlib-compressed form (PROTOCOL.md §4.4).
+        /// The body is the zlib-compressed form (docs/protocol.md §4.4).
         compressed: Option<bool> = "compressed",
         /// Masked CRC32 of the body; 0 or absent means "not checked".
         body_crc32: Option<i32> = "bodyCrc32",

@@ -1,4 +1,4 @@
-//! Offset command headers (PROTOCOL.md §3.6).
+//! Offset command headers (docs/protocol.md §3.6).
 
 use super::ext_header;
 

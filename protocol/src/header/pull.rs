@@ -1,4 +1,4 @@
-//! PULL_MESSAGE headers and sys-flag bits (PROTOCOL.md §3.5).
+//! PULL_MESSAGE headers and sys-flag bits (docs/protocol.md §3.5).
 
 use super::ext_header;
 

@@ -1,4 +1,4 @@
-//! Send headers (PROTOCOL.md §3.4): SEND_MESSAGE (10) with long key names, SEND_MESSAGE_V2 (310)
+//! Send headers (docs/protocol.md §3.4): SEND_MESSAGE (10) with long key names, SEND_MESSAGE_V2 (310)
 //! and SEND_BATCH_MESSAGE (320) with one-letter names, and the shared response.
 //!
 //! The three requests carry the same fields, so there is one struct, [`SendMessageRequestHeader`],
@@ -188,7 +188,7 @@ impl EncodeExt for SendMessageRequestHeaderV2<'_, '_> {
 ext_header! {
     /// The response header of all three send codes. Java clients dereference `queueId` and
     /// `queueOffset` unguarded and need a non-empty ext map, so the broker always sends the
-    /// region and trace switch too (PROTOCOL.md §9.6).
+    /// region and trace switch too (docs/protocol.md §9.6).
     pub struct SendMessageResponseHeader<'a> {
         /// Offset message id; comma-joined ids for a batch.
         msg_id: &'a str = "msgId",

@@ -1,4 +1,4 @@
-//! Transaction headers (PROTOCOL.md §3.9).
+//! Transaction headers (docs/protocol.md §3.9).
 
 use super::ext_header;
 

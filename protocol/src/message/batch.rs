@@ -1,4 +1,4 @@
-//! The SEND_BATCH_MESSAGE body (PROTOCOL.md §3.4): per-message records concatenated, no count.
+//! The SEND_BATCH_MESSAGE body (docs/protocol.md §3.4): per-message records concatenated, no count.
 //!
 //! ```text
 //! TOTALSIZE i32 | MAGICCODE i32 (0) | BODYCRC i32 (0) | FLAG i32 | BODY len i32, bytes | PROPERTIES len i16, bytes

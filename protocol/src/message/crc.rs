@@ -1,4 +1,4 @@
-//! The body checksum of stored records and the REGISTER_BROKER `bodyCrc32` (PROTOCOL.md §5.5).
+//! The body checksum of stored records and the REGISTER_BROKER `bodyCrc32` (docs/protocol.md §5.5).
 
 /// Java's `UtilAll.crc32`: CRC-32/ISO-HDLC (zlib's `crc32`) masked to 31 bits, so it is never
 /// negative. An empty body gives 0.

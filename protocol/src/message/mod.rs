@@ -1,4 +1,4 @@
-//! Message encoding (PROTOCOL.md §5): properties, sys-flag bits, the stored-message record that is
+//! Message encoding (docs/protocol.md §5): properties, sys-flag bits, the stored-message record that is
 //! both the commit-log entry and the PULL body unit, the SEND_BATCH_MESSAGE body, message ids, the
 //! tags hash and the body CRC.
 

@@ -1,4 +1,4 @@
-//! Offset message ids (PROTOCOL.md §5.6): the store host and commit-log offset of a message,
+//! Offset message ids (docs/protocol.md §5.6): the store host and commit-log offset of a message,
 //! rendered as upper-case hex. This is the `msgId` of send responses and what
 //! VIEW_MESSAGE_BY_ID and transactions decode.
 //!

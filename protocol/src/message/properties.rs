@@ -1,4 +1,4 @@
-//! The message properties string (PROTOCOL.md §5.1) and its reserved keys (§5.2).
+//! The message properties string (docs/protocol.md §5.1) and its reserved keys (§5.2).
 //!
 //! Encoding: `name \x01 value \x02` per property. Java and the Rust client drop the final `\x02`,
 //! ali-ons keeps it. Decoding follows Java: split on `\x02`, split each segment at its first
@@ -15,7 +15,7 @@ pub const PROPERTY_SEPARATOR: char = '\u{2}';
 /// Maximum encoded length: the record stores it in an i16.
 pub const MAX_PROPERTIES_BYTES: usize = i16::MAX as usize;
 
-/// Reserved property keys (PROTOCOL.md §5.2).
+/// Reserved property keys (docs/protocol.md §5.2).
 pub mod keys {
     /// Business keys, space separated (indexed).
     pub const KEYS: &str = "KEYS";

@@ -1,4 +1,4 @@
-//! The stored-message record (PROTOCOL.md §5.4): the unit of the commit log and of every PULL,
+//! The stored-message record (docs/protocol.md §5.4): the unit of the commit log and of every PULL,
 //! QUERY_MESSAGE and VIEW_MESSAGE_BY_ID body.
 //!
 //! ```text

@@ -1,4 +1,4 @@
-//! MessageSysFlag bits of stored records and send requests (PROTOCOL.md §5.3).
+//! MessageSysFlag bits of stored records and send requests (docs/protocol.md §5.3).
 
 /// The body is compressed (algorithm in [`COMPRESSION_TYPE_MASK`]; 0 means zlib).
 pub const COMPRESSED: i32 = 0x1;

@@ -1,4 +1,4 @@
-//! The tags hash code stored in consume-queue entries and subscription code sets (PROTOCOL.md §5.7).
+//! The tags hash code stored in consume-queue entries and subscription code sets (docs/protocol.md §5.7).
 
 /// Java's `String.hashCode()` of `tags`, sign-extended to `i64`; 0 for no tags.
 ///

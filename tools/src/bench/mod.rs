@@ -1,4 +1,4 @@
-//! `ringmq-bench`: load for any RocketMQ-protocol broker (DESIGN.md §8).
+//! `ringmq-bench`: load for any RocketMQ-protocol broker (docs/benchmarks.md).
 //!
 //! The tool shares its machine with the broker under test, so the client is built to cost as
 //! little as possible per message: requests are pre-encoded and patched in place
