@@ -1,4 +1,4 @@
-//! GET_ROUTEINFO_BY_TOPIC throughput of the NameServer (issue 4): 10,000 topics registered,
+//! GET_ROUTEINFO_BY_TOPIC throughput of the NameServer: 10,000 topics registered,
 //! many client connections, requests pipelined. The server runs in-process on loopback with its
 //! default two worker threads; the load generator shares the same two cores.
 //!

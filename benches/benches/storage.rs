@@ -1,4 +1,4 @@
-//! Storage engine benchmarks (issue 3): append throughput in ASYNC_FLUSH and SYNC_FLUSH with
+//! Storage engine benchmarks: append throughput in ASYNC_FLUSH and SYNC_FLUSH with
 //! 64 concurrent appenders, catch-up read throughput, and reopen time after a clean shutdown
 //! and after a crash.
 //!

@@ -1,5 +1,5 @@
 //! Append latency and throughput of the store, with the device's own fdatasync latency measured
-//! in the same run as the baseline (issue 3: SYNC_FLUSH p99 within 2x of fdatasync p99, and
+//! in the same run as the baseline (the targets: SYNC_FLUSH p99 within 2x of fdatasync p99, and
 //! SYNC_FLUSH throughput at 70% or more of ASYNC_FLUSH with 64 appenders).
 //!
 //! `cargo bench -p ringmq-benches --bench storage_latency` prints one line per run and the

@@ -26,7 +26,7 @@ pub const MAX_QUEUES_PER_BROKER: i32 = 65_536;
 /// The auto-creation template topic (Java's `TopicValidator.AUTO_CREATE_TOPIC_KEY_TOPIC`): a
 /// producer sends to a topic no NameServer knows on the brokers of this topic's route, and
 /// brokers create new topics from its configuration (`defaultTopic` in requests).
-pub const AUTO_CREATE_TOPIC: &str = "TBW102";
+pub const AUTO_CREATE_TOPIC: &str = ringmq_protocol::topic::AUTO_CREATE_TEMPLATE;
 /// Queues of a topic the broker auto-creates (Java's `defaultTopicQueueNums`).
 pub const DEFAULT_TOPIC_QUEUE_NUMS: i32 = 4;
 

@@ -39,7 +39,9 @@ use ringmq_protocol::message::PropertiesWriter;
 use ringmq_protocol::message::properties::keys;
 
 use super::process_queue::ProcessQueue;
-use super::{ConsumeContext, ConsumeOutcome, join_all, master_addr, now_ms, retry_topic};
+use ringmq_common::now_ms;
+
+use super::{ConsumeContext, ConsumeOutcome, join_all, master_addr, retry_topic};
 use crate::error::{ClientError, Result};
 use crate::instance::{ClientInstance, IoContext};
 use crate::message::{MessageQueue, ReceivedMessage};

@@ -44,19 +44,21 @@ use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::rc::Rc;
 use std::task::Poll;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ringmq_protocol::body::{ConsumeFromWhere, MessageModel, SubscriptionData};
+use ringmq_protocol::topic::{TOPIC_MAX_BYTES, is_valid_topic};
 
 pub use pull::{PullConsumer, PullConsumerBuilder};
 pub use push::{PushConsumer, PushConsumerBuilder};
 
 use crate::error::{ClientError, Result};
+
 use crate::instance::IoContext;
 use crate::message::MessageQueue;
 
 /// Prefix of a consumer group's retry topic: messages the group sent back for a later retry.
-pub(crate) const RETRY_TOPIC_PREFIX: &str = "%RETRY%";
+pub(crate) use ringmq_protocol::topic::RETRY_PREFIX as RETRY_TOPIC_PREFIX;
 
 /// Redeliveries a concurrent consumer's message gets before the broker moves it to the group's
 /// dead-letter queue (RocketMQ's default `maxReconsumeTimes`). Orderly consumers default to
@@ -178,13 +180,6 @@ impl ConsumeContext {
     }
 }
 
-/// The current wall-clock time in ms since the Unix epoch (subscription versions).
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64)
-}
-
 /// A subscription as the consumer uses it: the heartbeat form and the expression pulls carry.
 #[derive(Debug, Clone)]
 pub(crate) struct Subscription {
@@ -218,16 +213,14 @@ impl Subscription {
     }
 }
 
-/// Longest group name: its retry topic must fit the broker's 127-byte topic limit.
-const MAX_GROUP_BYTES: usize = 127 - RETRY_TOPIC_PREFIX.len();
+/// Longest group name: its retry topic must fit the topic-name limit.
+const MAX_GROUP_BYTES: usize = TOPIC_MAX_BYTES - RETRY_TOPIC_PREFIX.len();
 
 /// Checks a consumer group name: what the broker accepts in `%RETRY%<group>`.
 pub(crate) fn validate_group(group: &str) -> Result<()> {
-    let valid = !group.is_empty()
-        && group.len() <= MAX_GROUP_BYTES
-        && group
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'%' || b == b'|');
+    // A group is valid exactly when its retry topic is a valid topic name.
+    let valid =
+        !group.is_empty() && group.len() <= MAX_GROUP_BYTES && is_valid_topic(&retry_topic(group));
     if valid {
         Ok(())
     } else {

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -201,7 +200,7 @@ impl LocalOffsetStore {
         self.offsets.get(queue).copied()
     }
 
-    /// Records `offset` for `queue` (in memory; [`Self::snapshot`] + [`write_file`] persist).
+    /// Records `offset` for `queue` (in memory; [`Self::snapshot`] + [`write_atomically`] persist).
     pub(crate) fn set(&mut self, queue: &MessageQueue, offset: i64) {
         self.offsets.insert(queue.clone(), offset);
     }
@@ -227,27 +226,7 @@ impl LocalOffsetStore {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a synced temporary file renamed over the old one.
-pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    let temp = path.with_extension("json.tmp");
-    {
-        let mut file = fs::File::create(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    fs::rename(&temp, path)?;
-    if let Some(dir) = path.parent() {
-        // The rename is durable once the directory is synced; failing that only loses the
-        // newest offsets, which the next write repeats.
-        if let Ok(dir) = fs::File::open(dir) {
-            let _ = dir.sync_all();
-        }
-    }
-    Ok(())
-}
+pub(crate) use ringmq_common::fs::write_atomically;
 
 #[cfg(test)]
 mod tests {
@@ -273,11 +252,11 @@ mod tests {
         store.set(&queue("t", 1), 7);
         store.set(&queue("u", 0), 0);
         let (target, bytes) = store.snapshot();
-        write_file(&target, &bytes).unwrap();
+        write_atomically(&target, &bytes).unwrap();
         // A second write replaces the first whole.
         store.set(&queue("t", 0), 6);
         let (target, bytes) = store.snapshot();
-        write_file(&target, &bytes).unwrap();
+        write_atomically(&target, &bytes).unwrap();
         assert!(!target.with_extension("json.tmp").exists());
 
         let loaded = LocalOffsetStore::load(path.clone(), "g").unwrap();

@@ -8,9 +8,8 @@
 //!
 //! [`Connection::request_with`]: crate::remoting::Connection::request_with
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use bytes::BytesMut;
+use ringmq_common::now_ms;
 use ringmq_protocol::header::{SendMessageRequestHeader, SendMessageResponseHeader};
 use ringmq_protocol::message::BatchMessage;
 use ringmq_protocol::message::batch::BATCH_ENTRY_FIXED_BYTES;
@@ -187,12 +186,6 @@ pub(crate) fn request_header<'a>(
         batch: Some(batch),
         broker_name: None,
     }
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
 /// A send's answer: stored (with how) or the broker's refusal.

@@ -19,9 +19,10 @@ use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use std::cell::Cell;
+
+use ringmq_common::now_ms;
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 const MS_PER_DAY: i64 = 86_400_000;
@@ -33,15 +34,9 @@ static COUNTER: AtomicU16 = AtomicU16::new(0);
 fn process_hash() -> u32 {
     static HASH: OnceLock<u32> = OnceLock::new();
     *HASH.get_or_init(|| {
-        let seed = (std::process::id(), wall_clock_ms(), "ringmq-uniq-key");
+        let seed = (std::process::id(), now_ms(), "ringmq-uniq-key");
         std::collections::hash_map::RandomState::new().hash_one(seed) as u32
     })
-}
-
-fn wall_clock_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
 /// Makes `UNIQ_KEY`s for one host address.
@@ -66,7 +61,7 @@ impl UniqueIdGenerator {
         }
         push_hex(&mut prefix, &(std::process::id() as u16).to_be_bytes());
         push_hex(&mut prefix, &process_hash().to_be_bytes());
-        let (start, next) = month_bounds(wall_clock_ms());
+        let (start, next) = month_bounds(now_ms());
         Self {
             prefix,
             month_start_ms: Cell::new(start),
@@ -88,7 +83,7 @@ impl UniqueIdGenerator {
 
     /// Appends a new id to `out`.
     pub fn append_id(&self, out: &mut String) {
-        self.append_id_at(out, wall_clock_ms());
+        self.append_id_at(out, now_ms());
     }
 
     fn append_id_at(&self, out: &mut String, now_ms: i64) {

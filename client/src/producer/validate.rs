@@ -2,6 +2,7 @@
 //! rules, and the properties' length (an i16 in the record).
 
 use ringmq_protocol::message::properties::{MAX_PROPERTIES_BYTES, keys};
+use ringmq_protocol::topic::{self, ShownTopic};
 
 use super::builder::ProducerSettings;
 use super::encode::Single;
@@ -10,31 +11,24 @@ use crate::error::{ClientError, Result};
 use crate::message::Message;
 use crate::route::AUTO_CREATE_TOPIC;
 
-/// Longest topic name (the broker's and Java's limit).
-const MAX_TOPIC_BYTES: usize = 127;
 /// Prefix of consumer retry topics, which batches may not target.
-const RETRY_TOPIC_PREFIX: &str = "%RETRY%";
+use ringmq_protocol::topic::RETRY_PREFIX as RETRY_TOPIC_PREFIX;
 
 /// A topic name the broker would accept (checked here so a bad name fails at once instead of
 /// being retried on every broker as the SYSTEM_ERROR the broker answers).
 fn validate_topic(topic: &str) -> Result<()> {
-    let problem = if topic.is_empty() {
-        "is empty"
-    } else if topic.len() > MAX_TOPIC_BYTES {
-        "is longer than 127 bytes"
-    } else if !topic
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'%' | b'|' | b'_' | b'-'))
-    {
-        "has characters outside [%|a-zA-Z0-9_-]"
-    } else if topic == AUTO_CREATE_TOPIC {
-        "is the auto-creation template"
-    } else {
-        return Ok(());
-    };
-    Err(ClientError::InvalidArgument(format!(
-        "topic {topic:?} {problem}"
-    )))
+    if let Err(error) = topic::validate_topic(topic) {
+        return Err(ClientError::InvalidArgument(format!(
+            "topic {}: {error}",
+            ShownTopic(topic)
+        )));
+    }
+    if topic == AUTO_CREATE_TOPIC {
+        return Err(ClientError::InvalidArgument(format!(
+            "topic {topic:?} is the auto-creation template"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks what can be checked without the broker: topic, reserved property names, body size.

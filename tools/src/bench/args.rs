@@ -287,15 +287,6 @@ fn check_range<T: PartialOrd + fmt::Display + Copy>(
     Ok(())
 }
 
-/// RocketMQ's topic rule: `^[%|a-zA-Z0-9_-]+$`, at most 127 bytes.
-fn valid_topic(topic: &str) -> bool {
-    !topic.is_empty()
-        && topic.len() <= 127
-        && topic
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'%' | b'|' | b'_' | b'-'))
-}
-
 impl Args {
     /// Checks every value and every combination; the error names the offending flag.
     pub fn validate(self) -> Result<Params, UsageError> {
@@ -333,7 +324,7 @@ impl Args {
         if let Some(shards) = self.shards {
             check_range("shards", shards, 1, 1024)?;
         }
-        if !valid_topic(&self.topic) {
+        if !ringmq_protocol::topic::is_valid_topic(&self.topic) {
             usage(format!(
                 "--topic {:?} is not a valid topic name: 1 to 127 characters of a-z A-Z 0-9 _ - % |",
                 self.topic

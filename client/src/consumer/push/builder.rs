@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ringmq_common::now_ms;
 use ringmq_protocol::body::{ConsumeType, ConsumerData};
 
 use super::PushConsumer;
@@ -10,7 +11,7 @@ use super::start_on;
 use crate::config::ClientConfig;
 use crate::consumer::{
     ConsumeContext, ConsumeMode, ConsumeOutcome, MAX_RECONSUME_TIMES, StartPosition, Subscription,
-    now_ms, retry_topic, validate_group,
+    retry_topic, validate_group,
 };
 use crate::error::{ClientError, Result};
 use crate::instance::ClientInstance;

@@ -457,7 +457,7 @@ impl PushIo {
             store.snapshot()
         };
         let written = compio::runtime::spawn_blocking(move || {
-            offsets::write_file(&path, &bytes).map_err(|error| (path, error))
+            offsets::write_atomically(&path, &bytes).map_err(|error| (path, error))
         })
         .await;
         match written {
