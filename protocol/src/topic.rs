@@ -19,6 +19,57 @@ pub const RETRY_PREFIX: &str = "%RETRY%";
 /// Prefix of a consumer group's dead-letter topic (`%DLQ%group`).
 pub const DLQ_PREFIX: &str = "%DLQ%";
 
+/// The schedule topic delayed messages wait in.
+pub const SCHEDULE_TOPIC: &str = "SCHEDULE_TOPIC_XXXX";
+/// The topic transactional half messages wait in.
+pub const TRANS_HALF_TOPIC: &str = "RMQ_SYS_TRANS_HALF_TOPIC";
+/// The topic recording commit/rollback decisions for half messages.
+pub const TRANS_OP_HALF_TOPIC: &str = "RMQ_SYS_TRANS_OP_HALF_TOPIC";
+/// The default message-trace topic: Java clients with tracing on send their trace records here.
+pub const TRACE_TOPIC: &str = "RMQ_SYS_TRACE_TOPIC";
+/// Prefix RocketMQ reserves for system topics.
+pub const SYSTEM_TOPIC_PREFIX: &str = "rmq_sys_";
+
+/// RocketMQ's system topics: the broker's own, plus any name starting with
+/// [`SYSTEM_TOPIC_PREFIX`]. Admin tools refuse to create or delete them as ordinary topics.
+pub const SYSTEM_TOPICS: [&str; 10] = [
+    AUTO_CREATE_TEMPLATE,
+    SCHEDULE_TOPIC,
+    "BenchmarkTest",
+    TRANS_HALF_TOPIC,
+    TRACE_TOPIC,
+    TRANS_OP_HALF_TOPIC,
+    "TRANS_CHECK_MAX_TIME_TOPIC",
+    "SELF_TEST_TOPIC",
+    "OFFSET_MOVED_EVENT",
+    "SCHEDULE_TOPIC_XXXX_V2",
+];
+
+/// Topics producers may not send to: internal queues only the broker writes. This is Apache
+/// RocketMQ's list plus the auto-creation template [`AUTO_CREATE_TEMPLATE`], which RingMQ also
+/// refuses since nothing ever consumes it. The trace topic is not on it: tracing clients write
+/// there.
+pub const SEND_FORBIDDEN_TOPICS: [&str; 8] = [
+    AUTO_CREATE_TEMPLATE,
+    SCHEDULE_TOPIC,
+    TRANS_HALF_TOPIC,
+    TRANS_OP_HALF_TOPIC,
+    "TRANS_CHECK_MAX_TIME_TOPIC",
+    "SELF_TEST_TOPIC",
+    "OFFSET_MOVED_EVENT",
+    "SCHEDULE_TOPIC_XXXX_V2",
+];
+
+/// Whether `topic` is one of RocketMQ's system topics.
+pub fn is_system_topic(topic: &str) -> bool {
+    SYSTEM_TOPICS.contains(&topic) || topic.starts_with(SYSTEM_TOPIC_PREFIX)
+}
+
+/// Whether producers may send to `topic` (see [`SEND_FORBIDDEN_TOPICS`]).
+pub fn is_send_allowed(topic: &str) -> bool {
+    !SEND_FORBIDDEN_TOPICS.contains(&topic)
+}
+
 /// Why a topic name was refused. The messages are Apache RocketMQ's, so tools that match on
 /// them keep working.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -27,7 +78,7 @@ pub enum TopicNameError {
     #[error("The specified topic is blank.")]
     Blank,
     /// Longer than [`TOPIC_MAX_BYTES`].
-    #[error("The specified topic is longer than topic max length {TOPIC_MAX_BYTES}.")]
+    #[error("The specified topic is longer than topic max length.")]
     TooLong {
         /// The name's length in bytes.
         len: usize,
@@ -112,6 +163,16 @@ mod tests {
             validate_topic(&"t".repeat(TOPIC_MAX_BYTES + 1)),
             Err(TopicNameError::TooLong { len: 128 })
         );
+    }
+
+    #[test]
+    fn reserved_topics() {
+        assert!(is_system_topic("rmq_sys_anything"));
+        assert!(is_system_topic(TRACE_TOPIC));
+        assert!(is_send_allowed(TRACE_TOPIC));
+        assert!(!is_send_allowed(SCHEDULE_TOPIC));
+        assert!(!is_send_allowed(AUTO_CREATE_TEMPLATE));
+        assert!(is_send_allowed("TopicTest"));
     }
 
     #[test]
