@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The broker benchmark of the README, in one run on one machine:
+# The broker benchmark (docs/benchmarks.md), in one run on one machine:
 #   1. the storage engine's own append rate (storage_latency bench, 256 appenders: the same
 #      number of messages in flight as 8 connections x 32), the baseline of the table;
 #   2. ringmq-bench against a real ringmq-broker process (2 shards, data in a temp dir), for

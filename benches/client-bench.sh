@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The client-library benchmark of the README: the same load through ringmq-bench's raw requests
+# The client-library benchmark (docs/benchmarks.md): the same load through ringmq-bench's raw requests
 # (pre-encoded frames on the client library's connection layer) and through the client library's
 # public API (`--api client`: Producer::send awaited by tasks on the client's I/O thread, and
 # PushConsumer; `--api client-remote`: the same sends from the benchmark's own threads, one

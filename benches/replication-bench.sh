@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The replication benchmark of the README: ringmq-bench produce, 1 KiB messages, 8 connections
+# The replication benchmark (docs/benchmarks.md): ringmq-bench produce, 1 KiB messages, 8 connections
 # x 32 in flight, against a master with one slave attached (both real ringmq-broker processes
 # on loopback, 2 shards each, ASYNC_FLUSH), once with brokerRole=ASYNC_MASTER (the baseline:
 # acknowledged after the local write) and once with SYNC_MASTER (acknowledged once the slave

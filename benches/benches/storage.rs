@@ -3,7 +3,7 @@
 //! and after a crash.
 //!
 //! Stores live in a temporary directory under `RINGMQ_BENCH_DIR` (default: the system temp
-//! dir), which should be on the disk that `fio` measures for the README's baseline.
+//! dir), which should be on the disk that `fio` measures for the baseline in docs/benchmarks.md.
 //! `RINGMQ_BENCH_REOPEN_GIB` sets the size of the reopen store (default 4).
 
 use std::{

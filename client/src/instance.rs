@@ -182,8 +182,8 @@ impl ClientInstance {
     /// Why: a call on a handle (`producer.send(..)`) made from another thread is shipped to the
     /// I/O thread and its result shipped back, two thread wake-ups per call. Calls made from
     /// inside `task` run on the I/O thread directly. An application that keeps thousands of
-    /// sends in flight gets the connection layer's full rate this way (see the README's
-    /// client benchmark). `task` shares the thread with every connection of the instance: it
+    /// sends in flight gets the connection layer's full rate this way (see the client
+    /// library benchmark in docs/benchmarks.md). `task` shares the thread with every connection of the instance: it
     /// must never block (no [`Pending::wait`], which is refused there, no blocking I/O).
     ///
     /// ```no_run

@@ -27,7 +27,7 @@ use super::{DiskUsage, Storage, StorageFile};
 ///   thread and back (measured at tens of microseconds on the development VM).
 /// - **inline**: `pwrite` on the shard thread. The same copy, done by the shard itself: no
 ///   hand-off, so small appends are acknowledged sooner (1.6x the ASYNC_FLUSH throughput with 64
-///   appenders in the README's benchmark), at the price that a write the kernel throttles
+///   appenders in the storage benchmark of docs/benchmarks.md), at the price that a write the kernel throttles
 ///   (dirty-page limits) stalls the shard instead of a worker.
 ///
 /// Reads, fdatasync and everything else always go through the ring.
