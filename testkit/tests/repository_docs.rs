@@ -6,6 +6,7 @@
 //! - a section citation such as `docs/protocol.md §5.4` names a section the document lacks (a
 //!   heading whose first word is the section number: `## 5. Message encoding`,
 //!   `### 5.4 Stored message record`); a bare `§N.M` inside `docs/` cites the same document;
+//! - a cited source path from the repository root (`storage/src/store.rs`) does not exist;
 //! - a Markdown link `[text](target)` points to a relative path that does not exist;
 //! - a file mentions an issue number, or a Markdown file a commit hash: history lives in git.
 
@@ -98,6 +99,47 @@ fn doc_tokens(line: &str) -> Vec<(usize, usize, &str)> {
         tokens.push((start, end, token));
     }
     tokens
+}
+
+/// Top-level directories whose files are cited by path (`broker/src/shard.rs`).
+const CITED_DIRS: [&str; 12] = [
+    "common", "protocol", "storage", "broker", "namesrv", "client", "tools", "testkit", "benches",
+    "fuzz", "docs", ".ci",
+];
+
+/// Paths of source files and scripts cited from the repository root (`storage/src/store.rs`,
+/// `benches/broker-bench.sh`), which must exist: a file that moved leaves no stale pointer.
+fn source_paths(line: &str) -> Vec<&str> {
+    let bytes = line.as_bytes();
+    let mut paths = Vec::new();
+    for extension in [".rs", ".sh"] {
+        let mut search_from = 0;
+        while let Some(found) = line[search_from..].find(extension) {
+            let dot = search_from + found;
+            let end = dot + extension.len();
+            search_from = end;
+            if bytes
+                .get(end)
+                .is_some_and(|&b| b.is_ascii_alphanumeric() || b == b'/')
+            {
+                continue;
+            }
+            let mut start = dot;
+            while start > 0 && is_path_byte(bytes[start - 1]) {
+                start -= 1;
+            }
+            let path = &line[start..end];
+            let cited = path
+                .split_once('/')
+                .is_some_and(|(first, _)| CITED_DIRS.contains(&first));
+            // `{a,b}.rs` and `*.rs` are patterns, not paths.
+            let pattern = start > 0 && matches!(bytes[start - 1], b'*' | b'}' | b'{' | b',');
+            if cited && !pattern {
+                paths.push(path);
+            }
+        }
+    }
+    paths
 }
 
 /// Resolves `reference` as written in `file`: beside it, then in each directory above it up to
@@ -250,6 +292,11 @@ fn every_reference_points_inside_the_repository() {
                     }
                 }
             }
+            for path in source_paths(line) {
+                if !root.join(path).exists() {
+                    problems.push(format!("{at}: `{path}` does not exist"));
+                }
+            }
             if in_docs && tokens.is_empty() {
                 let sections = section_numbers(text);
                 for number in citations(line) {
@@ -314,4 +361,8 @@ fn the_checks_catch_what_they_claim_to() {
     assert!(mentions_commit_hash("measured at 73eb814"));
     assert!(!mentions_commit_hash("magic 0xdeadbeef1 and word cafebabe"));
     assert!(normalize(Path::new("a/../../shared/DESIGN.md")).is_none());
+    assert_eq!(
+        source_paths("see storage/src/store.rs and benches/x.sh, not src/lib.rs or broker/*.rs"),
+        ["storage/src/store.rs", "benches/x.sh"]
+    );
 }
