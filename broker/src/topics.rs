@@ -213,4 +213,32 @@ mod tests {
         assert_eq!(counts, [2, 2, 2, 2]);
         assert_eq!(owner_shard("anything", 5, 1), 0);
     }
+
+    /// Which shard owns a queue decides where its data lives on disk: these outputs were
+    /// computed with the original hand-written FNV-1a loop and must never change.
+    #[test]
+    fn owner_shard_is_pinned() {
+        for (topic, queue_id, shards, owner) in [
+            ("TopicTest", 0, 2, 0),
+            ("TopicTest", 3, 2, 1),
+            ("TopicTest", 7, 4, 3),
+            ("BenchTopic", 0, 4, 0),
+            ("BenchTopic", 5, 4, 1),
+            ("%RETRY%billing", 0, 3, 1),
+            ("%DLQ%billing", 0, 3, 0),
+            ("Orders", 1, 3, 0),
+            ("Orders", 2, 8, 6),
+            ("a", 0, 7, 5),
+            ("", 0, 5, 2),
+            ("TopicTest", -1, 3, 2),
+            ("TopicTest", i32::MAX, 6, 3),
+            ("x", 1023, 64, 6),
+        ] {
+            assert_eq!(
+                owner_shard(topic, queue_id, shards),
+                owner,
+                "owner_shard({topic:?}, {queue_id}, {shards})"
+            );
+        }
+    }
 }
