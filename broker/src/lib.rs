@@ -22,21 +22,17 @@ mod error;
 mod ha;
 mod handler;
 mod longpoll;
+mod messages;
 mod metadata;
 pub mod metrics;
+mod offsets;
 mod properties;
 mod published;
 mod registration;
+mod rpc;
 mod shard;
 mod shared;
 mod topics;
 
 pub use broker::Broker;
 pub use error::BrokerError;
-
-/// Wall-clock milliseconds since the Unix epoch (store timestamps, as RocketMQ uses).
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}

@@ -18,8 +18,12 @@ use std::{
 };
 
 use ringmq_storage::{LogReadError, LogReader, LogWatch, Mark, StoreConfig};
+use thiserror::Error;
 
-use super::wire::{FRAME_HEADER_BYTES, Hello, Welcome, frame_header};
+use super::{
+    state::SlaveLink,
+    wire::{FRAME_HEADER_BYTES, Hello, Welcome, frame_header},
+};
 use crate::{config::BrokerRole, shared::BrokerShared};
 
 /// How long a new connection has to send its HELLO.
@@ -178,7 +182,9 @@ fn serve(ctx: &Arc<HaContext>, mut stream: TcpStream, peer: SocketAddr) {
     };
     let start = match admit(ctx, &hello) {
         Ok(start) => start,
-        Err(reason) => {
+        Err(refusal) => {
+            // The wire carries the refusal's text: the slave logs it as the master's words.
+            let reason = refusal.to_string();
             tracing::warn!(%peer, shard = hello.shard, slave = hello.broker_id, %reason, "HA connection refused");
             let _ = Welcome::Refused { reason }.write(&mut stream);
             let _ = stream.shutdown(Shutdown::Both);
@@ -262,44 +268,104 @@ impl Read for DeadlineReader<'_> {
     }
 }
 
+/// Why a master refuses a slave's HELLO. The text goes to the slave in the WELCOME.
+#[derive(Debug, Error)]
+enum Refusal {
+    #[error("this broker is a slave; replicate from its master")]
+    NotAMaster,
+    #[error(
+        "the peer is {peer_cluster}/{peer_broker}, another broker group than this master's \
+         {cluster}/{broker}"
+    )]
+    OtherGroup {
+        peer_cluster: String,
+        peer_broker: String,
+        cluster: String,
+        broker: String,
+    },
+    #[error("broker id {0} is not a slave's")]
+    NotASlaveId(i64),
+    #[error("the slave has {slave} shards, this master {master}: shard logs cannot match")]
+    ShardCount { slave: u16, master: usize },
+    #[error("no shard {0}")]
+    NoShard(u16),
+    #[error("the slave's segments are {slave} bytes, this master's {master}")]
+    SegmentSize { slave: u64, master: u64 },
+    #[error("offset {offset} is not in shard {shard}'s log")]
+    OtherShard { offset: u64, shard: u16 },
+    #[error(
+        "the slave's log ends at {offset}, past this master's end {written}: the logs diverged \
+         (copy the slave's store again)"
+    )]
+    PastEnd { offset: u64, written: u64 },
+    #[error(
+        "the slave's log ends at {offset}, before this master's oldest data {min}: clear the \
+         slave's store to copy again"
+    )]
+    BeforeStart { offset: u64, min: u64 },
+    #[error(
+        "the slave's log ends at {0}, inside a chunk of this master's log: the logs diverged \
+         (copy the slave's store again)"
+    )]
+    InsideChunk(u64),
+    #[error("cannot read the log at {offset}: {source}")]
+    ReadAt {
+        offset: u64,
+        #[source]
+        source: LogReadError,
+    },
+    #[error("cannot read this master's log before {offset}: {source}")]
+    ReadBefore {
+        offset: u64,
+        #[source]
+        source: LogReadError,
+    },
+    #[error(
+        "the slave's last bytes before {0} differ from this master's: the logs diverged (copy \
+         the slave's store again)"
+    )]
+    Diverged(u64),
+}
+
 /// Checks a HELLO against this broker; returns where to stream from.
-fn admit(ctx: &HaContext, hello: &Hello) -> Result<u64, String> {
+fn admit(ctx: &HaContext, hello: &Hello) -> Result<u64, Refusal> {
     let config = &ctx.shared.config;
     if config.broker_role == BrokerRole::Slave {
-        return Err("this broker is a slave; replicate from its master".into());
+        return Err(Refusal::NotAMaster);
     }
     if hello.cluster != config.cluster_name || hello.broker_name != config.broker_name {
-        return Err(format!(
-            "the peer is {}/{}, another broker group than this master's {}/{}",
-            hello.cluster, hello.broker_name, config.cluster_name, config.broker_name
-        ));
+        return Err(Refusal::OtherGroup {
+            peer_cluster: hello.cluster.clone(),
+            peer_broker: hello.broker_name.clone(),
+            cluster: config.cluster_name.clone(),
+            broker: config.broker_name.clone(),
+        });
     }
     if hello.broker_id <= 0 {
-        return Err(format!("broker id {} is not a slave's", hello.broker_id));
+        return Err(Refusal::NotASlaveId(hello.broker_id));
     }
     if usize::from(hello.shard_count) != ctx.shards.len() {
-        return Err(format!(
-            "the slave has {} shards, this master {}: shard logs cannot match",
-            hello.shard_count,
-            ctx.shards.len()
-        ));
+        return Err(Refusal::ShardCount {
+            slave: hello.shard_count,
+            master: ctx.shards.len(),
+        });
     }
     let Some((watch, store)) = ctx.shards.get(usize::from(hello.shard)) else {
-        return Err(format!("no shard {}", hello.shard));
+        return Err(Refusal::NoShard(hello.shard));
     };
     if hello.segment_bytes != store.segment_bytes {
-        return Err(format!(
-            "the slave's segments are {} bytes, this master's {}",
-            hello.segment_bytes, store.segment_bytes
-        ));
+        return Err(Refusal::SegmentSize {
+            slave: hello.segment_bytes,
+            master: store.segment_bytes,
+        });
     }
     let base = store.base_offset();
     let offset = hello.offset;
     if offset >> ringmq_storage::SHARD_SHIFT != base >> ringmq_storage::SHARD_SHIFT {
-        return Err(format!(
-            "offset {offset} is not in shard {}'s log",
-            hello.shard
-        ));
+        return Err(Refusal::OtherShard {
+            offset,
+            shard: hello.shard,
+        });
     }
     let (min, written) = (watch.min_offset(), watch.written());
     if hello.empty {
@@ -307,16 +373,10 @@ fn admit(ctx: &HaContext, hello: &Hello) -> Result<u64, String> {
         return Ok(min);
     }
     if offset > written {
-        return Err(format!(
-            "the slave's log ends at {offset}, past this master's end {written}: the logs \
-             diverged (copy the slave's store again)"
-        ));
+        return Err(Refusal::PastEnd { offset, written });
     }
     if offset < min {
-        return Err(format!(
-            "the slave's log ends at {offset}, before this master's oldest data {min}: clear \
-             the slave's store to copy again"
-        ));
+        return Err(Refusal::BeforeStart { offset, min });
     }
     let mut reader = LogReader::new(store);
     if offset < written {
@@ -324,29 +384,21 @@ fn admit(ctx: &HaContext, hello: &Hello) -> Result<u64, String> {
         let mut probe = Vec::new();
         match reader.read_chunks(offset, written, 0, &mut probe) {
             Ok(_) => {}
-            Err(LogReadError::NotAChunk(_)) => {
-                return Err(format!(
-                    "the slave's log ends at {offset}, inside a chunk of this master's log: \
-                     the logs diverged (copy the slave's store again)"
-                ));
-            }
-            Err(err) => return Err(format!("cannot read the log at {offset}: {err}")),
+            Err(LogReadError::NotAChunk(_)) => return Err(Refusal::InsideChunk(offset)),
+            Err(source) => return Err(Refusal::ReadAt { offset, source }),
         }
     }
     // And the bytes before it must be this log's: a master that lost its tail in a crash and
     // wrote new records in its place can have a chunk boundary at the same offset.
     let ours = reader
         .tail_fingerprint(offset)
-        .map_err(|err| format!("cannot read this master's log before {offset}: {err}"))?;
+        .map_err(|source| Refusal::ReadBefore { offset, source })?;
     // At a segment start one side may have nothing before it any more (retention): nothing
     // to compare, and nothing there to have diverged.
     let at_segment_start = reader.segment_start(offset) == offset;
     let comparable = !(at_segment_start && (ours.is_none() || hello.tail.is_none()));
     if comparable && ours != hello.tail {
-        return Err(format!(
-            "the slave's last bytes before {offset} differ from this master's: the logs \
-             diverged (copy the slave's store again)"
-        ));
+        return Err(Refusal::Diverged(offset));
     }
     Ok(offset)
 }
@@ -357,7 +409,7 @@ fn stream_log(
     shard: usize,
     stream: &mut TcpStream,
     start: u64,
-    link: &super::state::SlaveLink,
+    link: &SlaveLink,
     closed: &AtomicBool,
 ) -> String {
     let config = &ctx.shared.config;
@@ -404,12 +456,7 @@ fn stream_log(
 }
 
 /// Reads the slave's 8-byte reports until the connection ends; returns why it ended.
-fn read_reports(
-    ctx: &HaContext,
-    shard: usize,
-    mut input: TcpStream,
-    link: &super::state::SlaveLink,
-) -> String {
+fn read_reports(ctx: &HaContext, shard: usize, mut input: TcpStream, link: &SlaveLink) -> String {
     let housekeeping = Duration::from_millis(ctx.shared.config.ha_housekeeping_interval_ms);
     let _ = input.set_read_timeout(Some(housekeeping));
     let replicas = &ctx.shared.replicas[shard];
