@@ -222,7 +222,7 @@ fn serve(ctx: &Arc<HaContext>, mut stream: TcpStream, peer: SocketAddr) {
     };
     let reason = match reader {
         Some(_) => stream_log(ctx, shard, &mut stream, start, &link, &closed),
-        None => "cannot start the report reader".to_owned(),
+        None => Some(LinkEnd::NoReader),
     };
     let _ = stream.shutdown(Shutdown::Both);
     let reader_reason = reader.and_then(|r| r.join().ok());
@@ -232,7 +232,7 @@ fn serve(ctx: &Arc<HaContext>, mut stream: TcpStream, peer: SocketAddr) {
         %peer,
         shard,
         slave = hello.broker_id,
-        reason = %reader_reason.filter(|r| !r.is_empty()).unwrap_or(reason),
+        reason = %reader_reason.or(reason).map(|end| end.to_string()).unwrap_or_default(),
         "slave disconnected"
     );
 }
@@ -403,7 +403,38 @@ fn admit(ctx: &HaContext, hello: &Hello) -> Result<u64, Refusal> {
     Ok(offset)
 }
 
-/// Sends the log from `start` as it grows; heartbeat frames while idle. Returns why it ended.
+/// Why a slave's connection ended (logged when the slave disconnects).
+#[derive(Debug, Error)]
+enum LinkEnd {
+    #[error("the master is stopping")]
+    Stopping,
+    #[error("cannot start the report reader")]
+    NoReader,
+    #[error("cannot read the log at {position}: {source}")]
+    ReadLog {
+        position: u64,
+        #[source]
+        source: LogReadError,
+    },
+    #[error("no progress reading the log at {0}")]
+    NoProgress(u64),
+    #[error("write: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("no report from the slave for {0} ms")]
+    SlaveSilent(u128),
+    #[error("the slave closed the connection")]
+    SlaveClosed,
+    #[error("read: {0}")]
+    Read(#[source] std::io::Error),
+    #[error(
+        "the slave reported holding {offset}, past this master's end {written}; closing the \
+         connection"
+    )]
+    ReportPastEnd { offset: i64, written: u64 },
+}
+
+/// Sends the log from `start` as it grows; heartbeat frames while idle. Returns why it ended,
+/// or `None` when the report reader ended first (its reason is the one to log).
 fn stream_log(
     ctx: &HaContext,
     shard: usize,
@@ -411,7 +442,7 @@ fn stream_log(
     start: u64,
     link: &SlaveLink,
     closed: &AtomicBool,
-) -> String {
+) -> Option<LinkEnd> {
     let config = &ctx.shared.config;
     let (watch, store) = &ctx.shards[shard];
     let mut reader = LogReader::new(store);
@@ -422,10 +453,10 @@ fn stream_log(
     let mut last_frame = Instant::now();
     loop {
         if closed.load(Ordering::SeqCst) {
-            return String::new();
+            return None;
         }
         if ctx.stop.load(Ordering::SeqCst) {
-            return "the master is stopping".into();
+            return Some(LinkEnd::Stopping);
         }
         let written = watch.wait_past(Mark::Written, position, IDLE_CHECK.min(heartbeat));
         if written > position {
@@ -433,22 +464,22 @@ fn stream_log(
             buf.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
             let run = match reader.read_chunks(position, written, batch, &mut buf) {
                 Ok(run) => run,
-                Err(err) => return format!("cannot read the log at {position}: {err}"),
+                Err(source) => return Some(LinkEnd::ReadLog { position, source }),
             };
             if run.bytes > 0 {
                 buf[..FRAME_HEADER_BYTES].copy_from_slice(&frame_header(run.position, run.bytes));
                 if let Err(err) = stream.write_all(&buf) {
-                    return format!("write: {err}");
+                    return Some(LinkEnd::Write(err));
                 }
                 link.sent(run.position + run.bytes as u64);
                 last_frame = Instant::now();
             } else if run.next == position {
-                return format!("no progress reading the log at {position}");
+                return Some(LinkEnd::NoProgress(position));
             }
             position = run.next;
         } else if last_frame.elapsed() >= heartbeat {
             if let Err(err) = stream.write_all(&frame_header(position, 0)) {
-                return format!("write: {err}");
+                return Some(LinkEnd::Write(err));
             }
             last_frame = Instant::now();
         }
@@ -456,7 +487,7 @@ fn stream_log(
 }
 
 /// Reads the slave's 8-byte reports until the connection ends; returns why it ended.
-fn read_reports(ctx: &HaContext, shard: usize, mut input: TcpStream, link: &SlaveLink) -> String {
+fn read_reports(ctx: &HaContext, shard: usize, mut input: TcpStream, link: &SlaveLink) -> LinkEnd {
     let housekeeping = Duration::from_millis(ctx.shared.config.ha_housekeeping_interval_ms);
     let _ = input.set_read_timeout(Some(housekeeping));
     let replicas = &ctx.shared.replicas[shard];
@@ -467,22 +498,18 @@ fn read_reports(ctx: &HaContext, shard: usize, mut input: TcpStream, link: &Slav
         if let Err(err) = input.read_exact(&mut report) {
             let _ = input.shutdown(Shutdown::Both);
             return match err.kind() {
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => format!(
-                    "no report from the slave for {} ms",
-                    housekeeping.as_millis()
-                ),
-                std::io::ErrorKind::UnexpectedEof => "the slave closed the connection".into(),
-                _ => format!("read: {err}"),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                    LinkEnd::SlaveSilent(housekeeping.as_millis())
+                }
+                std::io::ErrorKind::UnexpectedEof => LinkEnd::SlaveClosed,
+                _ => LinkEnd::Read(err),
             };
         }
         let offset = i64::from_be_bytes(report);
         let written = watch.written();
         if offset < 0 || offset as u64 > written {
             let _ = input.shutdown(Shutdown::Both);
-            return format!(
-                "the slave reported holding {offset}, past this master's end {written}; \
-                 closing the connection"
-            );
+            return LinkEnd::ReportPastEnd { offset, written };
         }
         replicas.acknowledge(link, offset as u64, inbox);
     }
