@@ -27,6 +27,11 @@ use crate::{
 };
 
 /// State shared by all threads of one broker.
+///
+/// Invariants: `inboxes`, `replicas` and `slave_progress` have one entry per shard, indexed by
+/// shard id, for the broker's whole life (the shard count never changes while it runs, and the
+/// store refuses to open with another one); so `inboxes[topics::owner_shard(..)]` and
+/// `replicas[shard]` never go out of bounds.
 #[derive(Debug)]
 pub(crate) struct BrokerShared {
     pub config: BrokerConfig,
