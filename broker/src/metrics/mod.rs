@@ -12,8 +12,9 @@
 //!
 //! # Memory ordering
 //!
-//! Every load and store uses [`Ordering::Relaxed`]. A metric is an independent number: no other
-//! memory is published through it, so no happens-before edge is needed. Relaxed still
+//! Every load and store uses [`Ordering::Relaxed`](std::sync::atomic::Ordering::Relaxed). A
+//! metric is an independent number: no other memory is published through it, so no
+//! happens-before edge is needed. Relaxed still
 //! guarantees that each atomic is never torn and that a counter read twice never goes
 //! backwards (per-location coherence), which is all Prometheus needs. What relaxed does not give
 //! is a consistent cut across atomics: one scrape may see a request counted in
