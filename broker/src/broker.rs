@@ -12,14 +12,21 @@ use std::{
 use ringmq_namesrv::{NameServer, NamesrvConfig};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use ringmq_storage::LogWatch;
+
 use crate::{
     config::{BrokerConfig, BrokerRole},
     error::BrokerError,
-    ha::{master::HaServer, metadata_sync::MetadataSync, slave::HaClient},
+    ha::{
+        master::HaServer,
+        metadata_sync::MetadataSync,
+        slave::{HaClient, ReplicaCommand},
+    },
+    messages::{ShardMessage, TopicChange},
     metrics::{BrokerMetrics, MetricsServer},
     registration::Registration,
-    shard::{self, ShardSetup},
-    shared::{BrokerShared, ShardMessage},
+    shard::run::{self as shard, ShardSetup},
+    shared::BrokerShared,
 };
 
 /// Attempts at finding a free port pair (P, P-2) when `listenPort` is 0.
@@ -129,15 +136,9 @@ impl Broker {
         shared: &Arc<BrokerShared>,
         inbox_receivers: Vec<flume::Receiver<ShardMessage>>,
         mut listeners: Vec<Vec<StdListener>>,
-        topic_change_receiver: flume::Receiver<crate::shared::TopicChange>,
+        topic_change_receiver: flume::Receiver<TopicChange>,
         drained: &std::sync::mpsc::Sender<usize>,
-    ) -> Result<
-        (
-            Vec<Arc<ringmq_storage::LogWatch>>,
-            Vec<flume::Sender<crate::ha::slave::ReplicaCommand>>,
-        ),
-        BrokerError,
-    > {
+    ) -> Result<(Vec<Arc<LogWatch>>, Vec<flume::Sender<ReplicaCommand>>), BrokerError> {
         let shard_count = inbox_receivers.len();
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         // Shard 0 first: it owns the topic table, which the others read from their first request.
@@ -176,7 +177,12 @@ impl Broker {
             self.shards.push(thread);
             match ready_answer.recv() {
                 Ok(Ok(watch)) => watches.push(watch),
-                Ok(Err(reason)) => return Err(BrokerError::Shard { shard: id, reason }),
+                Ok(Err(failure)) => {
+                    return Err(BrokerError::Shard {
+                        shard: id,
+                        reason: failure.to_string(),
+                    });
+                }
                 Err(_) => {
                     return Err(BrokerError::Shard {
                         shard: id,
@@ -194,8 +200,8 @@ impl Broker {
         &mut self,
         shared: &Arc<BrokerShared>,
         ha_listener: StdListener,
-        watches: Vec<Arc<ringmq_storage::LogWatch>>,
-        replica_senders: Vec<flume::Sender<crate::ha::slave::ReplicaCommand>>,
+        watches: Vec<Arc<LogWatch>>,
+        replica_senders: Vec<flume::Sender<ReplicaCommand>>,
     ) -> Result<(), BrokerError> {
         let ha_shards = watches
             .iter()
@@ -346,11 +352,9 @@ fn check_shard_count(store_dir: &Path, shards: usize) -> Result<(), BrokerError>
                     err,
                 ));
             }
-            let tmp = store_dir.join("shards.tmp");
-            std::fs::write(&tmp, format!("{shards}\n"))
-                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-                .and_then(|()| std::fs::rename(&tmp, &path))
-                .and_then(|()| std::fs::File::open(store_dir)?.sync_all())
+            // Atomic and durable (temporary `shards.tmp`, fsync, rename, directory fsync): a
+            // crash leaves no file or the whole count, never a torn one.
+            ringmq_common::fs::write_atomically(&path, format!("{shards}\n").as_bytes())
                 .map_err(|e| BrokerError::io(format!("cannot write {}", path.display()), e))
         }
         Err(err) => Err(BrokerError::io(

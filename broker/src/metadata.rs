@@ -12,32 +12,36 @@
 //! under the same name continues its queues' offsets (and its old messages are readable again);
 //! while it does not exist, sends, pulls and routes for it are refused as for any unknown topic.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use ringmq_protocol::body::TopicConfig;
+use ringmq_protocol::{body::TopicConfig, topic::AUTO_CREATE_TEMPLATE};
 use ringmq_storage::{io::UringStorage, metadata::TopicConfigTable};
 
 use crate::{
-    shared::{BrokerShared, TopicChange, TopicEdit},
+    error::{TopicEditError, TopicTableError},
+    messages::{TopicChange, TopicEdit},
+    shared::BrokerShared,
     topics::{self, TopicSnapshot},
 };
 
 /// Loads the table, adds the template topic when auto-creation is on, publishes it.
 pub(crate) async fn open_topics(
     shared: &BrokerShared,
-) -> Result<TopicConfigTable<UringStorage>, String> {
+) -> Result<TopicConfigTable<UringStorage>, TopicTableError> {
     let dir = shared.config.store_dir.join("config");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    if let Err(source) = std::fs::create_dir_all(&dir) {
+        return Err(TopicTableError::CreateDir { dir, source });
+    }
     let mut table = TopicConfigTable::open(UringStorage::new(), dir.join("topics.json"))
         .await
-        .map_err(|e| format!("cannot load the topic table: {e}"))?;
-    if shared.config.auto_create_topic && table.get(topics::AUTO_CREATE_TEMPLATE).is_none() {
+        .map_err(TopicTableError::Load)?;
+    if shared.config.auto_create_topic && table.get(AUTO_CREATE_TEMPLATE).is_none() {
         table
             .upsert(topics::template_topic(
                 shared.config.default_topic_queue_nums,
             ))
             .await
-            .map_err(|e| format!("cannot save the topic table: {e}"))?;
+            .map_err(TopicTableError::Save)?;
     }
     publish(shared, &table);
     Ok(table)
@@ -93,7 +97,7 @@ pub(crate) async fn serve_topic_changes(
             }
             Err(err) => {
                 tracing::error!(topic = %name, %err, "cannot save the topic table");
-                Err(format!("cannot save the topic table: {err}"))
+                Err(TopicEditError::Save(err))
             }
         };
         let _ = change.reply.send(result);
@@ -110,13 +114,13 @@ async fn replace_all(
     shared: &BrokerShared,
     table: &mut TopicConfigTable<UringStorage>,
     mut configs: Vec<TopicConfig>,
-) -> Result<(), String> {
+) -> Result<(), TopicEditError> {
     if shared.config.auto_create_topic
         && !configs
             .iter()
-            .any(|config| config.topic_name == topics::AUTO_CREATE_TEMPLATE)
+            .any(|config| config.topic_name == AUTO_CREATE_TEMPLATE)
     {
-        if let Some(template) = table.get(topics::AUTO_CREATE_TEMPLATE) {
+        if let Some(template) = table.get(AUTO_CREATE_TEMPLATE) {
             configs.push(template.clone());
         }
     }
@@ -131,7 +135,7 @@ async fn replace_all(
         }
         Err(err) => {
             tracing::error!(%err, "cannot save the topic table copied from the master");
-            Err(format!("cannot save the topic table: {err}"))
+            Err(TopicEditError::Save(err))
         }
     }
 }
@@ -154,25 +158,60 @@ fn count_changes(
 }
 
 /// Creates or updates a topic through the table's writer and waits until every shard can see it.
-pub(crate) async fn apply(shared: &BrokerShared, config: TopicConfig) -> Result<(), String> {
+pub(crate) async fn apply(
+    shared: &BrokerShared,
+    config: TopicConfig,
+) -> Result<(), TopicEditError> {
     edit(shared, TopicEdit::Upsert(config)).await
 }
 
 /// Deletes a topic's config through the table's writer and waits until every shard sees it
 /// gone. Deleting an unknown topic succeeds (RocketMQ answers SUCCESS too).
-pub(crate) async fn delete(shared: &BrokerShared, topic: &str) -> Result<(), String> {
+pub(crate) async fn delete(shared: &BrokerShared, topic: &str) -> Result<(), TopicEditError> {
     edit(shared, TopicEdit::Delete(topic.to_owned())).await
 }
 
-async fn edit(shared: &BrokerShared, edit: TopicEdit) -> Result<(), String> {
+async fn edit(shared: &BrokerShared, edit: TopicEdit) -> Result<(), TopicEditError> {
     let (reply, answer) = flume::bounded(1);
     shared
         .topic_changes
         .send_async(TopicChange { edit, reply })
         .await
-        .map_err(|_| "the broker is stopping".to_owned())?;
+        .map_err(|_| TopicEditError::Stopping)?;
     answer
         .recv_async()
         .await
-        .map_err(|_| "the broker is stopping".to_owned())?
+        .map_err(|_| TopicEditError::Stopping)?
+}
+
+/// Why [`replace_all_blocking`] did not replace the table.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReplaceError {
+    #[error("the topic table's writer did not take the master's table")]
+    NotTaken,
+    #[error("the topic table's writer did not answer")]
+    NoAnswer,
+    #[error(transparent)]
+    Edit(#[from] TopicEditError),
+}
+
+/// From a plain thread (a slave's metadata sync): makes the table exactly `configs` through the
+/// table's writer, waiting at most `timeout` for each of handing it over and its answer.
+pub(crate) fn replace_all_blocking(
+    shared: &BrokerShared,
+    configs: Vec<TopicConfig>,
+    timeout: Duration,
+) -> Result<(), ReplaceError> {
+    let (reply, answer) = flume::bounded(1);
+    let change = TopicChange {
+        edit: TopicEdit::ReplaceAll(configs),
+        reply,
+    };
+    shared
+        .topic_changes
+        .send_timeout(change, timeout)
+        .map_err(|_| ReplaceError::NotTaken)?;
+    Ok(answer
+        .recv_timeout(timeout)
+        .map_err(|_| ReplaceError::NoAnswer)??)
 }

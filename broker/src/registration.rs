@@ -6,92 +6,57 @@
 //! Blocking sockets on a plain thread: a few requests a minute do not need a runtime, and a
 //! slow or dead NameServer never delays a shard.
 
-use std::{
-    io::{Read, Write},
-    net::{TcpStream, ToSocketAddrs},
-    sync::Arc,
-    thread::JoinHandle,
-    time::Duration,
-};
+use std::{sync::Arc, thread::JoinHandle, time::Duration};
 
-use bytes::BytesMut;
 use ringmq_protocol::{
-    Command, CommandHead, FrameCodec, RequestCode, ResponseCode, SerializeType,
+    Command, DEFAULT_MAX_FRAME_BYTES, EncodeExt, RequestCode, ResponseCode,
     body::{self, RegisterBrokerBody},
-    encode_frame,
     header::{
         RegisterBrokerRequestHeader, RegisterBrokerResponseHeader, UnregisterBrokerRequestHeader,
     },
     message::body_crc,
 };
 
-use crate::shared::BrokerShared;
+use crate::{
+    rpc::{RpcClient, RpcError, Timeouts},
+    shared::BrokerShared,
+};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+const TIMEOUTS: Timeouts = Timeouts {
+    connect: Duration::from_secs(3),
+    io: Duration::from_secs(5),
+    answer: Duration::from_secs(5),
+};
 
-/// One NameServer and the connection to it.
+/// One NameServer and the connection to it (kept open: a NameServer drops a broker whose
+/// connection closes).
 struct Namesrv {
     addr: String,
-    stream: Option<TcpStream>,
-    input: BytesMut,
-    opaque: i32,
+    client: Option<RpcClient>,
 }
 
 impl Namesrv {
-    fn connect(&mut self) -> std::io::Result<&mut TcpStream> {
-        if self.stream.is_none() {
-            let addr = self
-                .addr
-                .to_socket_addrs()?
-                .next()
-                .ok_or_else(|| std::io::Error::other("address does not resolve"))?;
-            let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
-            stream.set_read_timeout(Some(IO_TIMEOUT))?;
-            stream.set_write_timeout(Some(IO_TIMEOUT))?;
-            let _ = stream.set_nodelay(true);
-            self.input.clear();
-            self.stream = Some(stream);
-        }
-        self.stream
-            .as_mut()
-            .ok_or_else(|| std::io::Error::other("not connected"))
-    }
-
-    /// Sends one request and waits for its answer; any failure drops the connection so the
-    /// next attempt reconnects.
-    fn call(&mut self, frame_of: impl FnOnce(i32) -> BytesMut) -> Result<Command, String> {
-        self.opaque = self.opaque.wrapping_add(1);
-        let opaque = self.opaque;
-        let result = self.exchange(&frame_of(opaque), opaque);
+    /// Sends one request and waits for its answer, connecting first if needed; any failure
+    /// drops the connection so the next attempt reconnects.
+    fn call(
+        &mut self,
+        code: RequestCode,
+        header: &impl EncodeExt,
+        body: &[u8],
+    ) -> Result<Command, RpcError> {
+        let client = match &mut self.client {
+            Some(client) => client,
+            None => self.client.insert(RpcClient::connect(
+                &self.addr,
+                TIMEOUTS,
+                DEFAULT_MAX_FRAME_BYTES,
+            )?),
+        };
+        let result = client.request(code, header, body);
         if result.is_err() {
-            self.stream = None;
+            self.client = None;
         }
         result
-    }
-
-    fn exchange(&mut self, frame: &BytesMut, opaque: i32) -> Result<Command, String> {
-        let stream = self.connect().map_err(|e| format!("connect: {e}"))?;
-        stream.write_all(frame).map_err(|e| format!("write: {e}"))?;
-        let codec = FrameCodec::default();
-        let mut chunk = [0u8; 4096];
-        loop {
-            match codec.decode(&mut self.input) {
-                Ok(Some(command)) if command.is_response() && command.opaque == opaque => {
-                    return Ok(command);
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    let stream = self.stream.as_mut().ok_or("not connected")?;
-                    let read = stream.read(&mut chunk).map_err(|e| format!("read: {e}"))?;
-                    if read == 0 {
-                        return Err("connection closed".into());
-                    }
-                    self.input.extend_from_slice(&chunk[..read]);
-                }
-                Err(err) => return Err(format!("bad answer: {err}")),
-            }
-        }
     }
 }
 
@@ -126,12 +91,7 @@ impl Registration {
 fn run(shared: &BrokerShared, addrs: Vec<String>, wake: &flume::Receiver<()>) {
     let mut namesrvs: Vec<Namesrv> = addrs
         .into_iter()
-        .map(|addr| Namesrv {
-            addr,
-            stream: None,
-            input: BytesMut::new(),
-            opaque: 0,
-        })
+        .map(|addr| Namesrv { addr, client: None })
         .collect();
     let interval = Duration::from_millis(shared.config.register_interval_ms);
     let config = &shared.config;
@@ -157,15 +117,9 @@ fn run(shared: &BrokerShared, addrs: Vec<String>, wake: &flume::Receiver<()>) {
             body_crc32: Some(body_crc(&body)),
         };
         for namesrv in &mut namesrvs {
-            let result = namesrv.call(|opaque| {
-                let mut frame = BytesMut::with_capacity(body.len() + 512);
-                let head =
-                    CommandHead::request(RequestCode::RegisterBroker, opaque, SerializeType::Json);
-                encode_frame(&head, &header, &body, &mut frame);
-                frame
-            });
+            let result = namesrv.call(RequestCode::RegisterBroker, &header, &body);
             match result {
-                Ok(answer) if answer.code == ResponseCode::Success.as_i32() => {
+                Ok(answer) if answer.response_code() == ResponseCode::Success => {
                     shared.metrics.namesrv_registrations_ok_total.inc();
                     tracing::debug!(namesrv = %namesrv.addr, "registered");
                     if config.broker_id != 0 {
@@ -182,7 +136,7 @@ fn run(shared: &BrokerShared, addrs: Vec<String>, wake: &flume::Receiver<()>) {
                 }
                 Ok(answer) => {
                     shared.metrics.namesrv_registrations_failed_total.inc();
-                    tracing::warn!(namesrv = %namesrv.addr, code = answer.code, remark = answer.remark.as_deref().unwrap_or(""), "registration refused");
+                    tracing::warn!(namesrv = %namesrv.addr, code = %answer.response_code(), remark = answer.remark.as_deref().unwrap_or(""), "registration refused");
                 }
                 Err(err) => {
                     shared.metrics.namesrv_registrations_failed_total.inc();
@@ -211,17 +165,10 @@ fn run(shared: &BrokerShared, addrs: Vec<String>, wake: &flume::Receiver<()>) {
         broker_id: config.broker_id,
     };
     for namesrv in &mut namesrvs {
-        if namesrv.stream.is_none() {
+        if namesrv.client.is_none() {
             continue;
         }
-        let result = namesrv.call(|opaque| {
-            let mut frame = BytesMut::with_capacity(512);
-            let head =
-                CommandHead::request(RequestCode::UnregisterBroker, opaque, SerializeType::Json);
-            encode_frame(&head, &header, &[], &mut frame);
-            frame
-        });
-        if let Err(err) = result {
+        if let Err(err) = namesrv.call(RequestCode::UnregisterBroker, &header, &[]) {
             tracing::warn!(namesrv = %namesrv.addr, %err, "unregister failed");
         }
     }

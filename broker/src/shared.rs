@@ -1,9 +1,9 @@
-//! State every thread of a broker shares, and the messages shards send each other.
+//! State every thread of a broker shares.
 //!
 //! Shards never share their queues, stores or connections: anything for another shard travels
-//! as a [`ShardMessage`] over that shard's bounded inbox. What is shared here is either
-//! read-mostly (published snapshots), control-plane behind a mutex (client registrations,
-//! queue locks), or atomics (metrics, the stop flag).
+//! as a [`ShardMessage`] (`crate::messages`) over that shard's bounded inbox. What is shared here
+//! is either read-mostly (published snapshots), control-plane behind a mutex (client
+//! registrations, queue locks), or atomics (metrics, the stop flag).
 
 use std::{
     net::SocketAddr,
@@ -11,137 +11,27 @@ use std::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
-    time::Instant,
-};
-
-use bytes::{Bytes, BytesMut};
-use ringmq_protocol::{
-    Command,
-    body::{ConsumerOffsetTable as ConsumerOffsetBody, TopicConfig},
 };
 
 use crate::{
-    clients::{ChannelId, ClientRegistry, Notifications, QueueLocks, SubscriptionTable},
-    config::BrokerConfig,
+    clients::{ClientRegistry, Notifications, QueueLocks, SubscriptionTable},
+    config::{BrokerConfig, BrokerRole},
     ha::{
         locator::MasterLocator,
-        state::{ShardReplicas, SlaveProgress},
+        state::{ReplicaLag, ShardReplicas, SlaveProgress, WakeShard, replica_lag},
     },
+    messages::{ShardMessage, TopicChange},
     metrics::BrokerMetrics,
     published::Published,
     topics::TopicSnapshot,
 };
 
-/// One encoded frame to write on a connection: the head (and small bodies) in `head`, large
-/// bodies (PULL records, straight from the store's cache) as separate buffers written with a
-/// vectored write, so record bytes are never copied on their way out.
-#[derive(Debug)]
-pub(crate) struct Outbound {
-    pub head: BytesMut,
-    pub body: Vec<Bytes>,
-    /// Whether this answers a request read from the connection (it frees an in-flight slot).
-    pub is_response: bool,
-    /// The response code (for metrics), or the request code of a broker-initiated request.
-    pub code: i32,
-}
-
-/// Where the answer to a request goes.
-#[derive(Debug, Clone)]
-pub(crate) struct Origin {
-    pub channel: ChannelId,
-    pub peer: SocketAddr,
-    pub arrived: Instant,
-}
-
-/// A record to append on the shard owning its queue, built by another shard (message resent
-/// for retry, dead-lettered).
-#[derive(Debug)]
-pub(crate) struct OwnedRecord {
-    pub topic: String,
-    pub queue_id: i32,
-    pub flag: i32,
-    pub sys_flag: i32,
-    pub born_timestamp_ms: i64,
-    pub born_host: SocketAddr,
-    pub reconsume_times: i32,
-    pub body: Bytes,
-    pub properties: String,
-}
-
-/// A search for messages by key (QUERY_MESSAGE).
-#[derive(Debug, Clone)]
-pub(crate) struct KeyQuery {
-    pub topic: String,
-    pub key: String,
-    /// Match the UNIQ_KEY property instead of KEYS.
-    pub unique: bool,
-    pub begin_ms: i64,
-    pub end_ms: i64,
-    pub max_messages: usize,
-}
-
-/// What shards send each other.
-///
-/// Not boxed although `Request` is large (a decoded command keeps its header fields inline):
-/// moving ~600 bytes through the queue is cheaper than an allocation per forwarded request.
-#[derive(Debug)]
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum ShardMessage {
-    /// A request for a queue (or message) this shard owns, read on another shard's connection.
-    Request { command: Command, origin: Origin },
-    /// A frame for one of this shard's connections.
-    Deliver { connection: u64, frame: Outbound },
-    /// Send NOTIFY_CONSUMER_IDS_CHANGED for `group` on one of this shard's connections.
-    Notify { connection: u64, group: String },
-    /// QUERY_MESSAGE's search of the queues of `topic` this shard owns.
-    QueryKey {
-        query: KeyQuery,
-        reply: flume::Sender<Vec<Bytes>>,
-    },
-    /// Append a record built elsewhere; the result (queue offset, or why not) is sent back.
-    Append {
-        record: OwnedRecord,
-        reply: flume::Sender<Result<(u64, i64), String>>,
-    },
-    /// A slave acknowledged more of this shard's log: wake the SYNC_MASTER sends it covers.
-    ReplicaAcked,
-    /// GET_ALL_CONSUMER_OFFSET's part from this shard: a copy of its committed offsets.
-    CollectOffsets {
-        reply: flume::Sender<ConsumerOffsetBody>,
-    },
-    /// A slave's metadata sync: take the master's offsets of the queues this shard owns (all
-    /// shards get the same table); the number of offsets that changed is sent back.
-    ApplyMasterOffsets {
-        offsets: Arc<ConsumerOffsetBody>,
-        reply: flume::Sender<usize>,
-    },
-    /// Quiesce: stop accepting and reading requests, report once the shard's connections have
-    /// nothing in flight, keep serving forwarded requests.
-    Stop,
-    /// Every shard has drained: flush, checkpoint and end the thread.
-    Close,
-}
-
-/// What a [`TopicChange`] does to the topic table.
-#[derive(Debug)]
-pub(crate) enum TopicEdit {
-    /// Create the topic, or replace its config.
-    Upsert(TopicConfig),
-    /// Remove the topic's config (DELETE_TOPIC_IN_BROKER); removing an unknown topic is a no-op.
-    Delete(String),
-    /// Make the table exactly these topics (a slave copying its master's table), in one save;
-    /// the template topic stays while auto-creation is on. Re-registers only if it changed.
-    ReplaceAll(Vec<TopicConfig>),
-}
-
-/// A change to the broker-wide topic table, handled by its one writer (shard 0).
-#[derive(Debug)]
-pub(crate) struct TopicChange {
-    pub edit: TopicEdit,
-    pub reply: flume::Sender<Result<(), String>>,
-}
-
 /// State shared by all threads of one broker.
+///
+/// Invariants: `inboxes`, `replicas` and `slave_progress` have one entry per shard, indexed by
+/// shard id, for the broker's whole life (the shard count never changes while it runs, and the
+/// store refuses to open with another one); so `inboxes[topics::owner_shard(..)]` and
+/// `replicas[shard]` never go out of bounds.
 #[derive(Debug)]
 pub(crate) struct BrokerShared {
     pub config: BrokerConfig,
@@ -190,11 +80,22 @@ impl BrokerShared {
             metrics,
             register_now,
             stop: AtomicBool::new(false),
-            started_ms: crate::now_ms(),
+            started_ms: ringmq_common::now_ms(),
             master: MasterLocator::new(config_ha),
             replicas: (0..shard_count).map(|_| ShardReplicas::default()).collect(),
             slave_progress: (0..shard_count).map(|_| SlaveProgress::default()).collect(),
         }
+    }
+
+    /// The replication lag of `shard`, whose log's written end is `written`.
+    pub(crate) fn replica_lag(&self, shard: usize, written: u64) -> ReplicaLag {
+        replica_lag(
+            self.config.broker_role == BrokerRole::Slave,
+            &self.slave_progress[shard],
+            &self.replicas[shard],
+            written,
+            ringmq_common::now_ms(),
+        )
     }
 
     pub(crate) fn shard_count(&self) -> usize {
@@ -246,5 +147,14 @@ impl BrokerShared {
 
     pub(crate) fn set_stopping(&self) -> bool {
         self.stop.swap(true, Ordering::AcqRel)
+    }
+}
+
+/// The HA threads wake a shard through its inbox: at most one [`ShardMessage::ReplicaAcked`] is
+/// queued at a time (`ShardReplicas` tracks that), and a full inbox loses the wake, which the
+/// shard's 50 ms re-check makes up for.
+impl WakeShard for flume::Sender<ShardMessage> {
+    fn try_wake(&self) -> bool {
+        self.try_send(ShardMessage::ReplicaAcked).is_ok()
     }
 }

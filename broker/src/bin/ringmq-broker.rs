@@ -82,10 +82,15 @@ struct Args {
     settings: Vec<(String, String)>,
 }
 
-fn parse_setting(text: &str) -> Result<(String, String), String> {
+/// A `--set` argument without `=`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not key=value")]
+struct NotASetting(String);
+
+fn parse_setting(text: &str) -> Result<(String, String), NotASetting> {
     let (key, value) = text
         .split_once('=')
-        .ok_or_else(|| format!("{text:?} is not key=value"))?;
+        .ok_or_else(|| NotASetting(text.to_owned()))?;
     Ok((key.trim().to_owned(), value.to_owned()))
 }
 

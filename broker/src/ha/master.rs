@@ -18,8 +18,12 @@ use std::{
 };
 
 use ringmq_storage::{LogReadError, LogReader, LogWatch, Mark, StoreConfig};
+use thiserror::Error;
 
-use super::wire::{FRAME_HEADER_BYTES, Hello, Welcome, frame_header};
+use super::{
+    state::SlaveLink,
+    wire::{FRAME_HEADER_BYTES, Hello, Welcome, frame_header},
+};
 use crate::{config::BrokerRole, shared::BrokerShared};
 
 /// How long a new connection has to send its HELLO.
@@ -178,7 +182,9 @@ fn serve(ctx: &Arc<HaContext>, mut stream: TcpStream, peer: SocketAddr) {
     };
     let start = match admit(ctx, &hello) {
         Ok(start) => start,
-        Err(reason) => {
+        Err(refusal) => {
+            // The wire carries the refusal's text: the slave logs it as the master's words.
+            let reason = refusal.to_string();
             tracing::warn!(%peer, shard = hello.shard, slave = hello.broker_id, %reason, "HA connection refused");
             let _ = Welcome::Refused { reason }.write(&mut stream);
             let _ = stream.shutdown(Shutdown::Both);
@@ -216,7 +222,7 @@ fn serve(ctx: &Arc<HaContext>, mut stream: TcpStream, peer: SocketAddr) {
     };
     let reason = match reader {
         Some(_) => stream_log(ctx, shard, &mut stream, start, &link, &closed),
-        None => "cannot start the report reader".to_owned(),
+        None => Some(LinkEnd::NoReader),
     };
     let _ = stream.shutdown(Shutdown::Both);
     let reader_reason = reader.and_then(|r| r.join().ok());
@@ -226,7 +232,7 @@ fn serve(ctx: &Arc<HaContext>, mut stream: TcpStream, peer: SocketAddr) {
         %peer,
         shard,
         slave = hello.broker_id,
-        reason = %reader_reason.filter(|r| !r.is_empty()).unwrap_or(reason),
+        reason = %reader_reason.or(reason).map(|end| end.to_string()).unwrap_or_default(),
         "slave disconnected"
     );
 }
@@ -262,44 +268,104 @@ impl Read for DeadlineReader<'_> {
     }
 }
 
+/// Why a master refuses a slave's HELLO. The text goes to the slave in the WELCOME.
+#[derive(Debug, Error)]
+enum Refusal {
+    #[error("this broker is a slave; replicate from its master")]
+    NotAMaster,
+    #[error(
+        "the peer is {peer_cluster}/{peer_broker}, another broker group than this master's \
+         {cluster}/{broker}"
+    )]
+    OtherGroup {
+        peer_cluster: String,
+        peer_broker: String,
+        cluster: String,
+        broker: String,
+    },
+    #[error("broker id {0} is not a slave's")]
+    NotASlaveId(i64),
+    #[error("the slave has {slave} shards, this master {master}: shard logs cannot match")]
+    ShardCount { slave: u16, master: usize },
+    #[error("no shard {0}")]
+    NoShard(u16),
+    #[error("the slave's segments are {slave} bytes, this master's {master}")]
+    SegmentSize { slave: u64, master: u64 },
+    #[error("offset {offset} is not in shard {shard}'s log")]
+    OtherShard { offset: u64, shard: u16 },
+    #[error(
+        "the slave's log ends at {offset}, past this master's end {written}: the logs diverged \
+         (copy the slave's store again)"
+    )]
+    PastEnd { offset: u64, written: u64 },
+    #[error(
+        "the slave's log ends at {offset}, before this master's oldest data {min}: clear the \
+         slave's store to copy again"
+    )]
+    BeforeStart { offset: u64, min: u64 },
+    #[error(
+        "the slave's log ends at {0}, inside a chunk of this master's log: the logs diverged \
+         (copy the slave's store again)"
+    )]
+    InsideChunk(u64),
+    #[error("cannot read the log at {offset}: {source}")]
+    ReadAt {
+        offset: u64,
+        #[source]
+        source: LogReadError,
+    },
+    #[error("cannot read this master's log before {offset}: {source}")]
+    ReadBefore {
+        offset: u64,
+        #[source]
+        source: LogReadError,
+    },
+    #[error(
+        "the slave's last bytes before {0} differ from this master's: the logs diverged (copy \
+         the slave's store again)"
+    )]
+    Diverged(u64),
+}
+
 /// Checks a HELLO against this broker; returns where to stream from.
-fn admit(ctx: &HaContext, hello: &Hello) -> Result<u64, String> {
+fn admit(ctx: &HaContext, hello: &Hello) -> Result<u64, Refusal> {
     let config = &ctx.shared.config;
     if config.broker_role == BrokerRole::Slave {
-        return Err("this broker is a slave; replicate from its master".into());
+        return Err(Refusal::NotAMaster);
     }
     if hello.cluster != config.cluster_name || hello.broker_name != config.broker_name {
-        return Err(format!(
-            "the peer is {}/{}, another broker group than this master's {}/{}",
-            hello.cluster, hello.broker_name, config.cluster_name, config.broker_name
-        ));
+        return Err(Refusal::OtherGroup {
+            peer_cluster: hello.cluster.clone(),
+            peer_broker: hello.broker_name.clone(),
+            cluster: config.cluster_name.clone(),
+            broker: config.broker_name.clone(),
+        });
     }
     if hello.broker_id <= 0 {
-        return Err(format!("broker id {} is not a slave's", hello.broker_id));
+        return Err(Refusal::NotASlaveId(hello.broker_id));
     }
     if usize::from(hello.shard_count) != ctx.shards.len() {
-        return Err(format!(
-            "the slave has {} shards, this master {}: shard logs cannot match",
-            hello.shard_count,
-            ctx.shards.len()
-        ));
+        return Err(Refusal::ShardCount {
+            slave: hello.shard_count,
+            master: ctx.shards.len(),
+        });
     }
     let Some((watch, store)) = ctx.shards.get(usize::from(hello.shard)) else {
-        return Err(format!("no shard {}", hello.shard));
+        return Err(Refusal::NoShard(hello.shard));
     };
     if hello.segment_bytes != store.segment_bytes {
-        return Err(format!(
-            "the slave's segments are {} bytes, this master's {}",
-            hello.segment_bytes, store.segment_bytes
-        ));
+        return Err(Refusal::SegmentSize {
+            slave: hello.segment_bytes,
+            master: store.segment_bytes,
+        });
     }
     let base = store.base_offset();
     let offset = hello.offset;
     if offset >> ringmq_storage::SHARD_SHIFT != base >> ringmq_storage::SHARD_SHIFT {
-        return Err(format!(
-            "offset {offset} is not in shard {}'s log",
-            hello.shard
-        ));
+        return Err(Refusal::OtherShard {
+            offset,
+            shard: hello.shard,
+        });
     }
     let (min, written) = (watch.min_offset(), watch.written());
     if hello.empty {
@@ -307,16 +373,10 @@ fn admit(ctx: &HaContext, hello: &Hello) -> Result<u64, String> {
         return Ok(min);
     }
     if offset > written {
-        return Err(format!(
-            "the slave's log ends at {offset}, past this master's end {written}: the logs \
-             diverged (copy the slave's store again)"
-        ));
+        return Err(Refusal::PastEnd { offset, written });
     }
     if offset < min {
-        return Err(format!(
-            "the slave's log ends at {offset}, before this master's oldest data {min}: clear \
-             the slave's store to copy again"
-        ));
+        return Err(Refusal::BeforeStart { offset, min });
     }
     let mut reader = LogReader::new(store);
     if offset < written {
@@ -324,42 +384,65 @@ fn admit(ctx: &HaContext, hello: &Hello) -> Result<u64, String> {
         let mut probe = Vec::new();
         match reader.read_chunks(offset, written, 0, &mut probe) {
             Ok(_) => {}
-            Err(LogReadError::NotAChunk(_)) => {
-                return Err(format!(
-                    "the slave's log ends at {offset}, inside a chunk of this master's log: \
-                     the logs diverged (copy the slave's store again)"
-                ));
-            }
-            Err(err) => return Err(format!("cannot read the log at {offset}: {err}")),
+            Err(LogReadError::NotAChunk(_)) => return Err(Refusal::InsideChunk(offset)),
+            Err(source) => return Err(Refusal::ReadAt { offset, source }),
         }
     }
     // And the bytes before it must be this log's: a master that lost its tail in a crash and
     // wrote new records in its place can have a chunk boundary at the same offset.
     let ours = reader
         .tail_fingerprint(offset)
-        .map_err(|err| format!("cannot read this master's log before {offset}: {err}"))?;
+        .map_err(|source| Refusal::ReadBefore { offset, source })?;
     // At a segment start one side may have nothing before it any more (retention): nothing
     // to compare, and nothing there to have diverged.
     let at_segment_start = reader.segment_start(offset) == offset;
     let comparable = !(at_segment_start && (ours.is_none() || hello.tail.is_none()));
     if comparable && ours != hello.tail {
-        return Err(format!(
-            "the slave's last bytes before {offset} differ from this master's: the logs \
-             diverged (copy the slave's store again)"
-        ));
+        return Err(Refusal::Diverged(offset));
     }
     Ok(offset)
 }
 
-/// Sends the log from `start` as it grows; heartbeat frames while idle. Returns why it ended.
+/// Why a slave's connection ended (logged when the slave disconnects).
+#[derive(Debug, Error)]
+enum LinkEnd {
+    #[error("the master is stopping")]
+    Stopping,
+    #[error("cannot start the report reader")]
+    NoReader,
+    #[error("cannot read the log at {position}: {source}")]
+    ReadLog {
+        position: u64,
+        #[source]
+        source: LogReadError,
+    },
+    #[error("no progress reading the log at {0}")]
+    NoProgress(u64),
+    #[error("write: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("no report from the slave for {0} ms")]
+    SlaveSilent(u128),
+    #[error("the slave closed the connection")]
+    SlaveClosed,
+    #[error("read: {0}")]
+    Read(#[source] std::io::Error),
+    #[error(
+        "the slave reported holding {offset}, past this master's end {written}; closing the \
+         connection"
+    )]
+    ReportPastEnd { offset: i64, written: u64 },
+}
+
+/// Sends the log from `start` as it grows; heartbeat frames while idle. Returns why it ended,
+/// or `None` when the report reader ended first (its reason is the one to log).
 fn stream_log(
     ctx: &HaContext,
     shard: usize,
     stream: &mut TcpStream,
     start: u64,
-    link: &super::state::SlaveLink,
+    link: &SlaveLink,
     closed: &AtomicBool,
-) -> String {
+) -> Option<LinkEnd> {
     let config = &ctx.shared.config;
     let (watch, store) = &ctx.shards[shard];
     let mut reader = LogReader::new(store);
@@ -370,10 +453,10 @@ fn stream_log(
     let mut last_frame = Instant::now();
     loop {
         if closed.load(Ordering::SeqCst) {
-            return String::new();
+            return None;
         }
         if ctx.stop.load(Ordering::SeqCst) {
-            return "the master is stopping".into();
+            return Some(LinkEnd::Stopping);
         }
         let written = watch.wait_past(Mark::Written, position, IDLE_CHECK.min(heartbeat));
         if written > position {
@@ -381,22 +464,22 @@ fn stream_log(
             buf.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
             let run = match reader.read_chunks(position, written, batch, &mut buf) {
                 Ok(run) => run,
-                Err(err) => return format!("cannot read the log at {position}: {err}"),
+                Err(source) => return Some(LinkEnd::ReadLog { position, source }),
             };
             if run.bytes > 0 {
                 buf[..FRAME_HEADER_BYTES].copy_from_slice(&frame_header(run.position, run.bytes));
                 if let Err(err) = stream.write_all(&buf) {
-                    return format!("write: {err}");
+                    return Some(LinkEnd::Write(err));
                 }
                 link.sent(run.position + run.bytes as u64);
                 last_frame = Instant::now();
             } else if run.next == position {
-                return format!("no progress reading the log at {position}");
+                return Some(LinkEnd::NoProgress(position));
             }
             position = run.next;
         } else if last_frame.elapsed() >= heartbeat {
             if let Err(err) = stream.write_all(&frame_header(position, 0)) {
-                return format!("write: {err}");
+                return Some(LinkEnd::Write(err));
             }
             last_frame = Instant::now();
         }
@@ -404,12 +487,7 @@ fn stream_log(
 }
 
 /// Reads the slave's 8-byte reports until the connection ends; returns why it ended.
-fn read_reports(
-    ctx: &HaContext,
-    shard: usize,
-    mut input: TcpStream,
-    link: &super::state::SlaveLink,
-) -> String {
+fn read_reports(ctx: &HaContext, shard: usize, mut input: TcpStream, link: &SlaveLink) -> LinkEnd {
     let housekeeping = Duration::from_millis(ctx.shared.config.ha_housekeeping_interval_ms);
     let _ = input.set_read_timeout(Some(housekeeping));
     let replicas = &ctx.shared.replicas[shard];
@@ -420,22 +498,18 @@ fn read_reports(
         if let Err(err) = input.read_exact(&mut report) {
             let _ = input.shutdown(Shutdown::Both);
             return match err.kind() {
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => format!(
-                    "no report from the slave for {} ms",
-                    housekeeping.as_millis()
-                ),
-                std::io::ErrorKind::UnexpectedEof => "the slave closed the connection".into(),
-                _ => format!("read: {err}"),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                    LinkEnd::SlaveSilent(housekeeping.as_millis())
+                }
+                std::io::ErrorKind::UnexpectedEof => LinkEnd::SlaveClosed,
+                _ => LinkEnd::Read(err),
             };
         }
         let offset = i64::from_be_bytes(report);
         let written = watch.written();
         if offset < 0 || offset as u64 > written {
             let _ = input.shutdown(Shutdown::Both);
-            return format!(
-                "the slave reported holding {offset}, past this master's end {written}; \
-                 closing the connection"
-            );
+            return LinkEnd::ReportPastEnd { offset, written };
         }
         replicas.acknowledge(link, offset as u64, inbox);
     }

@@ -6,46 +6,47 @@
 //! - topics: the slave's table becomes the master's, through the table's one writer on shard 0
 //!   and in one save (`crate::metadata`), so the routes the slave registers match the master's;
 //! - offsets: each shard takes the master's offset of every queue it owns; offsets only the
-//!   slave has stay (`crate::handler::apply_master_offsets` says why).
+//!   slave has stay (`crate::offsets::apply_master_offsets` says why).
 //!
 //! Both answers are fetched and checked before either is applied, so a bad answer changes
 //! nothing. A master that is down, refuses or answers garbage leaves the slave's tables as they
 //! are; that is logged once per outage rather than every round, and counted in
 //! `ringmq_metadata_syncs_failed_total`.
 //!
-//! Blocking sockets on a plain thread, like the NameServer registration: one connection every
-//! few seconds needs no runtime, and a slow master never delays a shard. A connection per round
+//! Blocking sockets on a plain thread, like the NameServer registration (both use
+//! `crate::rpc`): one connection every few seconds needs no runtime, and a slow master never
+//! delays a shard. A connection per round
 //! rather than a kept one: nothing to reconnect or to keep alive across a master restart, for a
 //! handshake every 10 s. Java slaves also copy the delay offsets and subscription-group configs;
 //! RingMQ keeps neither table, so there is nothing to copy.
 
-use std::{
-    io::{self, Read, Write},
-    net::{TcpStream, ToSocketAddrs},
-    sync::Arc,
-    thread::JoinHandle,
-    time::Duration,
-};
+use std::{fmt, io, sync::Arc, thread::JoinHandle, time::Duration};
 
-use bytes::BytesMut;
 use ringmq_protocol::{
-    Command, CommandHead, FrameCodec, RequestCode, ResponseCode, SerializeType,
+    BodyError, RequestCode, ResponseCode,
     body::{
         self, ConsumerOffsetTable as ConsumerOffsetBody, TopicConfig, TopicConfigSerializeWrapper,
     },
-    encode_frame,
+    topic::{ShownTopic, TopicNameError, validate_topic},
 };
 use ringmq_storage::metadata::METADATA_PAYLOAD_BYTES_MAX;
 use serde::de::DeserializeOwned;
+use thiserror::Error;
 
 use crate::{
-    shared::{BrokerShared, ShardMessage, TopicChange, TopicEdit},
-    topics,
+    messages::ShardMessage,
+    metadata::{self, ReplaceError},
+    rpc::{RpcClient, RpcError, Timeouts},
+    shared::BrokerShared,
 };
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Limit on each read and write: a master that stops answering fails the round, not the thread.
-const IO_TIMEOUT: Duration = Duration::from_secs(3);
+/// Limits of the connection to the master: a master that stops answering fails the round, not
+/// the thread. An answer (up to [`MAX_ANSWER_BYTES`]) must arrive whole within `answer`.
+const TIMEOUTS: Timeouts = Timeouts {
+    connect: Duration::from_secs(3),
+    io: Duration::from_secs(3),
+    answer: Duration::from_secs(30),
+};
 /// The first round comes soon after start: the registration thread may already know the master.
 const FIRST_ROUND_DELAY: Duration = Duration::from_millis(100);
 /// How often to look again while the master's address is unknown (it has not registered yet).
@@ -82,6 +83,58 @@ impl MetadataSync {
         drop(self.stop.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+    }
+}
+
+/// Why a round changed nothing.
+#[derive(Debug, Error)]
+enum SyncError {
+    /// The master cannot be reached.
+    #[error(transparent)]
+    Connect(RpcError),
+    #[error("{code}: {source}")]
+    Rpc {
+        code: RequestCode,
+        #[source]
+        source: RpcError,
+    },
+    #[error("{code} refused: {answered}{}", Remark(.remark.as_deref()))]
+    Refused {
+        code: RequestCode,
+        answered: ResponseCode,
+        remark: Option<String>,
+    },
+    #[error("{code}: {source}")]
+    Body {
+        code: RequestCode,
+        #[source]
+        source: BodyError,
+    },
+    #[error("the master's topic table key {} holds the config of topic {}", ShownTopic(.key), ShownTopic(.name))]
+    KeyMismatch { key: String, name: String },
+    #[error("the master's topic {}: {source}", ShownTopic(.key))]
+    InvalidTopic {
+        key: String,
+        #[source]
+        source: TopicNameError,
+    },
+    #[error(transparent)]
+    Topics(#[from] ReplaceError),
+    #[error("shard {0} did not take the master's offsets")]
+    OffsetsNotTaken(usize),
+    #[error("shard {0} did not apply the master's offsets")]
+    OffsetsNotApplied(usize),
+}
+
+/// A refusal's remark as ` (remark)`, or nothing when there is none.
+struct Remark<'a>(Option<&'a str>);
+
+impl fmt::Display for Remark<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(remark) if !remark.is_empty() => write!(f, " ({remark})"),
+            _ => Ok(()),
         }
     }
 }
@@ -145,18 +198,23 @@ fn run(shared: &BrokerShared, stop: &flume::Receiver<()>) {
 }
 
 /// One round: fetch both tables, check them, then apply them.
-fn sync_once(shared: &BrokerShared, master: &str) -> Result<Synced, String> {
-    let mut connection = MasterConnection::open(master)?;
-    let topics: TopicConfigSerializeWrapper = connection.fetch(
+fn sync_once(shared: &BrokerShared, master: &str) -> Result<Synced, SyncError> {
+    let mut connection =
+        RpcClient::connect(master, TIMEOUTS, MAX_ANSWER_BYTES).map_err(SyncError::Connect)?;
+    let topics: TopicConfigSerializeWrapper = fetch(
+        &mut connection,
         RequestCode::GetAllTopicConfig,
         "TopicConfigSerializeWrapper",
     )?;
-    let offsets: ConsumerOffsetBody =
-        connection.fetch(RequestCode::GetAllConsumerOffset, "ConsumerOffsetTable")?;
+    let offsets: ConsumerOffsetBody = fetch(
+        &mut connection,
+        RequestCode::GetAllConsumerOffset,
+        "ConsumerOffsetTable",
+    )?;
     drop(connection);
     let configs = checked_topics(topics)?;
     let topic_count = configs.len();
-    replace_topics(shared, configs)?;
+    metadata::replace_all_blocking(shared, configs, APPLY_TIMEOUT)?;
     let offsets_changed = apply_offsets(shared, offsets)?;
     Ok(Synced {
         topics: topic_count,
@@ -167,43 +225,28 @@ fn sync_once(shared: &BrokerShared, master: &str) -> Result<Synced, String> {
 /// The master's topic configs, refused whole when one is not a valid topic (its key is not its
 /// name, or RocketMQ's rules refuse the name): topic names become directory names in the store,
 /// and a table half taken would delete the topics left out.
-fn checked_topics(wrapper: TopicConfigSerializeWrapper) -> Result<Vec<TopicConfig>, String> {
+fn checked_topics(wrapper: TopicConfigSerializeWrapper) -> Result<Vec<TopicConfig>, SyncError> {
     wrapper
         .topic_config_table
         .into_iter()
         .map(|(key, config)| {
             if key != config.topic_name {
-                return Err(format!(
-                    "the master's topic table key {key:?} holds the config of topic {:?}",
-                    config.topic_name
-                ));
+                return Err(SyncError::KeyMismatch {
+                    key,
+                    name: config.topic_name,
+                });
             }
-            topics::validate_name(&key)
-                .map_err(|reason| format!("the master's topic {key:?}: {reason}"))?;
+            if let Err(source) = validate_topic(&key) {
+                return Err(SyncError::InvalidTopic { key, source });
+            }
             Ok(config)
         })
         .collect()
 }
 
-/// Hands the master's table to the topic table's writer and waits for it to be saved.
-fn replace_topics(shared: &BrokerShared, configs: Vec<TopicConfig>) -> Result<(), String> {
-    let (reply, answer) = flume::bounded(1);
-    let change = TopicChange {
-        edit: TopicEdit::ReplaceAll(configs),
-        reply,
-    };
-    shared
-        .topic_changes
-        .send_timeout(change, APPLY_TIMEOUT)
-        .map_err(|_| "the topic table's writer did not take the master's table".to_owned())?;
-    answer
-        .recv_timeout(APPLY_TIMEOUT)
-        .map_err(|_| "the topic table's writer did not answer".to_owned())?
-}
-
 /// Hands the master's offsets to every shard (each takes the queues it owns) and waits for all;
 /// returns how many offsets changed.
-fn apply_offsets(shared: &BrokerShared, offsets: ConsumerOffsetBody) -> Result<usize, String> {
+fn apply_offsets(shared: &BrokerShared, offsets: ConsumerOffsetBody) -> Result<usize, SyncError> {
     let offsets = Arc::new(offsets);
     let mut answers = Vec::with_capacity(shared.shard_count());
     for (shard, inbox) in shared.inboxes.iter().enumerate() {
@@ -214,107 +257,48 @@ fn apply_offsets(shared: &BrokerShared, offsets: ConsumerOffsetBody) -> Result<u
         };
         inbox
             .send_timeout(message, APPLY_TIMEOUT)
-            .map_err(|_| format!("shard {shard} did not take the master's offsets"))?;
+            .map_err(|_| SyncError::OffsetsNotTaken(shard))?;
         answers.push((shard, answer));
     }
     let mut changed = 0;
     for (shard, answer) in answers {
         changed += answer
             .recv_timeout(APPLY_TIMEOUT)
-            .map_err(|_| format!("shard {shard} did not apply the master's offsets"))?;
+            .map_err(|_| SyncError::OffsetsNotApplied(shard))?;
     }
     Ok(changed)
 }
 
-/// One blocking remoting connection to the master, for one round.
-struct MasterConnection {
-    stream: TcpStream,
-    codec: FrameCodec,
-    input: BytesMut,
-    opaque: i32,
-}
-
-impl MasterConnection {
-    fn open(addr: &str) -> Result<Self, String> {
-        let socket = addr
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {addr}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{addr} resolves to no address"))?;
-        let stream = TcpStream::connect_timeout(&socket, CONNECT_TIMEOUT)
-            .map_err(|e| format!("connect: {e}"))?;
-        stream
-            .set_read_timeout(Some(IO_TIMEOUT))
-            .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
-            .map_err(|e| format!("socket timeouts: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        Ok(Self {
-            stream,
-            codec: FrameCodec::new(MAX_ANSWER_BYTES),
-            input: BytesMut::new(),
-            opaque: 0,
-        })
+/// Sends a request without header or body and decodes the body of its SUCCESS answer.
+fn fetch<T: DeserializeOwned>(
+    connection: &mut RpcClient,
+    code: RequestCode,
+    body_name: &'static str,
+) -> Result<T, SyncError> {
+    let answer = connection
+        .request(code, &(), &[])
+        .map_err(|source| SyncError::Rpc { code, source })?;
+    let answered = answer.response_code();
+    if answered != ResponseCode::Success {
+        return Err(SyncError::Refused {
+            code,
+            answered,
+            remark: answer.remark,
+        });
     }
-
-    /// Sends a request without header or body and decodes the body of its SUCCESS answer.
-    fn fetch<T: DeserializeOwned>(
-        &mut self,
-        code: RequestCode,
-        body_name: &'static str,
-    ) -> Result<T, String> {
-        self.opaque = self.opaque.wrapping_add(1);
-        let opaque = self.opaque;
-        let mut frame = BytesMut::with_capacity(256);
-        let head = CommandHead::request(code, opaque, SerializeType::Json);
-        encode_frame(&head, &(), &[], &mut frame);
-        self.stream
-            .write_all(&frame)
-            .map_err(|e| format!("{code}: write: {e}"))?;
-        let answer = self
-            .answer(opaque)
-            .map_err(|reason| format!("{code}: {reason}"))?;
-        let answered = answer.response_code();
-        if answered != ResponseCode::Success {
-            return Err(match answer.remark.as_deref() {
-                Some(remark) if !remark.is_empty() => {
-                    format!("{code} refused: {answered} ({remark})")
-                }
-                _ => format!("{code} refused: {answered}"),
-            });
-        }
-        body::decode(&answer.body, body_name).map_err(|e| format!("{code}: {e}"))
-    }
-
-    /// Reads until the answer to `opaque` (requests the master sends meanwhile are skipped).
-    fn answer(&mut self, opaque: i32) -> Result<Command, String> {
-        let mut chunk = vec![0_u8; 64 << 10];
-        loop {
-            match self.codec.decode(&mut self.input) {
-                Ok(Some(command)) if command.is_response() && command.opaque == opaque => {
-                    return Ok(command);
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    let read = self
-                        .stream
-                        .read(&mut chunk)
-                        .map_err(|e| format!("read: {e}"))?;
-                    if read == 0 {
-                        return Err("the master closed the connection".into());
-                    }
-                    self.input.extend_from_slice(&chunk[..read]);
-                }
-                Err(err) => return Err(format!("bad answer: {err}")),
-            }
-        }
-    }
+    body::decode(&answer.body, body_name).map_err(|source| SyncError::Body { code, source })
 }
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::BTreeMap, net::TcpListener};
+    use std::{
+        collections::BTreeMap,
+        io::{Read, Write},
+        net::TcpListener,
+    };
 
-    use ringmq_protocol::body::DataVersion;
+    use bytes::BytesMut;
+    use ringmq_protocol::{CommandHead, FrameCodec, body::DataVersion, encode_frame};
 
     use super::*;
 
@@ -355,9 +339,12 @@ mod tests {
             ("Orders", topic("Orders")),
             ("Alias", topic("Other")),
         ]))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(mismatched.contains("\"Alias\""), "{mismatched}");
-        let traversal = checked_topics(wrapper(&[("../etc", topic("../etc"))])).unwrap_err();
+        let traversal = checked_topics(wrapper(&[("../etc", topic("../etc"))]))
+            .unwrap_err()
+            .to_string();
         assert!(traversal.contains("../etc"), "{traversal}");
     }
 
@@ -412,17 +399,20 @@ mod tests {
             )),
             _ => Some((ResponseCode::RequestCodeNotSupported, Vec::new())),
         });
-        let mut connection = MasterConnection::open(&addr).unwrap();
-        let topics: TopicConfigSerializeWrapper = connection
-            .fetch(
-                RequestCode::GetAllTopicConfig,
-                "TopicConfigSerializeWrapper",
-            )
-            .unwrap();
+        let mut connection = RpcClient::connect(&addr, TIMEOUTS, MAX_ANSWER_BYTES).unwrap();
+        let topics: TopicConfigSerializeWrapper = fetch(
+            &mut connection,
+            RequestCode::GetAllTopicConfig,
+            "TopicConfigSerializeWrapper",
+        )
+        .unwrap();
         assert_eq!(topics.topic_config_table["Orders"], topic("Orders"));
-        let offsets: ConsumerOffsetBody = connection
-            .fetch(RequestCode::GetAllConsumerOffset, "ConsumerOffsetTable")
-            .unwrap();
+        let offsets: ConsumerOffsetBody = fetch(
+            &mut connection,
+            RequestCode::GetAllConsumerOffset,
+            "ConsumerOffsetTable",
+        )
+        .unwrap();
         assert_eq!(
             offsets.offset_table["Orders@billing"],
             BTreeMap::from([(0, 5), (1, 7)])
@@ -440,25 +430,34 @@ mod tests {
             }
             _ => None,
         });
-        let mut connection = MasterConnection::open(&addr).unwrap();
-        let refused = connection
-            .fetch::<TopicConfigSerializeWrapper>(
-                RequestCode::GetAllTopicConfig,
-                "TopicConfigSerializeWrapper",
-            )
-            .unwrap_err();
+        let mut connection = RpcClient::connect(&addr, TIMEOUTS, MAX_ANSWER_BYTES).unwrap();
+        let refused = fetch::<TopicConfigSerializeWrapper>(
+            &mut connection,
+            RequestCode::GetAllTopicConfig,
+            "TopicConfigSerializeWrapper",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             refused.starts_with("GET_ALL_TOPIC_CONFIG")
                 && refused.ends_with("refused: SYSTEM_ERROR(1)"),
             "{refused}"
         );
-        let bad_json = connection
-            .fetch::<ConsumerOffsetBody>(RequestCode::GetAllConsumerOffset, "ConsumerOffsetTable")
-            .unwrap_err();
+        let bad_json = fetch::<ConsumerOffsetBody>(
+            &mut connection,
+            RequestCode::GetAllConsumerOffset,
+            "ConsumerOffsetTable",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(bad_json.contains("GET_ALL_CONSUMER_OFFSET"), "{bad_json}");
-        let hung_up = connection
-            .fetch::<ConsumerOffsetBody>(RequestCode::GetBrokerRuntimeInfo, "KvTable")
-            .unwrap_err();
+        let hung_up = fetch::<ConsumerOffsetBody>(
+            &mut connection,
+            RequestCode::GetBrokerRuntimeInfo,
+            "KvTable",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(hung_up.contains("closed"), "{hung_up}");
         master.join().unwrap();
     }
@@ -469,7 +468,10 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().to_string()
         };
-        let refused = MasterConnection::open(&addr).err().unwrap();
+        let refused = RpcClient::connect(&addr, TIMEOUTS, MAX_ANSWER_BYTES)
+            .map_err(SyncError::Connect)
+            .unwrap_err()
+            .to_string();
         assert!(refused.starts_with("connect:"), "{refused}");
     }
 }

@@ -7,7 +7,7 @@ use std::{rc::Rc, task::Poll, time::Duration};
 use ringmq_protocol::ResponseCode;
 
 use super::slave::ReplicaCommand;
-use crate::shard::ShardCtx;
+use crate::shard::context::ShardCtx;
 
 /// A slave shard's replica task: applies the HA thread's commands in order. Frames are taken
 /// one after another (each `replicate` returns once its chunks are queued for writing, so
@@ -21,7 +21,7 @@ pub(crate) async fn serve_replica(ctx: Rc<ShardCtx>, commands: flume::Receiver<R
             }
             ReplicaCommand::StartAt { position, reply } => {
                 let result = ctx.store.start_at(position).await;
-                let _ = reply.send(result.map_err(|e| e.to_string()));
+                let _ = reply.send(result);
             }
             ReplicaCommand::Data {
                 position,
@@ -31,7 +31,7 @@ pub(crate) async fn serve_replica(ctx: Rc<ShardCtx>, commands: flume::Receiver<R
                 Ok(_) => {}
                 Err(err) => {
                     tracing::warn!(shard = ctx.id, position, %err, "replicated data refused");
-                    let _ = refused.try_send(err.to_string());
+                    let _ = refused.try_send(err);
                 }
             },
         }

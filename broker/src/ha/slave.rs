@@ -15,9 +15,13 @@ use std::{
 };
 
 use bytes::BytesMut;
-use ringmq_storage::{FlushMode, LogReader, LogWatch, Mark, StoreConfig};
+use ringmq_storage::{FlushMode, LogReadError, LogReader, LogWatch, Mark, StoreConfig, StoreError};
+use thiserror::Error;
 
-use super::wire::{FRAME_HEADER_BYTES, Hello, Welcome, parse_frame_header};
+use super::{
+    state::SlaveProgress,
+    wire::{FRAME_HEADER_BYTES, Hello, Welcome, parse_frame_header},
+};
 use crate::shared::BrokerShared;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -38,14 +42,70 @@ pub(crate) enum ReplicaCommand {
     /// Move the empty store to start at the master's oldest segment.
     StartAt {
         position: u64,
-        reply: flume::Sender<Result<(), String>>,
+        reply: flume::Sender<Result<(), StoreError>>,
     },
     /// Chunks from the master, for `position`; a refusal goes to `refused`.
     Data {
         position: u64,
         bytes: bytes::Bytes,
-        refused: flume::Sender<String>,
+        refused: flume::Sender<StoreError>,
     },
+}
+
+/// Why a replication session ended (the thread logs it once per distinct text and reconnects).
+#[derive(Debug, Error)]
+pub(crate) enum ReplicationError {
+    #[error("cannot resolve {addr}: {source}")]
+    Resolve {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} does not resolve")]
+    NoAddress(String),
+    #[error("connect: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("the shard did not take the request")]
+    ShardBusy,
+    #[error("the shard did not answer")]
+    ShardSilent,
+    #[error("the store has not written what it holds; writes are failing?")]
+    NotWritten,
+    #[error("cannot read this slave's log: {0}")]
+    ReadLog(#[source] LogReadError),
+    #[error("socket options: {0}")]
+    SocketOptions(#[source] std::io::Error),
+    #[error("socket clone: {0}")]
+    SocketClone(#[source] std::io::Error),
+    #[error("write: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("handshake: {0}")]
+    Handshake(#[source] std::io::Error),
+    /// The master's refusal, as its WELCOME words it.
+    #[error("the master refused: {0}")]
+    Refused(String),
+    #[error("the master streams from {start} but this log ends at {end}")]
+    StartMismatch { start: u64, end: u64 },
+    #[error("{0}")]
+    StartAt(#[source] StoreError),
+    #[error("cannot start the reporter: {0}")]
+    Reporter(#[source] std::io::Error),
+    #[error("the master sent nothing within the housekeeping interval")]
+    MasterSilent,
+    #[error("the master closed the connection")]
+    MasterClosed,
+    #[error("read: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("bad frame from the master: offset {offset}, size {size}")]
+    BadFrame { offset: i64, size: i32 },
+    #[error("the master sent data for {offset}, before this log's end {expected}")]
+    Rewound { offset: u64, expected: u64 },
+    #[error("the shard is gone")]
+    ShardGone,
+    #[error("the shard refused replicated data: {0}")]
+    DataRefused(#[source] StoreError),
+    #[error("report: {0}")]
+    Report(#[source] std::io::Error),
 }
 
 /// The running replication threads of a slave.
@@ -126,7 +186,7 @@ impl ShardLink {
         let _ = self.stop.recv_timeout(duration);
     }
 
-    fn progress(&self) -> &super::state::SlaveProgress {
+    fn progress(&self) -> &SlaveProgress {
         &self.shared.slave_progress[self.shard]
     }
 
@@ -157,14 +217,12 @@ fn run(link: &ShardLink) {
         if link.stopping() {
             break;
         }
-        match outcome {
-            Ok(()) => {}
-            Err(reason) => {
-                // Once per distinct failure: a master that is down for minutes is one line.
-                if reason != last_error {
-                    tracing::warn!(shard = link.shard, master = %addr, %reason, "replication stopped; will reconnect");
-                    last_error = reason;
-                }
+        if let Err(reason) = outcome {
+            // Once per distinct failure: a master that is down for minutes is one line.
+            let reason = reason.to_string();
+            if reason != last_error {
+                tracing::warn!(shard = link.shard, master = %addr, %reason, "replication stopped; will reconnect");
+                last_error = reason;
             }
         }
         link.pause(reconnect);
@@ -175,28 +233,31 @@ fn run(link: &ShardLink) {
 fn ask<T>(
     link: &ShardLink,
     command: impl FnOnce(flume::Sender<T>) -> ReplicaCommand,
-) -> Result<T, String> {
+) -> Result<T, ReplicationError> {
     let (reply, answer) = flume::bounded(1);
     link.commands
         .send_timeout(command(reply), ASK_TIMEOUT)
-        .map_err(|_| "the shard did not take the request".to_owned())?;
+        .map_err(|_| ReplicationError::ShardBusy)?;
     answer
         .recv_timeout(ASK_TIMEOUT)
-        .map_err(|_| "the shard did not answer".to_owned())
+        .map_err(|_| ReplicationError::ShardSilent)
 }
 
 /// One connection: handshake, then frames until an error or stop.
-fn session(link: &ShardLink, addr: &str) -> Result<(), String> {
+fn session(link: &ShardLink, addr: &str) -> Result<(), ReplicationError> {
     let target = addr
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {addr}: {e}"))?
+        .map_err(|source| ReplicationError::Resolve {
+            addr: addr.to_owned(),
+            source,
+        })?
         .next()
-        .ok_or_else(|| format!("{addr} does not resolve"))?;
+        .ok_or_else(|| ReplicationError::NoAddress(addr.to_owned()))?;
     // The HELLO first: asking the shard and reading the files may take a while, and the
     // master gives a connection 5 s to say it.
     let (hello, pristine) = hello(link)?;
-    let mut stream = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT)
-        .map_err(|e| format!("connect: {e}"))?;
+    let mut stream =
+        TcpStream::connect_timeout(&target, CONNECT_TIMEOUT).map_err(ReplicationError::Connect)?;
     link.track(Some(&stream));
     let outcome = stream_session(link, addr, &mut stream, &hello, pristine);
     link.track(None);
@@ -205,19 +266,19 @@ fn session(link: &ShardLink, addr: &str) -> Result<(), String> {
 }
 
 /// This shard's HELLO: where its log ends, whether it is empty, the fingerprint of its tail.
-fn hello(link: &ShardLink) -> Result<(Hello, bool), String> {
+fn hello(link: &ShardLink) -> Result<(Hello, bool), ReplicationError> {
     let config = &link.shared.config;
     let (end, pristine) = ask(link, |reply| ReplicaCommand::Position { reply })?;
     // The fingerprint reads the files: wait until everything below `end` is in them.
     if !pristine && link.watch.wait_past(Mark::Written, end - 1, SETTLE_TIMEOUT) < end {
-        return Err("the store has not written what it holds; writes are failing?".into());
+        return Err(ReplicationError::NotWritten);
     }
     let tail = if pristine {
         None
     } else {
         LogReader::new(&link.store)
             .tail_fingerprint(end)
-            .map_err(|e| format!("cannot read this slave's log: {e}"))?
+            .map_err(ReplicationError::ReadLog)?
     };
     let hello = Hello {
         shard: link.shard as u16,
@@ -240,39 +301,36 @@ fn stream_session(
     stream: &mut TcpStream,
     hello: &Hello,
     pristine: bool,
-) -> Result<(), String> {
+) -> Result<(), ReplicationError> {
     let config = &link.shared.config;
     let housekeeping = Duration::from_millis(config.ha_housekeeping_interval_ms);
     let _ = stream.set_nodelay(true);
     stream
         .set_read_timeout(Some(housekeeping))
         .and_then(|()| stream.set_write_timeout(Some(housekeeping)))
-        .map_err(|e| format!("socket options: {e}"))?;
+        .map_err(ReplicationError::SocketOptions)?;
     let end = hello.offset;
-    std::io::Write::write_all(stream, &hello.encode()).map_err(|e| format!("write: {e}"))?;
-    let start = match Welcome::read(stream).map_err(|e| format!("handshake: {e}"))? {
+    std::io::Write::write_all(stream, &hello.encode()).map_err(ReplicationError::Write)?;
+    let start = match Welcome::read(stream).map_err(ReplicationError::Handshake)? {
         Welcome::Accepted { start } => start,
-        Welcome::Refused { reason } => return Err(format!("the master refused: {reason}")),
+        Welcome::Refused { reason } => return Err(ReplicationError::Refused(reason)),
     };
     if start != end {
         if !pristine {
-            return Err(format!(
-                "the master streams from {start} but this log ends at {end}"
-            ));
+            return Err(ReplicationError::StartMismatch { start, end });
         }
         ask(link, |reply| ReplicaCommand::StartAt {
             position: start,
             reply,
-        })??;
+        })?
+        .map_err(ReplicationError::StartAt)?;
     }
     tracing::info!(shard = link.shard, master = %addr, start, "replicating");
     link.progress().connected.store(true, Ordering::SeqCst);
-    let (refused, refusals) = flume::bounded::<String>(4);
+    let (refused, refusals) = flume::bounded::<StoreError>(4);
     let closed = Arc::new(AtomicBool::new(false));
     let reporter = {
-        let output = stream
-            .try_clone()
-            .map_err(|e| format!("socket clone: {e}"))?;
+        let output = stream.try_clone().map_err(ReplicationError::SocketClone)?;
         let watch = Arc::clone(&link.watch);
         let closed = Arc::clone(&closed);
         let mark = match config.flush_mode {
@@ -291,7 +349,7 @@ fn stream_session(
                 closed.store(true, Ordering::SeqCst);
                 reason
             })
-            .map_err(|e| format!("cannot start the reporter: {e}"))?
+            .map_err(ReplicationError::Reporter)?
     };
     let outcome = receive(link, stream, start, &closed, &refused);
     closed.store(true, Ordering::SeqCst);
@@ -309,8 +367,8 @@ fn receive(
     stream: &mut TcpStream,
     start: u64,
     closed: &AtomicBool,
-    refused: &flume::Sender<String>,
-) -> Result<(), String> {
+    refused: &flume::Sender<StoreError>,
+) -> Result<(), ReplicationError> {
     // A frame holds whole chunks: never more than a segment. (A batch send is one chunk of any
     // size up to that.) The body is read in steps, so a header's size alone allocates little.
     let max_frame = link.store.segment_bytes.min(u64::from(u32::MAX >> 1));
@@ -324,17 +382,15 @@ fn receive(
         if let Err(err) = stream.read_exact(&mut header) {
             return Err(match err.kind() {
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                    "the master sent nothing within the housekeeping interval".into()
+                    ReplicationError::MasterSilent
                 }
-                std::io::ErrorKind::UnexpectedEof => "the master closed the connection".into(),
-                _ => format!("read: {err}"),
+                std::io::ErrorKind::UnexpectedEof => ReplicationError::MasterClosed,
+                _ => ReplicationError::Read(err),
             });
         }
         let (offset, size) = parse_frame_header(&header);
         if offset < 0 || size < 0 || size as u64 > max_frame {
-            return Err(format!(
-                "bad frame from the master: offset {offset}, size {size}"
-            ));
+            return Err(ReplicationError::BadFrame { offset, size });
         }
         let (offset, size) = (offset as u64, size as usize);
         progress
@@ -342,15 +398,13 @@ fn receive(
             .store(offset + size as u64, Ordering::SeqCst);
         progress
             .master_seen_ms
-            .store(crate::now_ms() as u64, Ordering::SeqCst);
+            .store(ringmq_common::now_ms() as u64, Ordering::SeqCst);
         if size == 0 {
             continue;
         }
         // Frames continue where the last one ended, or at a later segment's start.
         if offset < expected {
-            return Err(format!(
-                "the master sent data for {offset}, before this log's end {expected}"
-            ));
+            return Err(ReplicationError::Rewound { offset, expected });
         }
         let mut body = BytesMut::new();
         while body.len() < size {
@@ -358,7 +412,7 @@ fn receive(
             body.resize(at + (size - at).min(READ_STEP_BYTES), 0);
             stream
                 .read_exact(&mut body[at..])
-                .map_err(|e| format!("read: {e}"))?;
+                .map_err(ReplicationError::Read)?;
         }
         expected = offset + size as u64;
         link.commands
@@ -367,7 +421,7 @@ fn receive(
                 bytes: body.freeze(),
                 refused: refused.clone(),
             })
-            .map_err(|_| "the shard is gone".to_owned())?;
+            .map_err(|_| ReplicationError::ShardGone)?;
     }
 }
 
@@ -380,10 +434,10 @@ fn report(
     mark: Mark,
     heartbeat: Duration,
     closed: &AtomicBool,
-    refusals: &flume::Receiver<String>,
+    refusals: &flume::Receiver<StoreError>,
     stop: &flume::Receiver<()>,
     shared: &BrokerShared,
-) -> Option<String> {
+) -> Option<ReplicationError> {
     let mut reported = watch.get(mark);
     let mut last_report: Option<Instant> = None;
     loop {
@@ -393,7 +447,7 @@ fn report(
         }
         if let Ok(reason) = refusals.try_recv() {
             let _ = output.shutdown(Shutdown::Both);
-            return Some(format!("the shard refused replicated data: {reason}"));
+            return Some(ReplicationError::DataRefused(reason));
         }
         let value = watch.wait_past(mark, reported, IDLE_CHECK.min(heartbeat));
         let due = last_report.is_none_or(|at| at.elapsed() >= heartbeat);
@@ -401,7 +455,7 @@ fn report(
             if let Err(err) = std::io::Write::write_all(&mut output, &(value as i64).to_be_bytes())
             {
                 let _ = output.shutdown(Shutdown::Both);
-                return Some(format!("report: {err}"));
+                return Some(ReplicationError::Report(err));
             }
             reported = value;
             last_report = Some(Instant::now());

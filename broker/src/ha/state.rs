@@ -2,9 +2,12 @@
 //! shard (SYNC_MASTER sends) and by metrics and GET_BROKER_RUNTIME_INFO.
 //!
 //! The shard's data path touches only atomics here. A SYNC_MASTER send that must wait counts
-//! itself in `waiting`; an HA thread that raises `acked` while anyone waits queues one
-//! [`ShardMessage::ReplicaAcked`] (at most one at a time, `wake_queued`), and the shard wakes
-//! the sends whose end the new mark covers.
+//! itself in `waiting`; an HA thread that raises `acked` while anyone waits asks the shard to
+//! look again through a [`WakeShard`] (at most one wake queued at a time, `wake_queued`), and
+//! the shard wakes the sends whose end the new mark covers.
+//!
+//! This module knows nothing of how a shard is woken (in the broker: a message on its inbox),
+//! so HA state does not depend on the shard's message type and can be tested alone.
 
 use std::{
     collections::VecDeque,
@@ -16,7 +19,12 @@ use std::{
     time::Instant,
 };
 
-use crate::shared::ShardMessage;
+/// How HA state asks a shard to look at its replicas again.
+pub(crate) trait WakeShard {
+    /// Queues one wake without blocking; `false` when it could not (the shard's queue is full
+    /// or gone). A lost wake is made up by the shard's own periodic re-check.
+    fn try_wake(&self) -> bool;
+}
 
 /// One connected slave of one shard.
 #[derive(Debug)]
@@ -70,7 +78,7 @@ pub(crate) struct ShardReplicas {
     acked: AtomicU64,
     /// SYNC_MASTER sends of this shard waiting for `acked`.
     waiting: AtomicUsize,
-    /// A [`ShardMessage::ReplicaAcked`] is in the shard's inbox.
+    /// A wake is queued for the shard and not taken yet.
     wake_queued: AtomicBool,
     /// `links.len()`, readable without the lock (the send path checks it).
     count: AtomicUsize,
@@ -86,7 +94,7 @@ impl ShardReplicas {
         &self,
         peer: SocketAddr,
         broker_id: i64,
-        inbox: &flume::Sender<ShardMessage>,
+        wake: &impl WakeShard,
     ) -> Arc<SlaveLink> {
         let link = Arc::new(SlaveLink {
             peer,
@@ -100,12 +108,12 @@ impl ShardReplicas {
         self.count.store(links.len(), Ordering::SeqCst);
         self.recompute_acked(&links);
         drop(links);
-        self.wake_shard(inbox);
+        self.wake_shard(wake);
         link
     }
 
     /// Removes a slave whose connection ended; waiting sends are woken to re-check.
-    pub(crate) fn disconnect(&self, link: &Arc<SlaveLink>, inbox: &flume::Sender<ShardMessage>) {
+    pub(crate) fn disconnect(&self, link: &Arc<SlaveLink>, wake: &impl WakeShard) {
         let mut links = self.links();
         links.retain(|l| !Arc::ptr_eq(l, link));
         self.count.store(links.len(), Ordering::SeqCst);
@@ -116,16 +124,11 @@ impl ShardReplicas {
         self.reported.store(reported, Ordering::SeqCst);
         self.recompute_acked(&links);
         drop(links);
-        self.wake_shard(inbox);
+        self.wake_shard(wake);
     }
 
     /// A slave reported holding everything below `offset`.
-    pub(crate) fn acknowledge(
-        &self,
-        link: &SlaveLink,
-        offset: u64,
-        inbox: &flume::Sender<ShardMessage>,
-    ) {
+    pub(crate) fn acknowledge(&self, link: &SlaveLink, offset: u64, wake: &impl WakeShard) {
         link.ack(offset);
         // Under the lock, so a concurrent connect or disconnect cannot store an older maximum
         // over this one.
@@ -136,15 +139,13 @@ impl ShardReplicas {
         }
         drop(links);
         if offset > before && self.waiting.load(Ordering::SeqCst) > 0 {
-            self.wake_shard(inbox);
+            self.wake_shard(wake);
         }
     }
 
-    fn wake_shard(&self, inbox: &flume::Sender<ShardMessage>) {
-        if !self.wake_queued.swap(true, Ordering::SeqCst)
-            && inbox.try_send(ShardMessage::ReplicaAcked).is_err()
-        {
-            // A full inbox: the next acknowledgement tries again (waiters also time out).
+    fn wake_shard(&self, wake: &impl WakeShard) {
+        if !self.wake_queued.swap(true, Ordering::SeqCst) && !wake.try_wake() {
+            // A full queue: the next acknowledgement tries again (waiters also time out).
             self.wake_queued.store(false, Ordering::SeqCst);
         }
     }
@@ -218,4 +219,135 @@ pub(crate) struct SlaveProgress {
     pub master_offset: AtomicU64,
     /// When that frame arrived (ms since the epoch).
     pub master_seen_ms: AtomicU64,
+}
+
+/// Replication state of one shard, as metrics and GET_BROKER_RUNTIME_INFO show it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ReplicaLag {
+    /// Master: slaves connected. Slave: 1 while connected to the master.
+    pub slaves: usize,
+    /// Master: bytes the best slave is behind this shard's written end. Slave: bytes the master
+    /// had sent (at its last frame) beyond this shard's written end.
+    pub bytes: u64,
+    /// Master: age of the best slave's oldest unacknowledged frame. Slave: while behind, time
+    /// since the last frame from the master.
+    pub ms: u64,
+}
+
+/// The replication lag of a shard whose log's written end is `written`, at `now_ms`: from
+/// `progress` on a slave, from `replicas` on a master.
+pub(crate) fn replica_lag(
+    is_slave: bool,
+    progress: &SlaveProgress,
+    replicas: &ShardReplicas,
+    written: u64,
+    now_ms: i64,
+) -> ReplicaLag {
+    if is_slave {
+        if !progress.connected.load(Ordering::SeqCst) {
+            return ReplicaLag::default();
+        }
+        let seen_ms = progress.master_seen_ms.load(Ordering::SeqCst);
+        let bytes = progress
+            .master_offset
+            .load(Ordering::SeqCst)
+            .saturating_sub(written);
+        return ReplicaLag {
+            slaves: 1,
+            bytes,
+            // Behind: for how long nothing arrived. Caught up (an idle master sends only
+            // heartbeats): no lag.
+            ms: if bytes == 0 {
+                0
+            } else {
+                (now_ms as u64).saturating_sub(seen_ms)
+            },
+        };
+    }
+    match replicas.lag(written) {
+        Some((bytes, ms)) => ReplicaLag {
+            slaves: replicas.connected(),
+            bytes,
+            ms,
+        },
+        None => ReplicaLag::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    /// Counts wakes; refuses them while `full`.
+    #[derive(Default)]
+    struct FakeShard {
+        wakes: Cell<usize>,
+        full: Cell<bool>,
+    }
+
+    impl WakeShard for FakeShard {
+        fn try_wake(&self) -> bool {
+            if self.full.get() {
+                return false;
+            }
+            self.wakes.set(self.wakes.get() + 1);
+            true
+        }
+    }
+
+    fn peer() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 10_912))
+    }
+
+    #[test]
+    fn one_wake_is_queued_at_a_time_and_a_lost_one_is_retried() {
+        let replicas = ShardReplicas::default();
+        let shard = FakeShard::default();
+        let link = replicas.connect(peer(), 1, &shard);
+        assert_eq!(shard.wakes.get(), 1, "a new slave wakes waiting sends");
+        replicas.start_waiting();
+        replicas.acknowledge(&link, 100, &shard);
+        assert_eq!(shard.wakes.get(), 1, "the first wake is not taken yet");
+        replicas.wake_taken();
+        shard.full.set(true);
+        replicas.acknowledge(&link, 200, &shard);
+        shard.full.set(false);
+        replicas.acknowledge(&link, 300, &shard);
+        assert_eq!(
+            shard.wakes.get(),
+            2,
+            "a refused wake does not block the next"
+        );
+        assert_eq!(replicas.acked(), 300);
+        replicas.disconnect(&link, &shard);
+        assert_eq!((replicas.connected(), replicas.acked()), (0, 0));
+    }
+
+    #[test]
+    fn a_slave_behind_its_master_counts_time_since_the_last_frame() {
+        let progress = SlaveProgress::default();
+        let replicas = ShardReplicas::default();
+        assert_eq!(
+            replica_lag(true, &progress, &replicas, 0, 5_000),
+            ReplicaLag::default()
+        );
+        progress.connected.store(true, Ordering::SeqCst);
+        progress.master_offset.store(1_000, Ordering::SeqCst);
+        progress.master_seen_ms.store(4_000, Ordering::SeqCst);
+        assert_eq!(
+            replica_lag(true, &progress, &replicas, 600, 5_000),
+            ReplicaLag {
+                slaves: 1,
+                bytes: 400,
+                ms: 1_000
+            }
+        );
+        assert_eq!(
+            replica_lag(true, &progress, &replicas, 1_000, 9_000).ms,
+            0,
+            "caught up"
+        );
+    }
 }

@@ -12,16 +12,17 @@ use ringmq_protocol::{
         QueryMessageResponseHeader, ViewMessageRequestHeader,
     },
     message::{Properties, StoredRecord, properties::keys},
+    topic::{AUTO_CREATE_TEMPLATE, validate_topic},
 };
 use ringmq_storage::{ReadRequest, ReadStatus};
 
 use super::{Handled, bad_header, error, reply, success};
 use crate::{
     config::BrokerRole,
+    messages::{FrameKind, KeyQuery, Outbound, ShardMessage},
     metadata,
-    shard::ShardCtx,
-    shared::{KeyQuery, Outbound, ShardMessage},
-    topics::{self, owner_shard},
+    shard::context::ShardCtx,
+    topics::owner_shard,
 };
 
 /// Most matches QUERY_MESSAGE returns for a unique-key query (RocketMQ `defaultQueryMaxNum`).
@@ -46,10 +47,14 @@ fn refuse_topic_edit(
             &format!("the broker is a slave: topics are {verb} on its master"),
         ));
     }
-    if let Err(reason) = topics::validate_name(topic) {
-        return Some(error(command, ResponseCode::SystemError, &reason));
+    if let Err(invalid) = validate_topic(topic) {
+        return Some(error(
+            command,
+            ResponseCode::SystemError,
+            &invalid.to_string(),
+        ));
     }
-    if topic == topics::AUTO_CREATE_TEMPLATE {
+    if topic == AUTO_CREATE_TEMPLATE {
         return Some(error(
             command,
             ResponseCode::SystemError,
@@ -94,7 +99,7 @@ pub(super) async fn create_topic(ctx: &ShardCtx, command: &Command) -> Handled {
     };
     match metadata::apply(&ctx.shared, config).await {
         Ok(()) => success(command),
-        Err(reason) => error(command, ResponseCode::SystemError, &reason),
+        Err(reason) => error(command, ResponseCode::SystemError, &reason.to_string()),
     }
 }
 
@@ -112,7 +117,7 @@ pub(super) async fn delete_topic(ctx: &ShardCtx, command: &Command) -> Handled {
     }
     match metadata::delete(&ctx.shared, header.topic).await {
         Ok(()) => success(command),
-        Err(reason) => error(command, ResponseCode::SystemError, &reason),
+        Err(reason) => error(command, ResponseCode::SystemError, &reason.to_string()),
     }
 }
 
@@ -303,8 +308,7 @@ fn with_records<E: ringmq_protocol::EncodeExt>(
     Handled::Reply(Outbound {
         head,
         body: records,
-        is_response: true,
-        code: code.as_i32(),
+        kind: FrameKind::Response(code),
     })
 }
 
@@ -360,7 +364,7 @@ pub(super) async fn query_message(ctx: &ShardCtx, command: &Command) -> Handled 
         );
     }
     let header = QueryMessageResponseHeader {
-        index_last_update_timestamp_ms: crate::now_ms(),
+        index_last_update_timestamp_ms: ringmq_common::now_ms(),
         index_last_update_phyoffset: 0,
     };
     with_records(command, ResponseCode::Success, &header, records)

@@ -12,10 +12,11 @@ use ringmq_protocol::{
         LockBatchResponseBody,
     },
     header::{GetConsumerListByGroupRequestHeader, UnregisterClientRequestHeader},
+    topic::validate_topic,
 };
 
 use super::{Handled, bad_header, error, reply, send::ensure_topic, success};
-use crate::{shard::ShardCtx, shared::Origin, topics};
+use crate::{messages::Origin, shard::context::ShardCtx, topics};
 
 /// Lease of a queue lock (RocketMQ `rocketmq.broker.rebalance.lockMaxLiveTime`: 60 s).
 const LOCK_LEASE: Duration = Duration::from_secs(60);
@@ -26,7 +27,7 @@ pub(super) async fn heartbeat(ctx: &Rc<ShardCtx>, command: &Command, origin: &Or
         Err(err) => return error(command, ResponseCode::SystemError, &err.to_string()),
     };
     for consumer in &data.consumer_data_set {
-        if topics::validate_name(&topics::retry_topic(&consumer.group_name)).is_err() {
+        if validate_topic(&topics::retry_topic(&consumer.group_name)).is_err() {
             return error(
                 command,
                 ResponseCode::SystemError,
@@ -35,7 +36,7 @@ pub(super) async fn heartbeat(ctx: &Rc<ShardCtx>, command: &Command, origin: &Or
         }
         let retry = topics::single_queue_topic(&topics::retry_topic(&consumer.group_name));
         if let Err(reason) = ensure_topic(ctx, retry).await {
-            return error(command, ResponseCode::SystemError, &reason);
+            return error(command, ResponseCode::SystemError, &reason.to_string());
         }
     }
     let channel = origin.channel;

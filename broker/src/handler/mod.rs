@@ -25,13 +25,12 @@ use ringmq_protocol::{
 use ringmq_storage::SHARD_SHIFT;
 
 pub(crate) use admin::query_key_here;
-pub(crate) use offset::apply_master_offsets;
 pub(crate) use send::append_owned;
 
 use crate::{
+    messages::{FrameKind, Origin, Outbound, ShardMessage},
     metrics::RequestKind,
-    shard::ShardCtx,
-    shared::{Origin, Outbound, ShardMessage},
+    shard::context::ShardCtx,
     topics::owner_shard,
 };
 
@@ -83,14 +82,15 @@ pub(crate) async fn run(ctx: Rc<ShardCtx>, command: Command, origin: Origin) {
             Outbound {
                 head: buf,
                 body: Vec::new(),
-                is_response: true,
-                code: ResponseCode::SystemError.as_i32(),
+                kind: FrameKind::Response(ResponseCode::SystemError),
             }
         }
     };
     let metrics = ctx.metrics();
     metrics.request(kind).inc();
-    if is_error(frame.code) {
+    if let FrameKind::Response(code) = frame.kind
+        && is_error(code)
+    {
         metrics.request_errors_total.inc();
     }
     let elapsed = origin.arrived.elapsed();
@@ -274,15 +274,14 @@ pub(crate) fn reply<E: EncodeExt>(
     Handled::Reply(Outbound {
         head,
         body: Vec::new(),
-        is_response: true,
-        code: code.as_i32(),
+        kind: FrameKind::Response(code),
     })
 }
 
 /// Whether a response code reports a failure (pull statuses and "not found" are answers).
-fn is_error(code: i32) -> bool {
+fn is_error(code: ResponseCode) -> bool {
     !matches!(
-        ResponseCode::from_i32(code),
+        code,
         ResponseCode::Success
             | ResponseCode::PullNotFound
             | ResponseCode::PullRetryImmediately

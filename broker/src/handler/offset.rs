@@ -2,7 +2,6 @@
 
 use ringmq_protocol::{
     Command, ResponseCode,
-    body::ConsumerOffsetTable as ConsumerOffsetBody,
     header::{
         GetEarliestMsgStoretimeResponseHeader, OffsetResponseHeader,
         QueryConsumerOffsetRequestHeader, QueueRequestHeader, SearchOffsetRequestHeader,
@@ -11,7 +10,7 @@ use ringmq_protocol::{
 };
 
 use super::{Handled, bad_header, error, reply, success};
-use crate::{shard::ShardCtx, topics::owner_shard};
+use crate::shard::context::ShardCtx;
 
 fn offset_answer(command: &Command, offset: i64) -> Handled {
     reply(
@@ -119,123 +118,5 @@ pub(super) async fn earliest_store_time(ctx: &ShardCtx, command: &Command) -> Ha
             &[],
         ),
         Err(err) => error(command, ResponseCode::SystemError, &err.to_string()),
-    }
-}
-
-/// A slave's metadata sync on this shard: the master's committed offset replaces this shard's
-/// for every queue it owns; returns how many offsets changed.
-///
-/// Offsets the master lacks are kept: the master is the only writer of offsets, but a consumer
-/// may have committed to this slave while the master was down, and forgetting that commit would
-/// rewind the group. Only changed entries are committed, so an unchanged sync leaves the table
-/// clean and the persister idle.
-pub(crate) fn apply_master_offsets(ctx: &ShardCtx, master: &ConsumerOffsetBody) -> usize {
-    let mut changed = 0;
-    for entry in owned_entries(master, ctx.id, ctx.shared.shard_count()) {
-        let current = ctx
-            .offsets
-            .borrow()
-            .query(entry.group, entry.topic, entry.queue_id);
-        if current != Some(entry.offset) {
-            ctx.commit_offset(entry.group, entry.topic, entry.queue_id, entry.offset);
-            changed += 1;
-        }
-    }
-    changed
-}
-
-/// One committed offset of an offset table, its `"topic@group"` key split.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct OffsetEntry<'a> {
-    topic: &'a str,
-    group: &'a str,
-    queue_id: i32,
-    offset: i64,
-}
-
-/// The entries of `table` for the queues shard `shard` of `shards` owns. A key without `@` names
-/// no group and is skipped. Splitting at the first `@` is exact even for a group name holding
-/// `@`: the offset table joins the parts again into the same key.
-fn owned_entries(
-    table: &ConsumerOffsetBody,
-    shard: usize,
-    shards: usize,
-) -> impl Iterator<Item = OffsetEntry<'_>> {
-    table
-        .offset_table
-        .iter()
-        .filter_map(|(key, queues)| key.split_once('@').map(|parts| (parts, queues)))
-        .flat_map(|((topic, group), queues)| {
-            queues.iter().map(move |(&queue_id, &offset)| OffsetEntry {
-                topic,
-                group,
-                queue_id,
-                offset,
-            })
-        })
-        .filter(move |entry| owner_shard(entry.topic, entry.queue_id, shards) == shard)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use super::*;
-
-    fn table(entries: &[(&str, &[(i32, i64)])]) -> ConsumerOffsetBody {
-        ConsumerOffsetBody {
-            offset_table: entries
-                .iter()
-                .map(|(key, queues)| ((*key).to_owned(), queues.iter().copied().collect()))
-                .collect::<BTreeMap<_, _>>(),
-        }
-    }
-
-    #[test]
-    fn every_entry_goes_to_exactly_its_owner_shard() {
-        let master = table(&[
-            ("Orders@billing", &[(0, 5), (1, 7), (2, 9), (3, 11)]),
-            ("Orders@audit", &[(0, 1)]),
-            ("%RETRY%billing@billing", &[(0, 3)]),
-        ]);
-        let shards = 3;
-        let mut seen = Vec::new();
-        for shard in 0..shards {
-            for entry in owned_entries(&master, shard, shards) {
-                assert_eq!(owner_shard(entry.topic, entry.queue_id, shards), shard);
-                seen.push(entry);
-            }
-        }
-        seen.sort_by_key(|e| (e.topic, e.group, e.queue_id));
-        let expected = [
-            ("%RETRY%billing", "billing", 0, 3),
-            ("Orders", "audit", 0, 1),
-            ("Orders", "billing", 0, 5),
-            ("Orders", "billing", 1, 7),
-            ("Orders", "billing", 2, 9),
-            ("Orders", "billing", 3, 11),
-        ]
-        .map(|(topic, group, queue_id, offset)| OffsetEntry {
-            topic,
-            group,
-            queue_id,
-            offset,
-        });
-        assert_eq!(seen, expected);
-    }
-
-    #[test]
-    fn keys_split_at_the_first_at_sign_and_keys_without_one_are_skipped() {
-        let master = table(&[("t@g@x", &[(0, 4)]), ("no-group", &[(0, 9)])]);
-        let entries: Vec<_> = owned_entries(&master, 0, 1).collect();
-        assert_eq!(
-            entries,
-            [OffsetEntry {
-                topic: "t",
-                group: "g@x",
-                queue_id: 0,
-                offset: 4
-            }]
-        );
     }
 }

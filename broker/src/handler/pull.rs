@@ -17,8 +17,8 @@ use crate::{
     clients::Filter,
     config::BrokerRole,
     longpoll::Wake,
-    shard::ShardCtx,
-    shared::{Origin, Outbound},
+    messages::{FrameKind, Origin, Outbound},
+    shard::context::ShardCtx,
 };
 
 /// Most messages one pull returns (RocketMQ `maxTransferCountOnMessageInMemory`).
@@ -270,7 +270,6 @@ fn respond(ctx: &ShardCtx, command: &Command, requested: i64, result: ReadResult
     Handled::Reply(Outbound {
         head,
         body: result.records,
-        is_response: true,
-        code: code.as_i32(),
+        kind: FrameKind::Response(code),
     })
 }

@@ -14,16 +14,18 @@ use ringmq_protocol::{
         BatchIter, MessageMagic, OffsetMessageId, Properties, PropertiesWriter, StoredRecord,
         properties::{NAME_VALUE_SEPARATOR, PROPERTY_SEPARATOR, keys},
     },
+    topic::{RETRY_PREFIX, validate_topic},
 };
 use ringmq_storage::{AppendResult, StoreError};
 
 use super::{Handled, bad_header, error, forward, reply};
 use crate::{
     config::BrokerRole,
+    error::{AppendError, TopicEditError},
     ha::shard_side::wait_for_slave,
+    messages::{Appended, Origin, OwnedRecord, ShardMessage},
     metadata,
-    shard::ShardCtx,
-    shared::{Origin, OwnedRecord, ShardMessage},
+    shard::context::ShardCtx,
     topics::{self, QueueLayout, owner_shard},
 };
 
@@ -61,13 +63,12 @@ async fn create_on_send(
     template: &str,
     requested_queues: i32,
 ) -> Result<QueueLayout, Handled> {
-    let creatable =
-        if ctx.shared.config.auto_create_topic || topic.starts_with(topics::RETRY_PREFIX) {
-            let snapshot = ctx.topics();
-            topics::auto_create_config(&snapshot, topic, template, requested_queues)
-        } else {
-            None
-        };
+    let creatable = if ctx.shared.config.auto_create_topic || topic.starts_with(RETRY_PREFIX) {
+        let snapshot = ctx.topics();
+        topics::auto_create_config(&snapshot, topic, template, requested_queues)
+    } else {
+        None
+    };
     let Some(config) = creatable else {
         return Err(error(
             command,
@@ -77,14 +78,14 @@ async fn create_on_send(
     };
     ensure_topic(ctx, config)
         .await
-        .map_err(|reason| error(command, ResponseCode::SystemError, &reason))
+        .map_err(|reason| error(command, ResponseCode::SystemError, &reason.to_string()))
 }
 
 /// Creates `config` unless its topic exists; returns the topic's config.
 pub(super) async fn ensure_topic(
     ctx: &ShardCtx,
     config: TopicConfig,
-) -> Result<QueueLayout, String> {
+) -> Result<QueueLayout, TopicEditError> {
     if let Some(existing) = ctx
         .topics
         .with(&ctx.shared.topics, |t| t.layout(&config.topic_name))
@@ -95,7 +96,7 @@ pub(super) async fn ensure_topic(
     metadata::apply(&ctx.shared, config).await?;
     ctx.topics
         .with(&ctx.shared.topics, |t| t.layout(&name))
-        .ok_or_else(|| format!("topic[{name}] was not created"))
+        .ok_or(TopicEditError::NotCreated(name))
 }
 
 pub(super) async fn send(ctx: &Rc<ShardCtx>, mut command: Command, origin: &Origin) -> Handled {
@@ -113,8 +114,8 @@ pub(super) async fn send(ctx: &Rc<ShardCtx>, mut command: Command, origin: &Orig
             "the broker is a slave: send messages to its master",
         );
     }
-    if let Err(reason) = topics::validate_name(header.topic) {
-        return error(&command, ResponseCode::SystemError, &reason);
+    if let Err(invalid) = validate_topic(header.topic) {
+        return error(&command, ResponseCode::SystemError, &invalid.to_string());
     }
     if !topics::is_send_allowed(header.topic) {
         return error(
@@ -197,7 +198,7 @@ async fn store_send(
 ) -> Handled {
     let config = &ctx.shared.config;
     // A retry topic message that has used up its attempts goes to the dead-letter topic.
-    if let Some(group) = header.topic.strip_prefix(topics::RETRY_PREFIX) {
+    if let Some(group) = header.topic.strip_prefix(RETRY_PREFIX) {
         let max = header
             .max_reconsume_times
             .unwrap_or(DEFAULT_MAX_RECONSUME_TIMES);
@@ -485,31 +486,31 @@ async fn dead_letter_send(
             };
             reply(command, ResponseCode::Success, None, &header, &[])
         }
-        Err(reason) => error(command, ResponseCode::SystemError, &reason),
+        Err(reason) => error(command, ResponseCode::SystemError, &reason.to_string()),
     }
 }
 
 /// Creates the record's topic if needed (one queue) and appends it on the shard owning its
 /// queue. Returns (queue offset, physical offset).
-async fn store_elsewhere(ctx: &ShardCtx, record: OwnedRecord) -> Result<(u64, i64), String> {
+async fn store_elsewhere(ctx: &ShardCtx, record: OwnedRecord) -> Result<Appended, AppendError> {
     ensure_topic(ctx, topics::single_queue_topic(&record.topic)).await?;
     let owner = owner_shard(&record.topic, record.queue_id, ctx.shared.shard_count());
     let (reply, answer) = flume::bounded(1);
     ctx.shared.inboxes[owner]
         .send_async(ShardMessage::Append { record, reply })
         .await
-        .map_err(|_| "the broker is stopping".to_owned())?;
+        .map_err(|_| AppendError::Stopping)?;
     answer
         .recv_async()
         .await
-        .map_err(|_| "the broker is stopping".to_owned())?
+        .map_err(|_| AppendError::Stopping)?
 }
 
 /// Appends a record another shard built (runs on the owner of its queue).
 pub(crate) async fn append_owned(
     ctx: Rc<ShardCtx>,
     record: OwnedRecord,
-    reply: flume::Sender<Result<(u64, i64), String>>,
+    reply: flume::Sender<Result<Appended, AppendError>>,
 ) {
     let stored = StoredRecord {
         magic: MessageMagic::for_topic(&record.topic),
@@ -535,7 +536,7 @@ pub(crate) async fn append_owned(
             ctx.metrics().messages_stored_total.inc();
             Ok((appended.queue_offset, appended.physical_offset as i64))
         }
-        Err(err) => Err(err.to_string()),
+        Err(err) => Err(AppendError::Store(err)),
     };
     let _ = reply.send(result);
 }
@@ -614,7 +615,7 @@ pub(super) async fn send_back(ctx: &ShardCtx, command: &Command) -> Handled {
     };
     match store_elsewhere(ctx, record).await {
         Ok(_) => super::success(command),
-        Err(reason) => error(command, ResponseCode::SystemError, &reason),
+        Err(reason) => error(command, ResponseCode::SystemError, &reason.to_string()),
     }
 }
 

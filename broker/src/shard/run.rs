@@ -1,41 +1,32 @@
-//! A shard: one OS thread pinned to a core, with its own compio runtime, listeners, commit log,
-//! consume queues, consumer offsets, parked pulls and connections (docs/architecture.md §3).
-//!
-//! Everything here is `!Send` and reached through `Rc<ShardCtx>`; other threads talk to a shard
-//! only through its inbox ([`ShardMessage`]).
+//! A shard's thread: builds its runtime, opens its store, starts its tasks (accept, offset
+//! persister, client scan, gauges, HA), then serves its inbox until the broker closes it
+//! (docs/architecture.md §3). The state those tasks share is `super::context::ShardCtx`.
 
 use std::{
-    cell::{Cell, RefCell},
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     net::TcpListener as StdListener,
-    path::PathBuf,
+    path::{Path, PathBuf},
     rc::Rc,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use compio::net::TcpListener;
-use ringmq_protocol::{
-    CommandHead, RequestCode, encode_frame_head, header::NotifyConsumerIdsChangedRequestHeader,
-};
 use ringmq_storage::{
-    MessageStore, StoreConfig,
+    LogWatch, MessageStore, StoreConfig,
     io::UringStorage,
     metadata::{ConsumerOffsetTable, MetadataFile},
-    signal::Signal,
 };
 
+use super::{connection_io, context::ShardCtx};
 use crate::{
-    clients::SubscriptionTable,
-    config::IoDriver,
-    connection::{self, Connection},
+    config::{BrokerRole, IoDriver},
+    error::ShardStartError,
+    ha::{shard_side, slave::ReplicaCommand},
     handler,
-    longpoll::LongPoll,
+    messages::{ShardMessage, TopicChange},
     metadata,
-    metrics::ShardMetrics,
-    published::LocalView,
-    shared::{BrokerShared, Outbound, ShardMessage, TopicChange},
-    topics::TopicSnapshot,
+    shared::BrokerShared,
 };
 
 /// How often consumer offsets are saved (RocketMQ `flushConsumerOffsetInterval`: 5 s).
@@ -44,102 +35,6 @@ const OFFSET_PERSIST_INTERVAL: Duration = Duration::from_secs(5);
 const CLIENT_SCAN_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a graceful stop waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The state of one shard.
-pub(crate) struct ShardCtx {
-    pub id: usize,
-    pub shared: Arc<BrokerShared>,
-    pub store: MessageStore<UringStorage>,
-    /// Committed consumer offsets of the queues this shard owns (queries and commits of a
-    /// queue are routed to its owner, so this is the only copy).
-    pub offsets: RefCell<ConsumerOffsetTable<UringStorage>>,
-    offsets_dirty: Cell<bool>,
-    pub topics: LocalView<TopicSnapshot>,
-    pub subscriptions: LocalView<SubscriptionTable>,
-    pub connections: RefCell<HashMap<u64, Rc<Connection>>>,
-    next_connection: Cell<u64>,
-    pub longpoll: LongPoll,
-    /// Rotates the queue picked for sends that leave the choice to the broker.
-    pub queue_cursor: Cell<u32>,
-    stopping: Cell<bool>,
-    stop: Signal,
-    /// SYNC_MASTER sends waiting for a slave to hold their bytes.
-    pub slave_waiters: ringmq_storage::ack::AckQueue,
-}
-
-impl std::fmt::Debug for ShardCtx {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShardCtx")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ShardCtx {
-    pub(crate) fn metrics(&self) -> &ShardMetrics {
-        &self.shared.metrics.shards[self.id]
-    }
-
-    pub(crate) fn next_connection_id(&self) -> u64 {
-        let id = self.next_connection.get();
-        self.next_connection.set(id + 1);
-        id
-    }
-
-    pub(crate) fn stopping(&self) -> bool {
-        self.stopping.get()
-    }
-
-    /// Largest request frame: a message of the maximum size plus generous room for headers.
-    pub(crate) fn max_frame_bytes(&self) -> usize {
-        self.shared.config.max_message_bytes + (1 << 20)
-    }
-
-    pub(crate) fn topics(&self) -> Arc<TopicSnapshot> {
-        self.topics.get(&self.shared.topics)
-    }
-
-    pub(crate) fn commit_offset(&self, group: &str, topic: &str, queue_id: i32, offset: i64) {
-        self.offsets
-            .borrow_mut()
-            .commit(group, topic, queue_id, offset);
-        self.offsets_dirty.set(true);
-    }
-
-    /// Hands a frame to one of this shard's connections.
-    pub(crate) fn deliver_local(&self, connection: u64, frame: Outbound) {
-        let target = self.connections.borrow().get(&connection).cloned();
-        if let Some(target) = target {
-            target.send(frame);
-        }
-    }
-
-    /// Writes NOTIFY_CONSUMER_IDS_CHANGED (oneway) on one of this shard's connections.
-    fn notify_consumer_ids_changed(&self, connection: u64, group: &str) {
-        let target = self.connections.borrow().get(&connection).cloned();
-        let Some(target) = target else { return };
-        let head = CommandHead::oneway(
-            RequestCode::NotifyConsumerIdsChanged,
-            target.next_opaque(),
-            target.serialize_type.get(),
-        );
-        let mut frame = bytes::BytesMut::with_capacity(128);
-        encode_frame_head(
-            &head,
-            &NotifyConsumerIdsChangedRequestHeader {
-                consumer_group: group,
-            },
-            0,
-            &mut frame,
-        );
-        target.send(Outbound {
-            head: frame,
-            body: Vec::new(),
-            is_response: false,
-            code: RequestCode::NotifyConsumerIdsChanged.as_i32(),
-        });
-    }
-}
 
 /// What a shard thread is started with.
 pub(crate) struct ShardSetup {
@@ -151,9 +46,9 @@ pub(crate) struct ShardSetup {
     pub topic_changes: Option<flume::Receiver<TopicChange>>,
     pub core: Option<usize>,
     /// Slaves: the replica commands of this shard's HA thread.
-    pub replica_commands: Option<flume::Receiver<crate::ha::slave::ReplicaCommand>>,
+    pub replica_commands: Option<flume::Receiver<ReplicaCommand>>,
     /// Where the shard reports it serves, with its log's marks (for the HA threads).
-    pub ready: std::sync::mpsc::Sender<Result<Arc<ringmq_storage::LogWatch>, String>>,
+    pub ready: std::sync::mpsc::Sender<Result<Arc<LogWatch>, ShardStartError>>,
     /// Where the shard reports that its connections drained after [`ShardMessage::Stop`].
     pub drained: std::sync::mpsc::Sender<usize>,
 }
@@ -165,7 +60,7 @@ pub(crate) fn run(setup: ShardSetup) {
     let runtime = match build_runtime(setup.shared.config.io_driver, setup.core) {
         Ok(runtime) => runtime,
         Err(err) => {
-            let _ = ready.send(Err(format!("cannot start the shard's runtime: {err}")));
+            let _ = ready.send(Err(ShardStartError::Runtime(err)));
             return;
         }
     };
@@ -217,12 +112,12 @@ pub(crate) fn store_config(shared: &BrokerShared, id: usize) -> StoreConfig {
 }
 
 /// Directory of shard `id`'s store.
-pub(crate) fn shard_dir(store_dir: &std::path::Path, id: usize) -> PathBuf {
+pub(crate) fn shard_dir(store_dir: &Path, id: usize) -> PathBuf {
     store_dir.join(format!("shard-{id}"))
 }
 
 #[allow(clippy::too_many_lines)] // start, serve, drain, stop: one sequence read top to bottom
-async fn serve(setup: ShardSetup) -> Result<(), String> {
+async fn serve(setup: ShardSetup) -> Result<(), ShardStartError> {
     let ShardSetup {
         id,
         shared,
@@ -241,11 +136,11 @@ async fn serve(setup: ShardSetup) -> Result<(), String> {
     };
     let store = MessageStore::open(storage, store_config(&shared, id))
         .await
-        .map_err(|e| format!("cannot open the store: {e}"))?;
+        .map_err(ShardStartError::OpenStore)?;
     let offsets_path = shard_dir(&shared.config.store_dir, id).join("consumerOffset.json");
     let offsets = ConsumerOffsetTable::open(UringStorage::new(), &offsets_path)
         .await
-        .map_err(|e| format!("cannot load consumer offsets: {e}"))?;
+        .map_err(ShardStartError::LoadOffsets)?;
     let mut metadata_task = None;
     if let Some(changes) = topic_changes {
         let table = metadata::open_topics(&shared).await?;
@@ -256,35 +151,20 @@ async fn serve(setup: ShardSetup) -> Result<(), String> {
         )));
     }
     let mut tasks = Vec::new();
-    let ctx = Rc::new(ShardCtx {
-        id,
-        topics: LocalView::new(&shared.topics),
-        subscriptions: LocalView::new(&shared.subscriptions),
-        shared,
-        store,
-        offsets: RefCell::new(offsets),
-        offsets_dirty: Cell::new(false),
-        connections: RefCell::new(HashMap::new()),
-        next_connection: Cell::new(1),
-        longpoll: LongPoll::default(),
-        queue_cursor: Cell::new(id as u32),
-        stopping: Cell::new(false),
-        stop: Signal::default(),
-        slave_waiters: ringmq_storage::ack::AckQueue::default(),
-    });
+    let ctx = Rc::new(ShardCtx::new(id, shared, store, offsets));
     if let Some(commands) = replica_commands {
-        tasks.push(compio::runtime::spawn(
-            crate::ha::shard_side::serve_replica(Rc::clone(&ctx), commands),
-        ));
+        tasks.push(compio::runtime::spawn(shard_side::serve_replica(
+            Rc::clone(&ctx),
+            commands,
+        )));
     }
-    if ctx.shared.config.broker_role == crate::config::BrokerRole::SyncMaster {
-        tasks.push(compio::runtime::spawn(
-            crate::ha::shard_side::recheck_waiters(Rc::clone(&ctx)),
-        ));
+    if ctx.shared.config.broker_role == BrokerRole::SyncMaster {
+        tasks.push(compio::runtime::spawn(shard_side::recheck_waiters(
+            Rc::clone(&ctx),
+        )));
     }
     for listener in listeners {
-        let listener = TcpListener::from_std(listener)
-            .map_err(|e| format!("cannot register a listener: {e}"))?;
+        let listener = TcpListener::from_std(listener).map_err(ShardStartError::Listener)?;
         tasks.push(compio::runtime::spawn(accept_loop(
             Rc::clone(&ctx),
             listener,
@@ -318,16 +198,15 @@ async fn serve(setup: ShardSetup) -> Result<(), String> {
                 compio::runtime::spawn(handler::query_key_here(Rc::clone(&ctx), query, reply))
                     .detach();
             }
-            ShardMessage::ReplicaAcked => crate::ha::shard_side::replica_acked(&ctx),
+            ShardMessage::ReplicaAcked => shard_side::replica_acked(&ctx),
             ShardMessage::CollectOffsets { reply } => {
                 let _ = reply.send(ctx.offsets.borrow().to_body());
             }
             ShardMessage::ApplyMasterOffsets { offsets, reply } => {
-                let _ = reply.send(handler::apply_master_offsets(&ctx, &offsets));
+                let _ = reply.send(ctx.apply_master_offsets(&offsets));
             }
             ShardMessage::Stop => {
-                ctx.stopping.set(true);
-                ctx.stop.notify();
+                ctx.begin_stop();
                 tasks.clear();
                 drain_watch = Some(compio::runtime::spawn(report_drained(
                     Rc::clone(&ctx),
@@ -369,7 +248,8 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
                 if ctx.stopping() {
                     return;
                 }
-                compio::runtime::spawn(connection::serve(Rc::clone(&ctx), stream, peer)).detach();
+                compio::runtime::spawn(connection_io::serve(Rc::clone(&ctx), stream, peer))
+                    .detach();
             }
             Err(err) => {
                 // EMFILE and friends: keep serving the connections we have.
@@ -387,12 +267,12 @@ async fn persist_offsets_loop(ctx: Rc<ShardCtx>, path: PathBuf) {
     let mut file = MetadataFile::new(UringStorage::new(), path);
     loop {
         compio::time::sleep(OFFSET_PERSIST_INTERVAL).await;
-        if !ctx.offsets_dirty.replace(false) {
+        if !ctx.take_offsets_dirty() {
             continue;
         }
         let body = ctx.offsets.borrow().to_body();
         if let Err(err) = file.store(&body).await {
-            ctx.offsets_dirty.set(true);
+            ctx.mark_offsets_dirty();
             tracing::error!(shard = ctx.id, %err, "cannot save consumer offsets; will retry");
         }
     }
@@ -428,7 +308,7 @@ async fn gauges_loop(ctx: Rc<ShardCtx>) {
         metrics
             .cross_shard_queue_depth
             .set(ctx.shared.inboxes[ctx.id].len() as i64);
-        let lag = crate::ha::replica_lag(&ctx.shared, ctx.id, ctx.store.watch().written());
+        let lag = ctx.shared.replica_lag(ctx.id, ctx.store.watch().written());
         metrics.replica_slaves.set(lag.slaves as i64);
         metrics.replica_lag_bytes.set(lag.bytes as i64);
         metrics.replica_lag_ms.set(lag.ms as i64);
