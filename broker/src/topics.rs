@@ -15,15 +15,6 @@ use ringmq_protocol::{
     topic::{AUTO_CREATE_TEMPLATE, DLQ_PREFIX, RETRY_PREFIX},
 };
 
-/// Topics clients may not send to: the broker's own internal queues.
-const NOT_ALLOWED_SEND: [&str; 5] = [
-    AUTO_CREATE_TEMPLATE,
-    "SCHEDULE_TOPIC_XXXX",
-    "RMQ_SYS_TRANS_HALF_TOPIC",
-    "RMQ_SYS_TRANS_OP_HALF_TOPIC",
-    "RMQ_SYS_TRACE_TOPIC",
-];
-
 /// What the data path needs of a topic's config: copied out of the snapshot without allocating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueLayout {
@@ -69,11 +60,6 @@ impl TopicSnapshot {
                 .collect(),
         }
     }
-}
-
-/// Whether clients may send to `topic` directly.
-pub fn is_send_allowed(topic: &str) -> bool {
-    !NOT_ALLOWED_SEND.contains(&topic)
 }
 
 /// The retry topic of a consumer group.

@@ -14,7 +14,7 @@ use ringmq_protocol::{
         BatchIter, MessageMagic, OffsetMessageId, Properties, PropertiesWriter, StoredRecord,
         properties::{NAME_VALUE_SEPARATOR, PROPERTY_SEPARATOR, keys},
     },
-    topic::{RETRY_PREFIX, validate_topic},
+    topic::{RETRY_PREFIX, is_send_allowed, validate_topic},
 };
 use ringmq_storage::{AppendResult, StoreError};
 
@@ -117,7 +117,7 @@ pub(super) async fn send(ctx: &Rc<ShardCtx>, mut command: Command, origin: &Orig
     if let Err(invalid) = validate_topic(header.topic) {
         return error(&command, ResponseCode::SystemError, &invalid.to_string());
     }
-    if !topics::is_send_allowed(header.topic) {
+    if !is_send_allowed(header.topic) {
         return error(
             &command,
             ResponseCode::NoPermission,
