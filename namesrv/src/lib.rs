@@ -16,5 +16,6 @@
 pub mod registry;
 mod server;
 mod service;
+mod state;
 
 pub use server::{NameServer, NamesrvConfig};

@@ -3,133 +3,24 @@
 //! queries run without waiting for registrations.
 
 use std::{
-    collections::HashMap,
     io,
     net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream},
-    sync::{
-        Arc, Mutex, RwLock,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
+    sync::Arc,
     thread::JoinHandle,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use compio::{
     BufResult,
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
-use ringmq_protocol::{FrameCodec, body, frame::DEFAULT_MAX_FRAME_BYTES};
+use ringmq_protocol::FrameCodec;
 
-use crate::registry::{Changed, ConnectionId, Registry};
-
-/// NameServer settings (docs/operations.md).
-#[derive(Debug, Clone)]
-pub struct NamesrvConfig {
-    /// Address to listen on (RocketMQ's default port is 9876).
-    pub listen: SocketAddr,
-    /// How often silent brokers are looked for (RocketMQ: 10 s).
-    pub scan_interval: Duration,
-    /// How long a broker may stay silent before it is removed (RocketMQ: 120 s).
-    pub broker_expiry: Duration,
-    /// Threads serving connections.
-    pub workers: usize,
-    /// Largest frame accepted (a registration of 10,000 topics is ~2 MiB).
-    pub max_frame_bytes: usize,
-}
-
-impl Default for NamesrvConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 9876)),
-            scan_interval: Duration::from_secs(10),
-            broker_expiry: Duration::from_secs(120),
-            workers: 2,
-            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
-        }
-    }
-}
-
-/// Encoded route bodies by topic, replaced whole on every route change. Readers clone the `Arc`
-/// under a read lock held for nanoseconds and never wait for a registration being processed.
-#[derive(Debug, Default)]
-pub(crate) struct RouteSnapshot {
-    pub routes: HashMap<Arc<str>, Bytes>,
-}
-
-/// State shared by the worker threads and the scanner.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub config: NamesrvConfig,
-    pub registry: Mutex<Registry>,
-    pub routes: RwLock<Arc<RouteSnapshot>>,
-    next_connection: AtomicU64,
-    stop: AtomicBool,
-}
-
-impl Shared {
-    /// The current route snapshot.
-    pub fn routes(&self) -> Arc<RouteSnapshot> {
-        match self.routes.read() {
-            Ok(guard) => Arc::clone(&guard),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
-    }
-
-    /// Locks the registry (a panic while holding it cannot leave it half-updated in a way that
-    /// matters more than stopping the NameServer would, so poison is ignored).
-    pub fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
-        self.registry
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Re-encodes the routes of `changed` topics into a new snapshot. Called with the registry
-    /// locked, so snapshots are published in registry order.
-    pub fn publish(&self, registry: &Registry, changed: &Changed) {
-        if changed.is_empty() {
-            return;
-        }
-        let mut routes = self.routes().routes.clone();
-        for topic in changed {
-            match registry.route(topic) {
-                Some(route) => {
-                    routes.insert(Arc::from(topic.as_str()), Bytes::from(body::to_vec(&route)));
-                }
-                None => {
-                    routes.remove(topic.as_str());
-                }
-            }
-        }
-        let snapshot = Arc::new(RouteSnapshot { routes });
-        match self.routes.write() {
-            Ok(mut guard) => *guard = snapshot,
-            Err(poisoned) => *poisoned.into_inner() = snapshot,
-        }
-    }
-
-    fn connection_closed(&self, connection: ConnectionId) {
-        let mut registry = self.registry();
-        let (removed, changed) = registry.connection_closed(connection);
-        self.publish(&registry, &changed);
-        drop(registry);
-        for addr in removed {
-            tracing::info!(broker = %addr, "broker connection closed; removed from routes");
-        }
-    }
-
-    fn scan(&self) {
-        let mut registry = self.registry();
-        let (removed, changed) = registry.expire(Instant::now(), self.config.broker_expiry);
-        self.publish(&registry, &changed);
-        drop(registry);
-        for addr in removed {
-            tracing::warn!(broker = %addr, expiry_ms = self.config.broker_expiry.as_millis() as u64,
-                "broker silent past expiry; removed from routes");
-        }
-    }
-}
+use crate::registry::ConnectionId;
+pub use crate::state::NamesrvConfig;
+use crate::state::Shared;
 
 /// A running NameServer. Dropping it (or [`NameServer::shutdown`]) stops it.
 #[derive(Debug)]
@@ -144,13 +35,7 @@ impl NameServer {
     pub fn start(config: NamesrvConfig) -> io::Result<Self> {
         let listener = StdListener::bind(config.listen)?;
         let local_addr = listener.local_addr()?;
-        let shared = Arc::new(Shared {
-            registry: Mutex::new(Registry::default()),
-            routes: RwLock::new(Arc::default()),
-            next_connection: AtomicU64::new(1),
-            stop: AtomicBool::new(false),
-            config,
-        });
+        let shared = Arc::new(Shared::new(config));
         let mut threads = Vec::new();
         for worker in 0..shared.config.workers.max(1) {
             let listener = listener.try_clone()?;
@@ -166,9 +51,9 @@ impl NameServer {
             std::thread::Builder::new()
                 .name("namesrv-scan".into())
                 .spawn(move || {
-                    while !scanner.stop.load(Ordering::Acquire) {
+                    while !scanner.is_stopping() {
                         std::thread::park_timeout(scanner.config.scan_interval);
-                        if scanner.stop.load(Ordering::Acquire) {
+                        if scanner.is_stopping() {
                             break;
                         }
                         scanner.scan();
@@ -194,7 +79,7 @@ impl NameServer {
     }
 
     fn stop(&mut self) {
-        if self.shared.stop.swap(true, Ordering::AcqRel) {
+        if self.shared.request_stop() {
             return;
         }
         // Wake each accept loop with a connection it will see the stop flag on.
@@ -238,12 +123,12 @@ fn run_worker(shared: &Arc<Shared>, listener: StdListener) {
         };
         loop {
             let accepted = listener.accept().await;
-            if shared.stop.load(Ordering::Acquire) {
+            if shared.is_stopping() {
                 return;
             }
             match accepted {
                 Ok((stream, peer)) => {
-                    let connection = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+                    let connection = shared.next_connection_id();
                     let shared = Arc::clone(shared);
                     compio::runtime::spawn(async move {
                         serve(&shared, stream, peer, connection).await;

@@ -18,7 +18,7 @@ use ringmq_protocol::{
 
 use crate::{
     registry::{ConnectionId, Registration},
-    server::Shared,
+    state::Shared,
 };
 
 /// KV namespace whose table REGISTER_BROKER returns (RocketMQ's ordered-topic configuration).

@@ -22,14 +22,7 @@ use crate::{DecodeError, FrameError, SerializeType};
 /// Default frame limit: 16 MiB including the 4-byte length prefix, as the Java servers enforce.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
-/// Bytes of the total-length prefix.
-pub const LENGTH_PREFIX_BYTES: usize = 4;
-
-/// Bytes of the header marker that follows the length prefix.
-pub const HEADER_MARKER_BYTES: usize = 4;
-
-/// The smallest possible frame: a length prefix and a marker with an empty header.
-pub const MIN_FRAME_BYTES: usize = LENGTH_PREFIX_BYTES + HEADER_MARKER_BYTES;
+pub use crate::layout::{HEADER_MARKER_BYTES, LENGTH_PREFIX_BYTES, MIN_FRAME_BYTES};
 
 /// Where the parts of a complete, buffered frame lie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -52,6 +52,7 @@ pub mod error;
 pub mod ext;
 pub mod frame;
 pub mod header;
+mod layout;
 pub mod message;
 pub mod topic;
 

@@ -6,36 +6,14 @@ use std::time::Duration;
 
 use super::Producer;
 use super::fault;
+use super::settings::{DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_OUTSTANDING_SENDS, ProducerSettings};
 use super::state::{self, ProducerShared};
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
 use crate::instance::ClientInstance;
 
-/// Java's `maxMessageSize`: 4 MiB.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 << 20;
-/// Java's async-send permits (`semaphoreAsyncSendNum`): 65 535.
-pub const DEFAULT_MAX_OUTSTANDING_SENDS: usize = 65_535;
 /// Java's producer group length limit.
 const MAX_GROUP_BYTES: usize = 255;
-
-/// What a producer needs on every send; fixed at build time.
-#[derive(Debug, Clone)]
-pub(crate) struct ProducerSettings {
-    /// Producer group, announced in heartbeats and sent with every message.
-    pub group: String,
-    /// Budget of one send, retries included.
-    pub send_timeout: Duration,
-    /// Extra attempts after the first failed one (sends with failover only).
-    pub retries: u32,
-    /// Whether slow or failed brokers are avoided for a while.
-    pub fault_avoidance: bool,
-    /// Latency tiers of the fault tracker: (latency at least, then unavailable for).
-    pub fault_tiers: Vec<(Duration, Duration)>,
-    /// Largest body (or encoded batch body) accepted.
-    pub max_message_bytes: usize,
-    /// Most sends of this producer handed to the I/O thread and not finished yet.
-    pub max_outstanding_sends: usize,
-}
 
 /// Builds a [`Producer`]. Defaults: group `DEFAULT_PRODUCER`, send timeout 3 s, 2 retries,
 /// latency fault avoidance on (Java's tiers), 4 MiB message limit, and a client instance of its

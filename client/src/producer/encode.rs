@@ -18,7 +18,7 @@ use ringmq_protocol::{
     Command, CommandHead, RequestCode, ResponseCode, encode_frame, encode_frame_head,
 };
 
-use super::builder::ProducerSettings;
+use super::settings::ProducerSettings;
 use super::state::ProducerState;
 use crate::error::{ClientError, Result};
 use crate::message::{Message, MessageQueue, SendResult, SendStatus};

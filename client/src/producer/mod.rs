@@ -37,6 +37,7 @@ mod failover;
 mod fault;
 mod select;
 mod send;
+mod settings;
 mod state;
 mod unique_id;
 mod validate;
@@ -44,7 +45,8 @@ mod validate;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-pub use builder::{DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_OUTSTANDING_SENDS, ProducerBuilder};
+pub use builder::ProducerBuilder;
+pub use settings::{DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_OUTSTANDING_SENDS};
 
 #[cfg(doc)]
 use crate::error::ClientError;

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use ringmq_protocol::message::properties::MAX_PROPERTIES_BYTES;
 
-use super::builder::ProducerSettings;
 use super::fault::{FaultTracker, Outcome};
 use super::select::select_queue;
+use super::settings::ProducerSettings;
 use super::unique_id::UniqueIdGenerator;
 use crate::error::{ClientError, Result};
 use crate::instance::IoContext;

@@ -4,8 +4,8 @@
 use ringmq_protocol::message::properties::{MAX_PROPERTIES_BYTES, keys};
 use ringmq_protocol::topic::{self, ShownTopic};
 
-use super::builder::ProducerSettings;
 use super::encode::Single;
+use super::settings::ProducerSettings;
 use super::state::ProducerState;
 use crate::error::{ClientError, Result};
 use crate::message::Message;

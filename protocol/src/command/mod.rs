@@ -12,8 +12,8 @@ mod json;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::ext::{EncodeExt, ExtFields};
-use crate::frame::{HEADER_MARKER_BYTES, LENGTH_PREFIX_BYTES};
 use crate::header::FromExt;
+use crate::layout::{HEADER_MARKER_BYTES, LENGTH_PREFIX_BYTES};
 use crate::{FieldError, HeaderError, LanguageCode, RequestCode, ResponseCode, SerializeType};
 
 /// `flag` bit 0: the command is a response.
