@@ -34,21 +34,30 @@
 //!   [`StoreError::DiskFull`], reads go on, and appends resume by themselves once usage falls.
 
 pub mod ack;
+mod checkpoint;
 mod commitlog;
 mod config;
 mod consume_queue;
 mod error;
+mod files;
 pub mod format;
 pub mod io;
+mod log_reader;
 pub mod metadata;
+mod queues;
 mod recovery;
-mod replica;
-mod retention;
 pub mod signal;
+mod state;
 mod store;
+mod watch;
 
 pub use config::{FlushMode, MAX_SHARD, SHARD_SHIFT, StoreConfig};
 pub use error::StoreError;
-pub use replica::{ChunkRun, LogReadError, LogReader, LogWatch, Mark};
-pub use retention::RetentionReport;
-pub use store::{AppendResult, MessageStore, QueueOffsets, ReadRequest, ReadResult, ReadStatus};
+pub use log_reader::{ChunkRun, LogReadError, LogReader};
+pub use store::{
+    MessageStore,
+    append::AppendResult,
+    read::{QueueOffsets, ReadRequest, ReadResult, ReadStatus},
+    retention::RetentionReport,
+};
+pub use watch::{LogWatch, Mark};
