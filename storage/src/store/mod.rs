@@ -1,19 +1,19 @@
 //! [`MessageStore`]: one shard's store. This file holds the handle, what its parts share
 //! ([`Inner`]) and the few steps every part needs (failing the log, preparing the next
-//! segment); each concern has its own file:
+//! segment); each concern has its own file, listed so that each uses only this file and files
+//! before it in the list (nothing calls back):
 //!
-//! - `append`: appends, from records to an acknowledgement.
 //! - `flush`: the writer and flusher tasks that move appended bytes to the files and to disk,
 //!   and the waits on their progress.
 //! - `read`: reads, lookups and the store's physical view.
-//! - `checkpoint`: consume-queue flushes and checkpoints, and their periodic task.
-//! - `lifecycle`: open (recovery is `crate::recovery`) and close.
-//! - `replica`: what a slave's store does (take a master's chunks, move its start).
-//! - `retention`: removing old segments, and the disk watermarks.
-//!
-//! They depend on each other in one direction only (lib.rs draws the graph): a file calls
-//! methods of the files before it in this list, plus `read` from `retention`, and nothing
-//! calls back.
+//! - `append`: appends, from records to an acknowledgement (uses `flush`).
+//! - `checkpoint`: consume-queue flushes and checkpoints, and their periodic task (uses
+//!   `flush`).
+//! - `retention`: removing old segments, and the disk watermarks (uses `read`).
+//! - `lifecycle`: open (recovery itself is `crate::recovery`) and close (starts and stops the
+//!   tasks of `flush`, `checkpoint` and `retention`).
+//! - `replica`: what a slave's store does: take a master's chunks, move its start (uses
+//!   `append`'s backpressure, `flush`, `checkpoint`).
 
 pub(crate) mod append;
 mod checkpoint;
