@@ -91,6 +91,8 @@ impl Checkpoint {
 }
 
 impl QueueCheckpoint {
+    /// A queue whose entries `[min_offset, next_offset)` are readable; those below
+    /// `next_offset` are in its files once the checkpoint is written.
     pub fn new(topic: &str, queue_id: i32, min_offset: u64, next_offset: u64) -> Self {
         Self {
             topic: topic.to_owned(),
@@ -100,10 +102,12 @@ impl QueueCheckpoint {
         }
     }
 
+    /// The topic.
     pub fn topic(&self) -> &str {
         &self.topic
     }
 
+    /// The queue id.
     pub fn queue_id(&self) -> i32 {
         self.queue_id
     }

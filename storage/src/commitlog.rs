@@ -31,6 +31,7 @@ pub(crate) struct Segment<F> {
 }
 
 impl<F> Segment<F> {
+    /// The segment starting at physical offset `start`, open as `file` at `path`.
     pub fn new(start: u64, file: F, path: PathBuf) -> Self {
         Self { start, file, path }
     }

@@ -288,3 +288,125 @@ pub(crate) fn check_topic(topic: &str) -> Result<(), StoreError> {
     ringmq_protocol::topic::validate_topic(topic)
         .map_err(|_| StoreError::InvalidTopic(topic.to_owned()))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+    use ringmq_protocol::message::record::MessageMagic;
+
+    use super::*;
+
+    const HOST: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 10911));
+
+    /// A chunk payload at physical offset `position` holding records of `(topic, queue id,
+    /// queue offset)`.
+    fn payload(position: u64, records: &[(&str, i32, i64)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &(topic, queue_id, queue_offset) in records {
+            let record = StoredRecord {
+                magic: MessageMagic::V1,
+                body_crc: 0,
+                queue_id,
+                flag: 0,
+                queue_offset,
+                physical_offset: (position + out.len() as u64) as i64,
+                sys_flag: 0,
+                born_timestamp_ms: 0,
+                born_host: HOST,
+                store_timestamp_ms: 0,
+                store_host: HOST,
+                reconsume_times: 0,
+                prepared_transaction_offset: 0,
+                body: b"body",
+                topic,
+                properties: "TAGS\u{1}t\u{2}",
+            };
+            record.encode(&mut out).unwrap();
+        }
+        out
+    }
+
+    fn queues() -> Queues<()> {
+        Queues::new(Path::new("/store"), 16)
+    }
+
+    fn next(queues: &Queues<()>, topic: &str, queue_id: i32) -> Option<(u64, u64)> {
+        queues
+            .get(topic, queue_id)
+            .map(|q| (q.min_offset(), q.next_offset()))
+    }
+
+    #[test]
+    fn a_chunk_is_indexed_whole_and_continues_its_queues() {
+        let mut queues = queues();
+        let first = payload(100, &[("T", 0, 0), ("T", 1, 0), ("T", 0, 1)]);
+        queues.dispatch_chunk(&first, 100).unwrap();
+        assert_eq!(next(&queues, "T", 0), Some((0, 2)));
+        assert_eq!(next(&queues, "T", 1), Some((0, 1)));
+        let entry = queues.get("T", 0).unwrap().in_memory(1).unwrap();
+        assert_eq!(entry.physical_offset, 100 + 2 * (first.len() as u64 / 3));
+
+        let at = 100 + first.len() as u64;
+        let gap = payload(at, &[("T", 0, 2), ("T", 1, 5)]);
+        assert_eq!(
+            queues.dispatch_chunk(&gap, at),
+            Err(RecordMismatch::QueueGap {
+                expected: 1,
+                found: 5
+            })
+        );
+        // Nothing of the refused chunk was indexed, not even its first record.
+        assert_eq!(next(&queues, "T", 0), Some((0, 2)));
+    }
+
+    #[test]
+    fn a_queue_that_never_held_anything_starts_at_its_first_record() {
+        let mut queues = queues();
+        queues
+            .dispatch_chunk(&payload(0, &[("T", 3, 7)]), 0)
+            .unwrap();
+        assert_eq!(next(&queues, "T", 3), Some((7, 8)));
+    }
+
+    #[test]
+    fn misplaced_or_malformed_records_refuse_the_whole_chunk() {
+        let mut queues = queues();
+        let records = payload(0, &[("T", 0, 0), ("T", -1, 0)]);
+        assert_eq!(
+            queues.dispatch_chunk(&records, 0),
+            Err(RecordMismatch::WrongOffsets)
+        );
+        assert_eq!(
+            queues.dispatch_chunk(&payload(0, &[("T", 0, 0)]), 8),
+            Err(RecordMismatch::WrongOffsets)
+        );
+        let mut torn = payload(0, &[("T", 0, 0)]);
+        torn.truncate(torn.len() - 1);
+        assert_eq!(
+            queues.dispatch_chunk(&torn, 0),
+            Err(RecordMismatch::Malformed)
+        );
+        assert!(queues.is_empty());
+    }
+
+    #[test]
+    fn new_queues_follow_rocketmqs_topic_rule_and_queue_id_range() {
+        let mut queues = queues();
+        for (topic, queue_id) in [("a.b", 0), ("a/b", 0), ("", 0), ("T", -1), ("T", 65_536)] {
+            assert!(
+                matches!(
+                    queues.get_or_create(topic, queue_id),
+                    Err(StoreError::InvalidTopic(_))
+                ),
+                "{topic:?} {queue_id}"
+            );
+        }
+        assert!(queues.is_empty());
+        let queue = queues.get_or_create("%RETRY%g", 65_535).unwrap();
+        assert_eq!(queue.dir(), Path::new("/store/consumequeue/%RETRY%g/65535"));
+        assert_eq!(queues.iter().count(), 1);
+    }
+}
