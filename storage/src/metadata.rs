@@ -27,6 +27,11 @@
 //! happens after the new bytes are durable. A leftover `<path>.tmp` is an unfinished save; loading
 //! ignores and removes it.
 //!
+//! [`MetadataFile::store`] is the store's one implementation of that sequence (the checkpoint is a
+//! metadata file too). It goes through the I/O seam so crash tests can inject faults at every
+//! step; `ringmq_common::fs::write_atomically` is the same sequence for files outside the store,
+//! and the temporary's name comes from the same rule (`ringmq_common::fs::temp_path`).
+//!
 //! Every check a load makes (length, magic, CRC, JSON) fails loudly as
 //! [`MetadataError::Corrupt`]: a damaged metadata file is never half-read and never treated as
 //! empty, because an empty offset table would silently rewind every consumer group.
