@@ -5,39 +5,106 @@
 //! report back. That keeps every state change synchronous (no `RefCell` borrow is ever held
 //! across an `.await`) and makes the rules easy to state:
 //!
-//! - `durable <= written <= write_pos`; all three only grow (recovery and retention aside).
+//! - `durable <= written <= write_pos`; all three only grow (recovery, retention and
+//!   [`LogState::restart_at`] aside).
 //! - Bytes in `[written, write_pos)` are in the open chunk or in `sealed`, in position order.
 //! - A record never spans two chunks and a chunk never spans two segments.
+//! - `segments` is a contiguous run in position order and never empty once the store is open;
+//!   the last one is the active segment.
 
 use std::{collections::VecDeque, path::PathBuf, rc::Rc};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::format::{CHUNK_HEADER_BYTES, ChunkHeader, END_MAGIC, write_chunk_header};
+use crate::format::{CHUNK_HEADER_BYTES, ChunkHeader, is_end_marker, write_chunk_header};
 
-/// One segment file of the commit log.
+/// One segment file of the commit log. Immutable once made: shared (`Rc`) by the log, pending
+/// writes and readers, and removed from disk only after the log forgot it.
 #[derive(Debug)]
 pub(crate) struct Segment<F> {
     /// Physical offset of the segment's first byte (its file name).
-    pub start: u64,
+    start: u64,
     /// The open file.
-    pub file: F,
+    file: F,
     /// Its path, for errors and removal.
-    pub path: PathBuf,
+    path: PathBuf,
+}
+
+impl<F> Segment<F> {
+    /// The segment starting at physical offset `start`, open as `file` at `path`.
+    pub fn new(start: u64, file: F, path: PathBuf) -> Self {
+        Self { start, file, path }
+    }
+
+    /// Physical offset of the segment's first byte.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// The open file.
+    pub fn file(&self) -> &F {
+        &self.file
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
 }
 
 /// Bytes ready to be written at `position` of `segment`.
+///
+/// The writer lends the bytes to the kernel ([`PendingWrite::take_bytes`]) and puts them back
+/// when the write completes ([`PendingWrite::restore_bytes`]), so the cache of recent chunks
+/// keeps the very buffer that was written: no copy.
 #[derive(Debug)]
 pub(crate) struct PendingWrite<F> {
-    pub segment: Rc<Segment<F>>,
-    pub position: u64,
-    pub bytes: Bytes,
+    segment: Rc<Segment<F>>,
+    position: u64,
+    bytes: Bytes,
 }
 
 impl<F> PendingWrite<F> {
-    pub fn end(&self) -> u64 {
+    /// Physical offset of the first byte.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// The segment written to.
+    pub fn segment(&self) -> &Segment<F> {
+        &self.segment
+    }
+
+    /// Where the bytes go in the segment's file.
+    pub fn file_offset(&self) -> u64 {
+        self.position - self.segment.start
+    }
+
+    /// Takes the bytes out (for the write), leaving none.
+    pub fn take_bytes(&mut self) -> Bytes {
+        std::mem::take(&mut self.bytes)
+    }
+
+    /// Puts back the bytes a completed write returned.
+    pub fn restore_bytes(&mut self, bytes: Bytes) {
+        self.bytes = bytes;
+    }
+
+    fn end(&self) -> u64 {
         self.position + self.bytes.len() as u64
     }
+}
+
+/// What [`LogState::claim_spare`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SpareClaim {
+    /// A spare segment is ready.
+    Ready,
+    /// Another task is creating it.
+    Busy,
+    /// The caller must create the segment starting here and report with
+    /// [`LogState::spare_created`].
+    Create(u64),
 }
 
 #[derive(Debug)]
@@ -57,23 +124,23 @@ pub(crate) struct LogState<F> {
     segment_bytes: u64,
     max_chunk_bytes: usize,
     /// Segments in position order; the last one is being appended to.
-    pub segments: VecDeque<Rc<Segment<F>>>,
+    segments: VecDeque<Rc<Segment<F>>>,
     /// The next segment, created ahead of time so a roll does not wait for the filesystem.
-    pub spare_segment: Option<Rc<Segment<F>>>,
+    spare_segment: Option<Rc<Segment<F>>>,
     /// A task is creating the spare segment.
-    pub preparing_segment: bool,
+    preparing_segment: bool,
     /// Next physical offset to hand out.
-    pub write_pos: u64,
+    write_pos: u64,
     open: Option<OpenChunk<F>>,
     sealed: VecDeque<PendingWrite<F>>,
     /// Bytes appended and not yet written.
-    pub pending_bytes: usize,
+    pending_bytes: usize,
     /// A replicated end marker closed the active segment: the next bytes go to the next one.
-    pub segment_ended: bool,
+    segment_ended: bool,
     /// Everything below is in the files (page cache).
-    pub written: u64,
+    written: u64,
     /// Everything below is on disk (an fdatasync covered it).
-    pub durable: u64,
+    durable: u64,
     /// Segments written since the last fdatasync.
     dirty: Vec<Rc<Segment<F>>>,
     /// Writes issued to the files, in position order; `Some` once completed. `written` only
@@ -114,6 +181,89 @@ impl<F> LogState<F> {
             cache_limit_bytes,
             pool: Vec::new(),
         }
+    }
+
+    /// Next physical offset to hand out (the end of everything accepted, written or not).
+    pub fn write_pos(&self) -> u64 {
+        self.write_pos
+    }
+
+    /// Everything below is in the segment files (page cache).
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Everything below is on disk.
+    pub fn durable(&self) -> u64 {
+        self.durable
+    }
+
+    /// Records that an fdatasync covered everything below `target` (a `written` value read
+    /// before the sync started); returns the new durable mark.
+    pub fn mark_durable(&mut self, target: u64) -> u64 {
+        self.durable = self.durable.max(target);
+        self.durable
+    }
+
+    /// Bytes accepted and not yet written (the backpressure measure).
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Starts of the oldest segment and of the one after it, when there are two: retention may
+    /// remove the oldest (never the active one).
+    pub fn oldest_removable(&self) -> Option<(u64, u64)> {
+        match (self.segments.front(), self.segments.get(1)) {
+            (Some(oldest), Some(next)) => Some((oldest.start, next.start)),
+            _ => None,
+        }
+    }
+
+    /// Whether a spare segment is ready, being made, or must be made (and then by the caller).
+    pub fn claim_spare(&mut self) -> SpareClaim {
+        if self.spare_segment.is_some() {
+            SpareClaim::Ready
+        } else if self.preparing_segment {
+            SpareClaim::Busy
+        } else {
+            self.preparing_segment = true;
+            SpareClaim::Create(self.next_segment_start())
+        }
+    }
+
+    /// Ends a [`SpareClaim::Create`]: `segment` is the new spare, `None` when creating failed.
+    pub fn spare_created(&mut self, segment: Option<Rc<Segment<F>>>) {
+        self.preparing_segment = false;
+        if segment.is_some() {
+            self.spare_segment = segment;
+        }
+    }
+
+    /// Whether the active segment takes no more bytes: closed by a replicated end marker, or
+    /// with less room left than a chunk header. The log then continues at
+    /// [`LogState::next_segment_start`].
+    pub fn active_segment_done(&self) -> bool {
+        self.segment_ended || self.next_segment_start() - self.write_pos < CHUNK_HEADER_BYTES as u64
+    }
+
+    /// One past the last byte accepted, or the next segment's start once the active one is
+    /// done: where the log continues (and where a slave asks its master to continue).
+    pub fn end(&self) -> u64 {
+        if self.active_segment_done() {
+            self.next_segment_start()
+        } else {
+            self.write_pos
+        }
+    }
+
+    /// Records that a replicated end marker closed the active segment.
+    pub fn end_segment(&mut self) {
+        self.segment_ended = true;
     }
 
     /// Largest record that fits in an empty segment.
@@ -272,17 +422,19 @@ impl<F> LogState<F> {
         Ok(())
     }
 
-    /// Starts an empty log over in `segment` at `position` (its start).
-    pub fn restart_at(&mut self, segment: Rc<Segment<F>>, position: u64) {
+    /// Starts an empty log over in `segment` at `position` (its start). Returns the segments
+    /// it held before (the spare one included), for the caller to remove.
+    pub fn restart_at(&mut self, segment: Rc<Segment<F>>, position: u64) -> Vec<Rc<Segment<F>>> {
         debug_assert!(self.open.is_none() && self.sealed.is_empty() && self.in_flight.is_empty());
-        self.segments.clear();
+        let mut old: Vec<_> = self.segments.drain(..).collect();
+        old.extend(self.spare_segment.take());
         self.segments.push_back(segment);
-        self.spare_segment = None;
         self.write_pos = position;
         self.written = position;
         self.durable = position;
         self.cache.clear();
         self.cache_bytes = 0;
+        old
     }
 
     /// Whether anything waits to be written.
@@ -337,9 +489,9 @@ impl<F> LogState<F> {
         // completes the segment: `written` moves to the next segment's start, so the marks
         // agree with what recovery finds and with where the log continues (a replica's end).
         let segment_end = write.segment.start + self.segment_bytes;
-        let is_end_marker =
-            write.bytes.len() == CHUNK_HEADER_BYTES && write.bytes[..4] == END_MAGIC.to_be_bytes();
-        self.written = if is_end_marker || segment_end - write.end() < CHUNK_HEADER_BYTES as u64 {
+        self.written = if is_end_marker(&write.bytes)
+            || segment_end - write.end() < CHUNK_HEADER_BYTES as u64
+        {
             segment_end
         } else {
             write.end()

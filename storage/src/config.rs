@@ -2,6 +2,8 @@
 
 use std::{path::PathBuf, time::Duration};
 
+use ringmq_common::Clock;
+
 /// When an append is acknowledged (RocketMQ's `flushDiskType`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushMode {
@@ -60,6 +62,10 @@ pub struct StoreConfig {
     /// Reserve each segment's blocks when it is created (fallocate), so an append can never
     /// hit ENOSPC in the middle of a segment.
     pub preallocate: bool,
+    /// Wall-clock time: the store timestamp of appended records and the age retention compares
+    /// against. [`Clock::system`] by default; a test sets a [`Clock::manual`] and moves it
+    /// instead of sleeping.
+    pub clock: Clock,
 }
 
 impl StoreConfig {
@@ -83,6 +89,7 @@ impl StoreConfig {
             hard_watermark_percent: 90,
             retention_check_interval: Duration::from_secs(10),
             preallocate: true,
+            clock: Clock::system(),
         }
     }
 

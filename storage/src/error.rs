@@ -48,7 +48,8 @@ pub enum StoreError {
     /// The record could not be encoded (topic or properties too long).
     #[error("invalid message: {0}")]
     InvalidMessage(#[from] ringmq_protocol::RecordError),
-    /// A topic name that cannot be used as a directory name.
+    /// A topic name outside RocketMQ's rule (`ringmq_protocol::topic::validate_topic`: it
+    /// becomes a directory name), a queue id out of range, or a batch mixing queues.
     #[error("invalid topic name {0:?}")]
     InvalidTopic(String),
     /// A batch with no messages.

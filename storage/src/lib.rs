@@ -32,23 +32,56 @@
 //! - **Disk full**: segments are preallocated, so a full disk shows up when a segment is
 //!   created, not in the middle of one. Above the hard watermark appends fail with
 //!   [`StoreError::DiskFull`], reads go on, and appends resume by themselves once usage falls.
+//!
+//! ## Modules and their dependencies
+//!
+//! Each module uses only modules on lower lines (and inside `recovery`, `a -> b`: a uses b);
+//! nothing imports upward, so there is no cycle. `store/` is [`MessageStore`] split by concern;
+//! all of its files share `store/mod.rs` (the handle and `Inner`, whose fields are private to
+//! `store`), and the mutable state lives in `state.rs`, with private fields and methods.
+//!
+//! ```text
+//! store::lifecycle  store::replica          open/close (-> recovery); a slave's side
+//! store::append  store::checkpoint  store::retention
+//! store::flush  store::read                 writer/flusher tasks; reads
+//! store (mod.rs)                            MessageStore, Inner, fail, spare segments
+//! ------------------------------------------------------------------------------------------
+//! recovery (mod -> scan -> table)           files on disk -> LogState + Queues;
+//!                                           table.rs: the pure decision table
+//! state                                     StoreState: log, queues, failure, disk full
+//! files  checkpoint  queues                 shared file steps; checkpoint document;
+//!                                           queues by name + chunk indexing
+//! error                                     StoreError (-> metadata's error)
+//! commitlog  consume_queue  metadata  log_reader
+//! format                                    every on-disk layout, checked at compile time
+//! config  io  watch  signal  ack            leaves: no crate imports
+//! ```
 
 pub mod ack;
+mod checkpoint;
 mod commitlog;
 mod config;
 mod consume_queue;
 mod error;
+mod files;
 pub mod format;
 pub mod io;
+mod log_reader;
 pub mod metadata;
+mod queues;
 mod recovery;
-mod replica;
-mod retention;
 pub mod signal;
+mod state;
 mod store;
+mod watch;
 
 pub use config::{FlushMode, MAX_SHARD, SHARD_SHIFT, StoreConfig};
 pub use error::StoreError;
-pub use replica::{ChunkRun, LogReadError, LogReader, LogWatch, Mark};
-pub use retention::RetentionReport;
-pub use store::{AppendResult, MessageStore, QueueOffsets, ReadRequest, ReadResult, ReadStatus};
+pub use log_reader::{ChunkRun, LogReadError, LogReader};
+pub use store::{
+    MessageStore,
+    append::AppendResult,
+    read::{QueueOffsets, ReadRequest, ReadResult, ReadStatus},
+    retention::RetentionReport,
+};
+pub use watch::{LogWatch, Mark};

@@ -27,6 +27,11 @@
 //! happens after the new bytes are durable. A leftover `<path>.tmp` is an unfinished save; loading
 //! ignores and removes it.
 //!
+//! [`MetadataFile::store`] is the store's one implementation of that sequence (the checkpoint is a
+//! metadata file too). It goes through the I/O seam so crash tests can inject faults at every
+//! step; `ringmq_common::fs::write_atomically` is the same sequence for files outside the store,
+//! and the temporary's name comes from the same rule (`ringmq_common::fs::temp_path`).
+//!
 //! Every check a load makes (length, magic, CRC, JSON) fails loudly as
 //! [`MetadataError::Corrupt`]: a damaged metadata file is never half-read and never treated as
 //! empty, because an empty offset table would silently rewind every consumer group.
@@ -34,32 +39,23 @@
 use std::{
     cell::Cell,
     collections::{BTreeMap, HashMap},
-    ffi::OsString,
     fmt, io,
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use bytes::{Bytes, BytesMut};
+use ringmq_common::Clock;
 use ringmq_protocol::body::{
     ConsumerOffsetTable as ConsumerOffsetBody, DataVersion, TopicConfig,
     TopicConfigSerializeWrapper,
 };
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::io::{Storage, StorageFile};
-
-/// First 8 bytes of every metadata file; the trailing `1` is the format version.
-pub const METADATA_MAGIC: [u8; 8] = *b"RMQMETA1";
-/// Magic, payload length and payload CRC32C.
-pub const METADATA_HEADER_BYTES: usize = 16;
-/// Largest payload a metadata file may carry, on write and on read. It bounds the buffer a load
-/// allocates from a length it has not verified yet, and is far above any real table (a million
-/// offset entries is ~40 MiB of JSON).
-pub const METADATA_PAYLOAD_BYTES_MAX: usize = 256 * 1024 * 1024;
-
-const _: () = assert!(METADATA_HEADER_BYTES == METADATA_MAGIC.len() + 4 + 4);
-const _: () = assert!(METADATA_PAYLOAD_BYTES_MAX <= u32::MAX as usize);
+pub use crate::format::{METADATA_HEADER_BYTES, METADATA_MAGIC, METADATA_PAYLOAD_BYTES_MAX};
+use crate::{
+    format::{METADATA_MAGIC_AT, METADATA_PAYLOAD_BYTES_AT, METADATA_PAYLOAD_CRC_AT, be_u32},
+    io::{Storage, StorageFile},
+};
 
 /// Why a metadata file could not be loaded or saved.
 #[derive(Debug, thiserror::Error)]
@@ -106,8 +102,8 @@ impl<S: Storage> MetadataFile<S> {
     /// The parent directory must exist (the store creates its root before opening metadata).
     pub fn new(storage: S, path: impl Into<PathBuf>) -> Self {
         let path = path.into();
-        let mut tmp_name = OsString::from(path.as_os_str());
-        tmp_name.push(".tmp");
+        // The temporary's name is the workspace's one rule (`name.tmp` beside the target).
+        let tmp_path = ringmq_common::fs::temp_path(&path);
         let dir_path = match path.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
             _ => PathBuf::from("."),
@@ -115,7 +111,7 @@ impl<S: Storage> MetadataFile<S> {
         Self {
             storage,
             path,
-            tmp_path: PathBuf::from(tmp_name),
+            tmp_path,
             dir_path,
         }
     }
@@ -178,21 +174,15 @@ impl<S: Storage> MetadataFile<S> {
                 image.len()
             )));
         };
-        let (magic, rest) = header.split_at(METADATA_MAGIC.len());
+        let magic = &header[METADATA_MAGIC_AT..METADATA_MAGIC_AT + METADATA_MAGIC.len()];
         if magic != METADATA_MAGIC {
             return Err(self.corrupt(format!(
                 "bad magic {magic:02x?}, expected {METADATA_MAGIC:02x?} (\"RMQMETA1\")"
             )));
         }
-        let (length_bytes, crc_bytes) = rest.split_at(4);
-        let payload_bytes = u32::from_be_bytes([
-            length_bytes[0],
-            length_bytes[1],
-            length_bytes[2],
-            length_bytes[3],
-        ]) as usize;
-        let crc_stored =
-            u32::from_be_bytes([crc_bytes[0], crc_bytes[1], crc_bytes[2], crc_bytes[3]]);
+        // The header is METADATA_HEADER_BYTES long, so both fields are in range.
+        let payload_bytes = be_u32(header, METADATA_PAYLOAD_BYTES_AT).unwrap_or_default() as usize;
+        let crc_stored = be_u32(header, METADATA_PAYLOAD_CRC_AT).unwrap_or_default();
         if payload_bytes > METADATA_PAYLOAD_BYTES_MAX {
             return Err(self.corrupt(format!(
                 "header claims a {payload_bytes}-byte payload, over the \
@@ -282,21 +272,13 @@ fn encode_image<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, MetadataError
         ))));
     }
     let crc = crc32c::crc32c(&image[METADATA_HEADER_BYTES..]);
-    image[..8].copy_from_slice(&METADATA_MAGIC);
+    image[METADATA_MAGIC_AT..METADATA_MAGIC_AT + METADATA_MAGIC.len()]
+        .copy_from_slice(&METADATA_MAGIC);
     // Bounded by the cap, which fits in u32 (asserted at compile time).
-    image[8..12].copy_from_slice(&(payload_bytes as u32).to_be_bytes());
-    image[12..16].copy_from_slice(&crc.to_be_bytes());
+    image[METADATA_PAYLOAD_BYTES_AT..METADATA_PAYLOAD_BYTES_AT + 4]
+        .copy_from_slice(&(payload_bytes as u32).to_be_bytes());
+    image[METADATA_PAYLOAD_CRC_AT..METADATA_PAYLOAD_CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
     Ok(Bytes::from(image))
-}
-
-/// Wall-clock milliseconds for [`DataVersion::next`]. The NameServer compares data versions for
-/// equality only, so a clock step backwards is harmless; a clock before 1970 stamps 0.
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
-        })
 }
 
 /// Serializes exactly like [`TopicConfigSerializeWrapper`] without cloning the table; the field
@@ -317,11 +299,25 @@ pub struct TopicConfigTable<S: Storage> {
     file: MetadataFile<S>,
     topics: BTreeMap<String, TopicConfig>,
     data_version: DataVersion,
+    /// Stamps each new data version. The NameServer compares data versions for equality only,
+    /// so a clock step backwards is harmless.
+    clock: Clock,
 }
 
 impl<S: Storage> TopicConfigTable<S> {
     /// Loads the table at `path`, or starts empty (data version 0/0) when there is no file.
+    /// Data versions are stamped with the system clock.
     pub async fn open(storage: S, path: impl Into<PathBuf>) -> Result<Self, MetadataError> {
+        Self::open_with_clock(storage, path, Clock::system()).await
+    }
+
+    /// [`open`](Self::open), stamping data versions with `clock` (a test's manual clock, or
+    /// the store's [`StoreConfig::clock`](crate::StoreConfig::clock)).
+    pub async fn open_with_clock(
+        storage: S,
+        path: impl Into<PathBuf>,
+        clock: Clock,
+    ) -> Result<Self, MetadataError> {
         let mut file = MetadataFile::new(storage, path);
         let wrapper: TopicConfigSerializeWrapper = file.load().await?.unwrap_or_default();
         if let Some((key, config)) = wrapper
@@ -338,6 +334,7 @@ impl<S: Storage> TopicConfigTable<S> {
             file,
             topics: wrapper.topic_config_table,
             data_version: wrapper.data_version,
+            clock,
         })
     }
 
@@ -379,7 +376,7 @@ impl<S: Storage> TopicConfigTable<S> {
         let version_before = self.data_version;
         let topic = config.topic_name.clone();
         let config_before = self.topics.insert(topic.clone(), config);
-        self.data_version = version_before.next(now_ms());
+        self.data_version = version_before.next(self.clock.now_ms());
         if let Err(error) = self.save().await {
             self.data_version = version_before;
             match config_before {
@@ -398,7 +395,7 @@ impl<S: Storage> TopicConfigTable<S> {
             return Ok(None);
         };
         let version_before = self.data_version;
-        self.data_version = version_before.next(now_ms());
+        self.data_version = version_before.next(self.clock.now_ms());
         if let Err(error) = self.save().await {
             self.data_version = version_before;
             self.topics.insert(key, config);
@@ -427,7 +424,7 @@ impl<S: Storage> TopicConfigTable<S> {
         }
         let version_before = self.data_version;
         let topics_before = std::mem::replace(&mut self.topics, topics);
-        self.data_version = version_before.next(now_ms());
+        self.data_version = version_before.next(self.clock.now_ms());
         if let Err(error) = self.save().await {
             self.data_version = version_before;
             self.topics = topics_before;
@@ -906,17 +903,17 @@ mod tests {
     fn crash_at_any_step_of_a_save_leaves_a_whole_document() {
         let path = Path::new("/store/config/topics.json");
         let tmp_path = Path::new("/store/config/topics.json.tmp");
+        // A clock that stands still: every run stamps the same data versions.
+        let clock = Clock::manual(1_700_000_000_000);
         let before = run(async {
             let storage = MemStorage::new();
-            let mut table = TopicConfigTable::open(storage, path).await.unwrap();
+            let mut table = TopicConfigTable::open_with_clock(storage, path, clock.clone())
+                .await
+                .unwrap();
             table.upsert(topic("Old", 4)).await.unwrap();
             table.to_wrapper()
         });
-        // Data versions are stamped with the wall clock, so compare counter and table only.
-        let same_as_before = |wrapper: &TopicConfigSerializeWrapper| {
-            wrapper.data_version.counter == before.data_version.counter
-                && wrapper.topic_config_table == before.topic_config_table
-        };
+        let same_as_before = |wrapper: &TopicConfigSerializeWrapper| *wrapper == before;
         let mut saw_previous_after_tmp_written = false;
         let mut saw_new = false;
         for seed in 0..8_u64 {
@@ -928,7 +925,9 @@ mod tests {
                             ..FaultPlan::default()
                         });
                         let mut table =
-                            TopicConfigTable::open(storage.clone(), path).await.unwrap();
+                            TopicConfigTable::open_with_clock(storage.clone(), path, clock.clone())
+                                .await
+                                .unwrap();
                         table.upsert(topic("Old", 4)).await.unwrap();
                         let ops_before_save = storage.ops();
                         storage.set_faults(FaultPlan {
@@ -956,8 +955,8 @@ mod tests {
                     } else {
                         assert!(wrapper.topic_config_table.contains_key("New"));
                         assert_eq!(
-                            wrapper.data_version.counter,
-                            before.data_version.counter + 1
+                            wrapper.data_version,
+                            before.data_version.next(clock.now_ms())
                         );
                         saw_new = true;
                     }

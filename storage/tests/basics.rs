@@ -4,8 +4,14 @@
 mod common;
 
 use common::{body_for, poll_runtime, record, runtime, small_config};
-use ringmq_protocol::message::{record::StoredRecord, tags_hash};
-use ringmq_storage::{FlushMode, MessageStore, ReadRequest, ReadStatus, io::UringStorage};
+use ringmq_common::Clock;
+use ringmq_protocol::message::{
+    record::{MessageMagic, StoredRecord},
+    tags_hash,
+};
+use ringmq_storage::{
+    FlushMode, MessageStore, ReadRequest, ReadStatus, StoreError, io::UringStorage,
+};
 
 fn request(topic: &str, queue_id: i32, offset: u64) -> ReadRequest<'_> {
     ReadRequest {
@@ -187,7 +193,9 @@ fn statuses_tags_batches_and_time_search() {
 #[test]
 fn time_search_and_earliest_store_time() {
     let dir = tempfile::tempdir().unwrap();
-    let config = small_config(dir.path(), FlushMode::Async);
+    let clock = Clock::manual(1_700_000_000_000);
+    let mut config = small_config(dir.path(), FlushMode::Async);
+    config.clock = clock.clone();
     runtime().block_on(async {
         let store = MessageStore::open(UringStorage::new(), config)
             .await
@@ -195,16 +203,17 @@ fn time_search_and_earliest_store_time() {
         let bodies: Vec<Vec<u8>> = (0..10).map(|i| body_for(0, i, 100)).collect();
         let batch: Vec<_> = bodies.iter().map(|b| record("Tagged", 0, b, "")).collect();
         let result = store.append_batch(&batch).await.unwrap();
-        // Time search: a second append later than the batch.
+        // Records are stamped with the store's clock.
         let before_ms = result.store_timestamp_ms;
-        let mut later = result.store_timestamp_ms;
-        while later <= before_ms {
-            later = store
-                .append(&record("Tagged", 0, b"later", ""))
-                .await
-                .unwrap()
-                .store_timestamp_ms;
-        }
+        assert_eq!(before_ms, clock.now_ms());
+        // Time search: a second append later than the batch.
+        clock.advance_ms(5);
+        let later = store
+            .append(&record("Tagged", 0, b"later", ""))
+            .await
+            .unwrap()
+            .store_timestamp_ms;
+        assert_eq!(later, before_ms + 5);
         let max = store.queue_offsets("Tagged", 0).unwrap().max_offset;
         assert_eq!(
             store.search_offset_by_time("Tagged", 0, 0).await.unwrap(),
@@ -232,6 +241,54 @@ fn time_search_and_earliest_store_time() {
             store.earliest_store_time("Tagged", 0).await.unwrap(),
             Some(before_ms)
         );
+        store.close().await.unwrap();
+    });
+}
+
+/// Topic names are RocketMQ's (`[%|a-zA-Z0-9_-]`, at most 127 bytes): anything else is refused
+/// before it becomes a directory, and nothing is stored.
+#[test]
+fn topics_outside_rocketmq_rule_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(dir.path(), FlushMode::Async);
+    runtime().block_on(async {
+        let store = MessageStore::open(UringStorage::new(), config)
+            .await
+            .unwrap();
+        // Over 127 bytes a record needs the v2 format, which could carry it: the store's rule
+        // refuses it all the same.
+        let too_long = "t".repeat(128);
+        for topic in ["a.b", ".", "..", "a/b", "bad topic", "", too_long.as_str()] {
+            let err = store
+                .append(&StoredRecord {
+                    magic: MessageMagic::V2,
+                    ..record(topic, 0, b"body", "")
+                })
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, StoreError::InvalidTopic(name) if name == topic),
+                "{topic:?}: {err}"
+            );
+        }
+        for queue_id in [-1, 65_536] {
+            let err = store
+                .append(&record("Fine", queue_id, b"body", ""))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StoreError::InvalidTopic(_)), "{err}");
+        }
+        assert_eq!(store.queues(), Vec::<(String, i32)>::new());
+        let longest = "t".repeat(127);
+        store
+            .append(&record(&longest, 0, b"body", ""))
+            .await
+            .unwrap();
+        store
+            .append(&record("%RETRY%group_1", 0, b"body", ""))
+            .await
+            .unwrap();
+        assert_eq!(store.queues().len(), 2);
         store.close().await.unwrap();
     });
 }

@@ -11,6 +11,7 @@ use std::{
 };
 
 use common::{body_for, record, runtime, small_config};
+use ringmq_common::Clock;
 use ringmq_protocol::message::record::StoredRecord;
 use ringmq_storage::{
     FlushMode, MessageStore, ReadRequest, ReadStatus, StoreConfig, StoreError,
@@ -74,24 +75,32 @@ async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 #[test]
 fn segments_older_than_the_retention_age_are_removed_with_their_queue_files() {
     let storage = MemStorage::new();
+    let clock = Clock::manual(1_700_000_000_000);
     let mut config = config(Path::new("/age"));
-    config.retention = Duration::ZERO;
+    config.retention = Duration::from_secs(3600);
+    config.clock = clock.clone();
     runtime().block_on(async {
         let store = MessageStore::open(storage.clone(), config).await.unwrap();
         fill(&store, 0, 120).await; // ~110 KiB: several 16 KiB segments
         store.flush().await.unwrap();
         let before = store.physical_range().0;
-        // Records must be at least a millisecond old to be "older than zero".
-        // Segments expire as their successors' first records age past zero, possibly over
-        // several passes (and the periodic pass may take some): count them all.
-        let start = Instant::now();
-        let mut removed = Vec::new();
-        while removed.len() < 5 {
-            let report = store.enforce_retention().await.unwrap();
-            removed.extend(report.removed_segments);
-            assert!(start.elapsed() < DEADLINE, "only {removed:?} expired");
-            compio::time::sleep(Duration::from_millis(2)).await;
-        }
+        // Every record is stamped now: none is older than the retention age yet.
+        let report = store.enforce_retention().await.unwrap();
+        assert!(report.removed_segments.is_empty());
+        assert_eq!(store.physical_range().0, before);
+        // A millisecond past the age, every record is older: one pass removes every segment
+        // but the active one (a segment is as old as its successor's first record).
+        clock.advance_ms(3_600_001);
+        let removed = store.enforce_retention().await.unwrap().removed_segments;
+        assert!(removed.len() >= 5, "only {removed:?} expired");
+        assert!(
+            store
+                .enforce_retention()
+                .await
+                .unwrap()
+                .removed_segments
+                .is_empty()
+        );
         assert!(store.physical_range().0 > before);
         let offsets = store.queue_offsets("Retained", 0).unwrap();
         assert!(offsets.min_offset > 0);

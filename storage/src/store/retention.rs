@@ -1,13 +1,15 @@
 //! Retention: whole old segments go, by age and by disk-usage watermarks; above the hard
-//! watermark appends are refused until usage falls again.
+//! watermark appends are refused until usage falls again. Age is measured with the store's
+//! [`StoreConfig::clock`](crate::StoreConfig::clock), against the records' store timestamps.
 
 use ringmq_protocol::message::record::StoredRecord;
 
+use super::MessageStore;
 use crate::{
-    MessageStore, StoreError,
-    format::{CHUNK_HEADER_BYTES, CqEntry, segment_name},
+    StoreError,
+    files::{remove_if_present, sync_dir},
+    format::{CHUNK_HEADER_BYTES, COMMITLOG_DIR, CqEntry, segment_name},
     io::Storage,
-    store::now_ms,
 };
 
 /// What one retention pass did.
@@ -22,10 +24,11 @@ pub struct RetentionReport {
 }
 
 impl<S: Storage> MessageStore<S> {
-    pub(crate) async fn run_retention(self) {
+    /// The retention task: one pass at once, then one every `retention_check_interval`.
+    pub(super) async fn run_retention(self) {
         loop {
             let stop = self.inner.stop.listen();
-            if self.inner.state.borrow().closing {
+            if self.inner.state.borrow().is_closing() {
                 return;
             }
             if let Err(err) = self.enforce_retention().await {
@@ -47,16 +50,13 @@ impl<S: Storage> MessageStore<S> {
         let config = &inner.config;
         let mut report = RetentionReport::default();
         let mut used = self.measure_usage()?;
-        let expire_before_ms =
-            now_ms() - i64::try_from(config.retention.as_millis()).unwrap_or(i64::MAX);
+        let expire_before_ms = config
+            .clock
+            .now_ms()
+            .saturating_sub(i64::try_from(config.retention.as_millis()).unwrap_or(i64::MAX));
         loop {
-            let (oldest, next_start) = {
-                let state = inner.state.borrow();
-                let segments = &state.log.segments;
-                if segments.len() < 2 {
-                    break;
-                }
-                (segments[0].start, segments[1].start)
+            let Some((oldest, next_start)) = inner.state.borrow().log().oldest_removable() else {
+                break;
             };
             let over_high = used >= f64::from(config.high_watermark_percent);
             // A segment is as old as the newest record in it, which is older than the first
@@ -74,7 +74,7 @@ impl<S: Storage> MessageStore<S> {
             used = self.measure_usage()?;
         }
         report.used_percent = used;
-        report.disk_full = self.inner.state.borrow().disk_full.is_some();
+        report.disk_full = self.inner.state.borrow().disk_full().is_some();
         Ok(report)
     }
 
@@ -88,10 +88,7 @@ impl<S: Storage> MessageStore<S> {
             .map_err(|e| StoreError::io("statvfs", &inner.config.dir, e))?;
         let used = usage.used_percent();
         let full = used >= f64::from(inner.config.hard_watermark_percent);
-        let mut state = inner.state.borrow_mut();
-        let was_full = state.disk_full.is_some();
-        state.disk_full = full.then_some(used);
-        drop(state);
+        let was_full = inner.state.borrow_mut().set_disk_full(full.then_some(used));
         if full && !was_full {
             tracing::error!(
                 used_percent = used,
@@ -119,13 +116,13 @@ impl<S: Storage> MessageStore<S> {
     /// Removes the oldest segment and moves every queue's min offset past its records.
     async fn remove_oldest_segment(&self) -> Result<(), StoreError> {
         let inner = &self.inner;
-        let Some(segment) = inner.state.borrow_mut().log.pop_oldest() else {
+        let Some(segment) = inner.state.borrow_mut().log_mut().pop_oldest() else {
             return Ok(());
         };
         inner
             .watch
-            .set_min_offset(inner.state.borrow().log.min_offset());
-        let min_physical = segment.start + inner.config.segment_bytes;
+            .set_min_offset(inner.state.borrow().log().min_offset());
+        let min_physical = segment.start() + inner.config.segment_bytes;
         // Queues first: once the segment is gone, nothing may point into it.
         let queues = self.queues();
         for (topic, queue_id) in queues {
@@ -134,15 +131,10 @@ impl<S: Storage> MessageStore<S> {
         }
         inner
             .storage
-            .remove(&segment.path)
+            .remove(segment.path())
             .await
-            .map_err(|e| StoreError::io("remove segment", &segment.path, e))?;
-        let dir = inner.config.dir.join("commitlog");
-        inner
-            .storage
-            .sync_dir(&dir)
-            .await
-            .map_err(|e| StoreError::io("sync directory", &dir, e))
+            .map_err(|e| StoreError::io("remove segment", segment.path(), e))?;
+        sync_dir(&inner.storage, &inner.config.dir.join(COMMITLOG_DIR)).await
     }
 
     /// Moves a queue's min offset to its first entry at or past `min_physical` and removes the
@@ -157,8 +149,9 @@ impl<S: Storage> MessageStore<S> {
             .inner
             .state
             .borrow()
-            .queue(topic, queue_id)
-            .map(|q| (q.min_offset, q.next_offset()))
+            .queues()
+            .get(topic, queue_id)
+            .map(|q| (q.min_offset(), q.next_offset()))
         else {
             return Ok(());
         };
@@ -176,29 +169,15 @@ impl<S: Storage> MessageStore<S> {
         }
         let (remove, dir) = {
             let mut state = self.inner.state.borrow_mut();
-            let Some(queue) = state.queue_mut(topic, queue_id) else {
+            let Some(queue) = state.queues_mut().get_mut(topic, queue_id) else {
                 return Ok(());
             };
-            queue.min_offset = queue.min_offset.max(low);
-            let per_file = queue.entries_per_file;
-            let doomed: Vec<u64> = queue
-                .files
-                .keys()
-                .copied()
-                .filter(|start| start + per_file <= low)
-                .collect();
-            for start in &doomed {
-                queue.files.remove(start);
-            }
-            (doomed, queue.dir.clone())
+            queue.advance_min(low);
+            (queue.forget_files_below(low), queue.dir().to_path_buf())
         };
         for start in remove {
             let path = dir.join(segment_name(start));
-            match self.inner.storage.remove(&path).await {
-                Ok(()) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(err) => return Err(StoreError::io("remove consume queue", &path, err)),
-            }
+            remove_if_present(&self.inner.storage, "remove consume queue", &path).await?;
         }
         Ok(())
     }
