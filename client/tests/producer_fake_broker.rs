@@ -23,6 +23,7 @@ use ringmq_protocol::header::{
 };
 use ringmq_protocol::message::{BatchIter, Properties};
 use ringmq_protocol::{Command, CommandHead, FrameCodec, RequestCode, ResponseCode, encode_frame};
+use ringmq_testkit::wait_until;
 
 /// How a fake broker answers SEND_MESSAGE_V2 / SEND_BATCH_MESSAGE.
 #[derive(Debug, Clone)]
@@ -307,21 +308,6 @@ fn start_producer(namesrv: &FakeServer, send_timeout: Duration, group: &str) -> 
         .unwrap()
 }
 
-/// Polls `condition` every 10 ms until it holds or `within` passes.
-fn wait_until(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    for _ in 0..10_000 {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    false
-}
-
 #[test]
 fn transport_failures_fail_over_to_the_other_group_which_then_takes_every_send() {
     for failure in [Behaviour::Close, Behaviour::Silence, Behaviour::Garbage] {
@@ -565,13 +551,17 @@ fn heartbeat_oneway_batch_selector_async_and_shutdown() {
     assert_eq!(properties.get("lang"), Some("en"));
     assert_eq!(header.producer_group, "everything");
     assert_eq!(&sent.body[..], b"hello");
-    assert!(wait_until(Duration::from_secs(5), || {
-        broker
-            .server
-            .received(RequestCode::HeartBeat)
-            .iter()
-            .any(|heartbeat| String::from_utf8_lossy(&heartbeat.body).contains("everything"))
-    }));
+    wait_until(
+        "a heartbeat of the producer group",
+        Duration::from_secs(5),
+        || {
+            broker
+                .server
+                .received(RequestCode::HeartBeat)
+                .iter()
+                .any(|heartbeat| String::from_utf8_lossy(&heartbeat.body).contains("everything"))
+        },
+    );
 
     // Async: the Pending is a future for any runtime.
     let runtime = compio::runtime::Runtime::new().unwrap();
@@ -585,13 +575,13 @@ fn heartbeat_oneway_batch_selector_async_and_shutdown() {
         .send_oneway(Message::new("events", "fire"))
         .wait()
         .unwrap();
-    assert!(wait_until(Duration::from_secs(5), || {
+    wait_until("a oneway send", Duration::from_secs(5), || {
         broker
             .server
             .received(RequestCode::SendMessageV2)
             .iter()
             .any(Command::is_oneway)
-    }));
+    });
 
     // Ordered: the selector's index picks the queue, every time.
     for _ in 0..3 {
