@@ -565,3 +565,63 @@ pub fn retry_topic(group: &str) -> String {
 pub fn dlq_topic(group: &str) -> String {
     format!("{DLQ_PREFIX}{group}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_encodes_its_properties_and_send_header() {
+        let message = Message::new("T", 2, "body")
+            .tags("TagA")
+            .keys("k1 k2")
+            .property("color", "red")
+            .property("color", "blue");
+        let text = message.properties_string();
+        let properties = Properties::new(&text);
+        assert_eq!(properties.get(keys::TAGS), Some("TagA"));
+        assert_eq!(properties.get(keys::KEYS), Some("k1 k2"));
+        assert_eq!(properties.get("color"), Some("blue"), "the last value wins");
+        assert_eq!(message.get("color"), Some("blue"));
+
+        let v2 = message.outgoing(SendCode::V2);
+        assert_eq!(v2.code, RequestCode::SendMessageV2);
+        assert_eq!(v2.header.get("b"), Some("T"), "one-letter names");
+        assert_eq!(v2.body, b"body");
+        let long = message.outgoing(SendCode::Long);
+        assert_eq!(long.code, RequestCode::SendMessage);
+        assert_eq!(long.header.get("topic"), Some("T"));
+        assert_eq!(long.header.get("producerGroup"), Some(PRODUCER_GROUP));
+    }
+
+    #[test]
+    fn pull_flags_follow_the_builder() {
+        let pull = Pull::new("T", 0, 5);
+        assert_eq!(pull.sys_flag, pull_sys_flag::SUBSCRIPTION);
+        let pull = pull.heartbeat_subscription().suspend(100).commit(3);
+        assert_eq!(
+            pull.sys_flag,
+            pull_sys_flag::SUSPEND | pull_sys_flag::COMMIT_OFFSET
+        );
+        let header = pull.header();
+        assert_eq!(header.subscription, None);
+        assert_eq!(header.expression_type, None);
+        assert_eq!((header.commit_offset, header.suspend_timeout_ms), (3, 100));
+        assert_eq!(header.consumer_group, PULL_GROUP);
+    }
+
+    #[test]
+    fn group_topics_and_heartbeats() {
+        assert_eq!(retry_topic("g"), "%RETRY%g");
+        assert_eq!(dlq_topic("g"), "%DLQ%g");
+        let heartbeat = heartbeat_data("cid", "g", &[("T", "TagA")]);
+        let consumer = &heartbeat.consumer_data_set[0];
+        assert_eq!(consumer.group_name, "g");
+        let topics: Vec<&str> = consumer
+            .subscription_data_set
+            .iter()
+            .map(|subscription| subscription.topic.as_str())
+            .collect();
+        assert_eq!(topics, ["T", "%RETRY%g"]);
+    }
+}

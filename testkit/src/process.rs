@@ -332,7 +332,8 @@ impl RunningProcess {
                 // Our unreaped child (checked just above): the PID names no other process.
                 let _ignored = self.child.kill();
                 let _status = self.child.wait();
-                let (stdout, stderr) = self.output();
+                // A child of its own may still hold the pipes: take what came so far.
+                let (stdout, stderr) = self.output(Duration::from_secs(1));
                 panic!(
                     "{} was still running after {deadline:?} (expected it to exit)\n\
                      --- stdout ---\n{}\n--- stderr ---\n{}",
@@ -344,7 +345,7 @@ impl RunningProcess {
             thread::sleep(Duration::from_millis(5));
         };
         let elapsed = self.started.elapsed();
-        let (stdout, stderr) = self.output();
+        let (stdout, stderr) = self.output(EXIT_DEADLINE);
         Exited {
             status,
             stdout,
@@ -353,9 +354,10 @@ impl RunningProcess {
         }
     }
 
-    /// The collected output of an exited process (its pipes are closed, so the collectors end).
-    fn output(&self) -> (String, String) {
-        let text = |pipe: &Receiver<String>| pipe.recv_timeout(EXIT_DEADLINE).unwrap_or_default();
+    /// The collected output of an exited process, waiting up to `timeout` for each pipe to
+    /// close (a child of the process may hold it open).
+    fn output(&self, timeout: Duration) -> (String, String) {
+        let text = |pipe: &Receiver<String>| pipe.recv_timeout(timeout).unwrap_or_default();
         (text(&self.stdout), text(&self.stderr))
     }
 }
@@ -391,4 +393,43 @@ fn collect(mut pipe: impl Read + Send + 'static) -> Receiver<String> {
         })
         .expect("start an output collector thread");
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wait_until;
+
+    fn shell(script: &str) -> Command {
+        let mut command = Command::new("sh");
+        command.args(["-c", script]);
+        command
+    }
+
+    #[test]
+    fn a_run_to_exit_collects_code_and_output() {
+        let exited = run_to_exit(
+            shell("echo out; echo err >&2; exit 3"),
+            Duration::from_secs(20),
+        );
+        assert_eq!(exited.code(), Some(3));
+        assert_eq!(exited.stdout, "out\n");
+        assert_eq!(exited.stderr, "err\n");
+    }
+
+    #[test]
+    #[should_panic(expected = "was still running after")]
+    fn a_run_that_does_not_end_fails_the_test() {
+        run_to_exit(shell("exec sleep 30"), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_running_process_is_seen_to_exit() {
+        let mut running = RunningProcess::start(shell("read line; echo \"[$line]\""));
+        // stdin is closed: `read` sees end of file at once.
+        wait_until("the process to exit", Duration::from_secs(20), || {
+            running.has_exited()
+        });
+        assert_eq!(running.finish(Duration::ZERO).stdout, "[]\n");
+    }
 }
