@@ -48,7 +48,7 @@ mod requests;
 
 use std::time::{Duration, Instant};
 
-pub use binary::{binary, binary_of, fresh_binary};
+pub use binary::{REBUILD_ENV, binary, binary_of, fresh_binary};
 pub use broker::{BrokerOptions, BrokerProcess, DEFAULT_BROKER_NAME};
 pub use cluster::{CLUSTER_NAME, Cluster};
 pub use http::{http_get, parse_metrics};
