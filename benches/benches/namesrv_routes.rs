@@ -9,15 +9,15 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use bytes::BytesMut;
 use ringmq_namesrv::{NameServer, NamesrvConfig};
 use ringmq_protocol::{
-    CommandHead, FrameCodec, RequestCode, ResponseCode, SerializeType,
+    CommandHead, RequestCode, ResponseCode, SerializeType,
+    blocking::Connection,
     body::{self, DataVersion, RegisterBrokerBody, TopicConfig, TopicConfigSerializeWrapper},
     encode_frame,
     header::{GetRouteInfoRequestHeader, RegisterBrokerRequestHeader},
@@ -25,6 +25,8 @@ use ringmq_protocol::{
 
 const RUNS: usize = 3;
 const CLIENT_THREADS: usize = 2;
+/// Limit for connecting and for each exchange; only a broken server takes this long.
+const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -43,7 +45,7 @@ fn topic(i: usize) -> String {
 }
 
 /// Registers two brokers (a master/slave pair) hosting every topic.
-fn register(addr: SocketAddr) -> TcpStream {
+fn register(addr: SocketAddr) -> Connection {
     let table: BTreeMap<String, TopicConfig> = (0..topics())
         .map(|i| {
             (
@@ -68,7 +70,7 @@ fn register(addr: SocketAddr) -> TcpStream {
             topic_config_table: table,
         },
     });
-    let mut stream = TcpStream::connect(addr).expect("connect");
+    let mut connection = Connection::connect(addr, TIMEOUT).expect("connect");
     for (id, broker_addr) in [(0, "127.0.0.1:10911"), (1, "127.0.0.1:10921")] {
         let header = RegisterBrokerRequestHeader {
             broker_name: "broker-a",
@@ -79,28 +81,12 @@ fn register(addr: SocketAddr) -> TcpStream {
             compressed: None,
             body_crc32: None,
         };
-        let mut out = BytesMut::new();
-        encode_frame(
-            &CommandHead::request(RequestCode::RegisterBroker, id as i32, SerializeType::Json),
-            &header,
-            &body,
-            &mut out,
-        );
-        stream.write_all(&out).expect("register");
-        let codec = FrameCodec::default();
-        let mut input = BytesMut::new();
-        loop {
-            let mut chunk = [0u8; 4096];
-            let n = stream.read(&mut chunk).expect("read");
-            assert!(n > 0, "NameServer closed the connection");
-            input.extend_from_slice(&chunk[..n]);
-            if let Some(response) = codec.decode(&mut input).expect("decode") {
-                assert_eq!(response.response_code(), ResponseCode::Success);
-                break;
-            }
-        }
+        let response = connection
+            .request(RequestCode::RegisterBroker, &header, &body, TIMEOUT)
+            .expect("register");
+        assert_eq!(response.response_code(), ResponseCode::Success);
     }
-    stream
+    connection
 }
 
 /// One client thread: `connections` connections, each sending `pipeline` requests and reading
@@ -112,13 +98,8 @@ fn client(
     seed: usize,
     until: Instant,
 ) -> u64 {
-    let codec = FrameCodec::default();
-    let mut streams: Vec<TcpStream> = (0..connections)
-        .map(|_| {
-            let stream = TcpStream::connect(addr).expect("connect");
-            stream.set_nodelay(true).expect("nodelay");
-            stream
-        })
+    let mut streams: Vec<Connection> = (0..connections)
+        .map(|_| Connection::connect(addr, TIMEOUT).expect("connect"))
         .collect();
     // A batch of requests for different topics, encoded once (the binary header encoding).
     let mut batch = BytesMut::new();
@@ -141,31 +122,18 @@ fn client(
     }
     verify(addr, &batch, pipeline);
     let mut received = 0u64;
-    let mut input = vec![0u8; 1 << 20];
     // Bounded by time, and by count as a safety net.
     for _ in 0..100_000_000u64 {
         if Instant::now() >= until {
             break;
         }
         for stream in &mut streams {
-            stream.write_all(&batch).expect("send");
+            stream.write_raw(&batch).expect("send");
         }
+        // The answers are counted, not decoded: the load generator shares the server's cores.
         for stream in &mut streams {
-            let mut frames = 0;
-            let mut filled = 0;
-            while frames < pipeline {
-                let n = stream.read(&mut input[filled..]).expect("read");
-                assert!(n > 0, "NameServer closed the connection");
-                filled += n;
-                let mut at = 0;
-                while let Ok(Some(layout)) = codec.check(&input[at..filled]) {
-                    at += layout.frame_bytes;
-                    frames += 1;
-                }
-                input.copy_within(at..filled, 0);
-                filled -= at;
-            }
-            received += frames as u64;
+            stream.skip_frames(pipeline, TIMEOUT).expect("read");
+            received += pipeline as u64;
         }
     }
     received
@@ -174,21 +142,12 @@ fn client(
 /// Sends `batch` once and checks every answer is a route (not TOPIC_NOT_EXIST): the timed loop
 /// only counts frames.
 fn verify(addr: SocketAddr, batch: &[u8], pipeline: usize) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.write_all(batch).expect("send");
-    let codec = FrameCodec::default();
-    let mut input = BytesMut::new();
-    let mut answered = 0;
-    while answered < pipeline {
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).expect("read");
-        assert!(n > 0, "NameServer closed the connection");
-        input.extend_from_slice(&chunk[..n]);
-        while let Some(response) = codec.decode(&mut input).expect("decode") {
-            assert_eq!(response.response_code(), ResponseCode::Success);
-            assert!(response.body.len() > 100, "a route body");
-            answered += 1;
-        }
+    let mut connection = Connection::connect(addr, TIMEOUT).expect("connect");
+    connection.write_raw(batch).expect("send");
+    for _ in 0..pipeline {
+        let response = connection.read_frame(TIMEOUT).expect("a route answer");
+        assert_eq!(response.response_code(), ResponseCode::Success);
+        assert!(response.body.len() > 100, "a route body");
     }
 }
 

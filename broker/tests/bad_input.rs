@@ -5,9 +5,8 @@
 //! broker must accept new connections after every case.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::{
+    process::Command,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -17,14 +16,14 @@ use std::{
 };
 
 use bytes::BytesMut;
-use common::{
-    BrokerProcess, Client, DEADLINE, EXIT_DEADLINE, Message, Pull, SendCode, XorShift, expect_code,
-    mentions, run_raw_to_exit, run_to_exit, wait_until,
-};
 use ringmq_protocol::{
     CommandHead, RequestCode, ResponseCode, SerializeType, encode_frame,
     header::{QueueRequestHeader, SendMessageResponseHeader},
     message::RecordIter,
+};
+use ringmq_testkit::{
+    BrokerOptions, BrokerProcess, DEADLINE, EXIT_DEADLINE, Exited, Message, PERM_RW, Pull,
+    RemotingClient, SendCode, XorShift, binary, expect_code, mentions, run_to_exit, wait_until,
 };
 
 /// The topic the well-behaved client uses.
@@ -39,7 +38,7 @@ struct Background {
 }
 
 /// One send then a pull of exactly that message; `Err` describes what went wrong.
-fn good_round(client: &mut Client, queue: i32, body: &str) -> Result<(), String> {
+fn good_round(client: &mut RemotingClient, queue: i32, body: &str) -> Result<(), String> {
     let outgoing = Message::new(GOOD_TOPIC, queue, body).outgoing(SendCode::V2);
     let response = client
         .try_request(outgoing.code, &outgoing.header, &outgoing.body)
@@ -163,8 +162,8 @@ fn after_case(broker: &BrokerProcess, background: &Background, case: &str) {
 }
 
 /// The broker the request-level cases run against, with the well-behaved client running.
-fn start(args: &[&str]) -> (BrokerProcess, Background) {
-    let broker = BrokerProcess::start(args);
+fn start(options: BrokerOptions) -> (BrokerProcess, Background) {
+    let broker = BrokerProcess::start(options);
     broker.client().create_topic(GOOD_TOPIC, 2);
     let background = Background::start(&broker);
     background.assert_progress("before any bad input");
@@ -182,7 +181,7 @@ fn frame_prefix(total_length: u32, marker: u32) -> Vec<u8> {
 
 /// Inputs after which the stream cannot be delimited any more: the broker must close it.
 fn undelimitable_inputs() -> Vec<(&'static str, Vec<u8>)> {
-    let seed = common::now_ms() as u64;
+    let seed = ringmq_common::now_ms() as u64;
     println!("garbage seed {seed}");
     let mut random = XorShift::new(seed);
     let mut garbage = random.bytes(64);
@@ -215,7 +214,10 @@ fn undelimitable_inputs() -> Vec<(&'static str, Vec<u8>)> {
 
 #[test]
 fn malformed_frames_close_only_their_own_connection() {
-    let (broker, background) = start(&["--shards", "2"]);
+    let (broker, background) = start(BrokerOptions {
+        shards: Some(2),
+        ..BrokerOptions::default()
+    });
     for (case, bytes) in undelimitable_inputs() {
         let mut bad = broker.client();
         bad.write_raw(&bytes).unwrap();
@@ -271,7 +273,7 @@ fn malformed_frames_close_only_their_own_connection() {
 // Requests
 
 /// The connection still answers.
-fn assert_usable(client: &mut Client, case: &str) {
+fn assert_usable(client: &mut RemotingClient, case: &str) {
     let response = client.request(
         RequestCode::GetMaxOffset,
         QueueRequestHeader {
@@ -290,7 +292,7 @@ fn assert_usable(client: &mut Client, case: &str) {
 fn unknown_request_code(broker: &BrokerProcess, background: &Background) {
     for serialize_type in [SerializeType::Json, SerializeType::RocketMq] {
         let case = format!("request code 9999 ({serialize_type:?})");
-        let mut client = Client::connect_with(broker.addr(), serialize_type);
+        let mut client = broker.client().with_serialize_type(serialize_type);
         let response = client.request(RequestCode::from_i32(9999), (), b"whatever");
         expect_code(&response, ResponseCode::RequestCodeNotSupported, &case);
         let remark = response.remark.clone().unwrap_or_default();
@@ -393,7 +395,7 @@ fn invalid_topic_name(broker: &BrokerProcess, background: &Background) {
     let mut client = broker.client();
     let send = client.send_raw(SendCode::V2, &Message::new("bad topic!", 0, "x"));
     expect_code(&send, ResponseCode::SystemError, &format!("{case}: send"));
-    let create = client.create_topic_raw("bad topic!", 1, common::PERM_RW);
+    let create = client.create_topic_raw("bad topic!", 1, PERM_RW);
     expect_code(
         &create,
         ResponseCode::SystemError,
@@ -405,12 +407,12 @@ fn invalid_topic_name(broker: &BrokerProcess, background: &Background) {
 
 #[test]
 fn bad_requests_get_error_responses_and_keep_their_connection() {
-    let (broker, background) = start(&[
+    let (broker, background) = start(BrokerOptions::default().with_args(&[
         "--auto-create-topic",
         "false",
         "--max-message-size",
         "65536",
-    ]);
+    ]));
     unknown_request_code(&broker, &background);
     missing_and_malformed_fields(&broker, &background);
     unknown_topic_without_auto_create(&broker, &background);
@@ -424,7 +426,7 @@ fn bad_requests_get_error_responses_and_keep_their_connection() {
 // Configuration
 
 /// A refused start: non-zero exit within the deadline, the key named on stderr, never listening.
-fn assert_refused(exited: &common::Exited, names: &[&str], case: &str) {
+fn assert_refused(exited: &Exited, names: &[&str], case: &str) {
     assert!(
         !exited.status.success(),
         "{case}: exited with {} (stderr: {})",
@@ -451,7 +453,12 @@ fn assert_refused(exited: &common::Exited, names: &[&str], case: &str) {
 #[test]
 fn invalid_configuration_is_refused_at_start() {
     let root = tempfile::tempdir().unwrap();
-    let exited = run_to_exit(root.path(), &["--flush-disk-type", "BOGUS"], EXIT_DEADLINE);
+    let exited = BrokerOptions {
+        store_dir: Some(root.path().join("store")),
+        flush_disk_type: Some("BOGUS".to_owned()),
+        ..BrokerOptions::default()
+    }
+    .run_to_exit(EXIT_DEADLINE);
     assert_refused(
         &exited,
         &["flushDiskType", "flush-disk-type"],
@@ -469,6 +476,8 @@ fn invalid_configuration_is_refused_at_start() {
         "--embedded-namesrv-port".to_owned(),
         "0".to_owned(),
     ];
-    let exited = run_raw_to_exit(root.path(), &args, EXIT_DEADLINE);
+    let mut broker = Command::new(binary("ringmq-broker"));
+    broker.args(args);
+    let exited = run_to_exit(broker, EXIT_DEADLINE);
     assert_refused(&exited, &["listenPort"], "broker.conf listenPort=abc");
 }

@@ -4,21 +4,19 @@
 //! queue offsets). Each test starts its own broker on a fresh temporary store.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{
-    BrokerProcess, CLUSTER, Client, DEADLINE, DEFAULT_TOPIC, Message, Pull, SendCode, expect_code,
-    wait_until,
-};
 use ringmq_protocol::{
     Command, RequestCode, ResponseCode,
     body::{self, TopicConfigSerializeWrapper},
     header::{DeleteTopicFromNamesrvRequestHeader, DeleteTopicRequestHeader},
 };
+use ringmq_testkit::{
+    BrokerOptions, BrokerProcess, CLUSTER_NAME, DEADLINE, DEFAULT_TOPIC, Message, Pull,
+    RemotingClient, SendCode, expect_code, wait_until,
+};
 
 const TOPIC: &str = "Doomed";
 
-fn delete_in_broker(client: &mut Client, topic: &str) -> Command {
+fn delete_in_broker(client: &mut RemotingClient, topic: &str) -> Command {
     client.request(
         RequestCode::DeleteTopicInBroker,
         DeleteTopicRequestHeader { topic },
@@ -26,14 +24,14 @@ fn delete_in_broker(client: &mut Client, topic: &str) -> Command {
     )
 }
 
-fn broker_topics(client: &mut Client) -> TopicConfigSerializeWrapper {
+fn broker_topics(client: &mut RemotingClient) -> TopicConfigSerializeWrapper {
     let response = client.request(RequestCode::GetAllTopicConfig, (), &[]);
     expect_code(&response, ResponseCode::Success, "GET_ALL_TOPIC_CONFIG");
     body::decode(&response.body, "TopicConfigSerializeWrapper").unwrap()
 }
 
 /// Whether the NameServer's route of `topic` lists any queue.
-fn routed(namesrv: &mut Client, topic: &str) -> bool {
+fn routed(namesrv: &mut RemotingClient, topic: &str) -> bool {
     namesrv
         .route(topic)
         .is_some_and(|route| !route.queue_datas.is_empty())
@@ -41,14 +39,10 @@ fn routed(namesrv: &mut Client, topic: &str) -> bool {
 
 #[test]
 fn delete_removes_the_config_and_keeps_the_stored_messages() {
-    let root = tempfile::tempdir().unwrap();
-    let args = [
-        "--auto-create-topic",
-        "false",
-        "--register-interval-ms",
-        "200",
-    ];
-    let mut broker = BrokerProcess::start_in(root.path(), &args);
+    let mut broker = BrokerProcess::start(BrokerOptions {
+        register_interval_ms: 200,
+        ..BrokerOptions::default().with_args(&["--auto-create-topic", "false"])
+    });
     let mut client = broker.client();
     let mut namesrv = broker.namesrv_client();
     client.create_topic(TOPIC, 2);
@@ -102,7 +96,7 @@ fn delete_removes_the_config_and_keeps_the_stored_messages() {
         RequestCode::DeleteTopicInNamesrv,
         DeleteTopicFromNamesrvRequestHeader {
             topic: TOPIC,
-            cluster_name: Some(CLUSTER),
+            cluster_name: Some(CLUSTER_NAME),
         },
         &[],
     );
@@ -122,7 +116,7 @@ fn delete_removes_the_config_and_keeps_the_stored_messages() {
     // The deletion survives a restart; the stored messages do too, so a re-created topic
     // continues its queue offsets and its old messages are readable again.
     assert_eq!(broker.terminate().code(), Some(0));
-    let broker = BrokerProcess::start_in(root.path(), &args);
+    broker.restart();
     let mut client = broker.client();
     assert!(
         !broker_topics(&mut client)

@@ -3,27 +3,47 @@
 //! registration. Each test starts its own broker on a fresh temporary store.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::{
     collections::{BTreeMap, HashSet},
     thread,
     time::{Duration, Instant},
 };
 
-use common::{
-    BROKER_NAME, BrokerProcess, CLUSTER, Client, DEADLINE, DEFAULT_TOPIC, DEFAULT_TOPIC_QUEUES,
-    Message, PERM_RW, Pull, Record, SendCode, dlq_topic, expect_code, http_get, mq, parse_metrics,
-    parse_pull, retry_topic, wait_for, wait_for_next_ms, wait_until,
-};
+use ringmq_common::now_ms;
 use ringmq_protocol::{
     RequestCode, ResponseCode, SerializeType,
-    body::TopicRouteData,
+    body::{MessageQueue, TopicRouteData},
     header::{
         NotifyConsumerIdsChangedRequestHeader, OffsetResponseHeader, QueryMessageResponseHeader,
     },
     message::properties::keys,
 };
+use ringmq_testkit::{
+    BrokerOptions, BrokerProcess, CLUSTER_NAME, DEADLINE, DEFAULT_BROKER_NAME, DEFAULT_TOPIC,
+    Message, PERM_RW, Pull, PullResult, Record, RemotingClient, SendCode, decode_records,
+    dlq_topic, expect_code, http_get, parse_metrics, parse_pull, retry_topic, wait_for_next_ms,
+    wait_until,
+};
+
+/// Queues of TBW102, and the cap on the queues of a topic auto-created by a send.
+const DEFAULT_TOPIC_QUEUES: i32 = 8;
+
+/// A queue of a broker with the default name.
+fn mq(topic: &str, queue_id: i32) -> MessageQueue {
+    MessageQueue {
+        broker_name: DEFAULT_BROKER_NAME.to_owned(),
+        queue_id,
+        topic: topic.to_owned(),
+    }
+}
+
+/// A broker with `--shards 2`.
+fn two_shards() -> BrokerOptions {
+    BrokerOptions {
+        shards: Some(2),
+        ..BrokerOptions::default()
+    }
+}
 
 // ------------------------------------------------------------------------------------------------
 // Produce / consume round trip
@@ -40,7 +60,7 @@ const TAGS: [&str; 3] = ["TagA", "TagB", "TagC"];
 
 /// Sends to every queue: two SEND_MESSAGE_V2, one SEND_MESSAGE (long names) and a batch of three,
 /// checking every response. Returns what each queue should hold, by queue offset.
-fn send_round_trip_messages(client: &mut Client, topic: &str) -> Vec<Vec<Sent>> {
+fn send_round_trip_messages(client: &mut RemotingClient, topic: &str) -> Vec<Vec<Sent>> {
     let mut physical_offsets = HashSet::new();
     let mut queues = Vec::new();
     for queue in 0..ROUND_TRIP_QUEUES {
@@ -68,7 +88,7 @@ fn send_round_trip_messages(client: &mut Client, topic: &str) -> Vec<Vec<Sent>> 
                 batched: false,
             });
         }
-        let born = common::now_ms();
+        let born = now_ms();
         let batch: Vec<Message> = (3..6)
             .map(|n| message(n, "batched").born_at(born))
             .collect();
@@ -97,7 +117,7 @@ fn send_round_trip_messages(client: &mut Client, topic: &str) -> Vec<Vec<Sent>> 
 
 /// Pulls a queue from 0 with `*` and checks every record and every response header.
 fn verify_round_trip_queue(
-    client: &mut Client,
+    client: &mut RemotingClient,
     topic: &str,
     queue: i32,
     sent: &[Sent],
@@ -130,7 +150,7 @@ fn verify_round_trip_queue(
     for (index, (record, sent)) in records.iter().zip(sent).enumerate() {
         assert_eq!(record.queue_offset, index as i64, "queue offsets in order");
         assert_eq!(record.queue_id, queue);
-        sent.message.assert_stored_as(record, CLUSTER);
+        sent.message.assert_stored_as(record, CLUSTER_NAME);
         assert_eq!(
             record.physical_offset, sent.physical_offset,
             "physical offset = msgId"
@@ -149,7 +169,7 @@ fn verify_round_trip_queue(
         assert_eq!(record.prepared_transaction_offset, 0);
         assert!(
             record.store_timestamp_ms >= since_ms - 1000
-                && record.store_timestamp_ms <= common::now_ms() + 1000,
+                && record.store_timestamp_ms <= now_ms() + 1000,
             "store timestamp {} is not around now",
             record.store_timestamp_ms
         );
@@ -182,7 +202,7 @@ fn verify_round_trip_queue(
     );
 }
 
-fn expect_code_pull(result: &common::PullResult, code: ResponseCode, what: &str) {
+fn expect_code_pull(result: &PullResult, code: ResponseCode, what: &str) {
     assert_eq!(
         result.code, code,
         "{what}: expected {code}, got {} ({:?})",
@@ -192,7 +212,7 @@ fn expect_code_pull(result: &common::PullResult, code: ResponseCode, what: &str)
 
 /// Tag subscriptions: only matching tags come back, and a scanned range without a match answers
 /// PULL_RETRY_IMMEDIATELY with an advanced nextBeginOffset.
-fn verify_tag_filtering(client: &mut Client) {
+fn verify_tag_filtering(client: &mut RemotingClient) {
     let topic = "TagFilter";
     client.create_topic(topic, 1);
     let tags = [
@@ -236,11 +256,11 @@ fn verify_tag_filtering(client: &mut Client) {
     expect_code_pull(&result, ResponseCode::PullNotFound, "pull at the end");
 }
 
-fn round_trip(broker_args: &[&str], serialize_type: SerializeType) {
-    let broker = BrokerProcess::start(broker_args);
-    let mut client = Client::connect_with(broker.addr(), serialize_type);
+fn round_trip(options: BrokerOptions, serialize_type: SerializeType) {
+    let broker = BrokerProcess::start(options);
+    let mut client = broker.client().with_serialize_type(serialize_type);
     let topic = "RoundTrip";
-    let since_ms = common::now_ms();
+    let since_ms = now_ms();
     client.create_topic(topic, ROUND_TRIP_QUEUES);
     let queues = send_round_trip_messages(&mut client, topic);
     for (queue, sent) in queues.iter().enumerate() {
@@ -251,17 +271,20 @@ fn round_trip(broker_args: &[&str], serialize_type: SerializeType) {
 
 #[test]
 fn round_trip_with_json_headers() {
-    round_trip(&[], SerializeType::Json);
+    round_trip(BrokerOptions::default(), SerializeType::Json);
 }
 
 #[test]
 fn round_trip_with_binary_headers() {
-    round_trip(&[], SerializeType::RocketMq);
+    round_trip(BrokerOptions::default(), SerializeType::RocketMq);
 }
 
 #[test]
 fn round_trip_on_the_poll_driver() {
-    round_trip(&["--io-driver", "poll"], SerializeType::Json);
+    round_trip(
+        BrokerOptions::default().with_args(&["--io-driver", "poll"]),
+        SerializeType::Json,
+    );
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -269,7 +292,7 @@ fn round_trip_on_the_poll_driver() {
 
 /// Sends `count` messages to queue 0, each stored in a later millisecond than the one before,
 /// and returns them as pulled.
-fn send_spaced_messages(client: &mut Client, topic: &str, count: usize) -> Vec<Record> {
+fn send_spaced_messages(client: &mut RemotingClient, topic: &str, count: usize) -> Vec<Record> {
     for n in 0..count {
         let keys = if n + 1 == count {
             "multi-a multi-b".to_owned()
@@ -277,7 +300,7 @@ fn send_spaced_messages(client: &mut Client, topic: &str, count: usize) -> Vec<R
             format!("okey-{n}")
         };
         client.send(&Message::new(topic, 0, format!("offsets #{n}")).keys(&keys));
-        wait_for_next_ms(common::now_ms());
+        wait_for_next_ms(now_ms());
     }
     let records = client.pull_all(topic, 0, "*");
     assert_eq!(records.len(), count);
@@ -287,7 +310,7 @@ fn send_spaced_messages(client: &mut Client, topic: &str, count: usize) -> Vec<R
     records
 }
 
-fn verify_consumer_offsets(client: &mut Client, topic: &str) {
+fn verify_consumer_offsets(client: &mut RemotingClient, topic: &str) {
     // An unknown group on an empty queue: offset 0 or "not found" (§3.6).
     let response = client.query_consumer_offset_raw("NeverCommitted", topic, 1);
     match response.response_code() {
@@ -335,7 +358,7 @@ fn verify_consumer_offsets(client: &mut Client, topic: &str) {
     assert_eq!(client.query_consumer_offset(committer, topic, 0), 5);
 }
 
-fn verify_lookups(client: &mut Client, topic: &str, records: &[Record]) {
+fn verify_lookups(client: &mut RemotingClient, topic: &str, records: &[Record]) {
     let count = records.len() as i64;
     assert_eq!(client.max_offset(topic, 0), count);
     assert_eq!(client.max_offset(topic, 1), 0);
@@ -351,7 +374,7 @@ fn verify_lookups(client: &mut Client, topic: &str, records: &[Record]) {
         client.search_offset(topic, 0, records[0].store_timestamp_ms - 60_000),
         0
     );
-    let future = client.search_offset(topic, 0, common::now_ms() + 3_600_000);
+    let future = client.search_offset(topic, 0, now_ms() + 3_600_000);
     assert!(
         future == count - 1 || future == count,
         "a time after the last message gives the last offset or the max offset, got {future}"
@@ -363,10 +386,7 @@ fn verify_lookups(client: &mut Client, topic: &str, records: &[Record]) {
     let target = &records[2];
     let view = client.view_message(target.physical_offset);
     expect_code(&view, ResponseCode::Success, "VIEW_MESSAGE_BY_ID");
-    assert_eq!(
-        common::decode_records(&view.body),
-        std::slice::from_ref(target)
-    );
+    assert_eq!(decode_records(&view.body), std::slice::from_ref(target));
     let missing = client.view_message(target.physical_offset + (1 << 40));
     assert_ne!(
         missing.response_code(),
@@ -375,13 +395,13 @@ fn verify_lookups(client: &mut Client, topic: &str, records: &[Record]) {
     );
 }
 
-fn verify_query_by_key(client: &mut Client, topic: &str, records: &[Record]) {
+fn verify_query_by_key(client: &mut RemotingClient, topic: &str, records: &[Record]) {
     for (key, expected) in [
         ("okey-1", &records[1]),
         ("multi-b", records.last().unwrap()),
     ] {
         // The index may be written after the send is acknowledged.
-        let found = wait_for(&format!("QUERY_MESSAGE to find {key}"), DEADLINE, || {
+        let found = wait_until(&format!("QUERY_MESSAGE to find {key}"), DEADLINE, || {
             let response = client.query_message(topic, key);
             match response.response_code() {
                 ResponseCode::Success => Some(response),
@@ -392,7 +412,7 @@ fn verify_query_by_key(client: &mut Client, topic: &str, records: &[Record]) {
         let _: QueryMessageResponseHeader = found
             .header()
             .expect("QUERY_MESSAGE response carries the index update fields");
-        let matches: Vec<Record> = common::decode_records(&found.body)
+        let matches: Vec<Record> = decode_records(&found.body)
             .into_iter()
             .filter(|record| {
                 record
@@ -416,7 +436,7 @@ fn verify_query_by_key(client: &mut Client, topic: &str, records: &[Record]) {
 
 #[test]
 fn offsets_lookups_and_queries() {
-    let broker = BrokerProcess::start(&[]);
+    let broker = BrokerProcess::start(BrokerOptions::default());
     let mut client = broker.client();
     let topic = "Offsets";
     client.create_topic(topic, 2);
@@ -427,7 +447,7 @@ fn offsets_lookups_and_queries() {
     verify_query_by_key(&mut client, topic, &records);
 }
 
-fn verify_consumer_offsets_before_messages(client: &mut Client, topic: &str) {
+fn verify_consumer_offsets_before_messages(client: &mut RemotingClient, topic: &str) {
     let response = client.query_consumer_offset_raw("EarlyGroup", topic, 0);
     assert!(
         matches!(
@@ -445,7 +465,7 @@ fn verify_consumer_offsets_before_messages(client: &mut Client, topic: &str) {
 
 #[test]
 fn long_polling_answers_when_a_message_arrives_or_the_hold_expires() {
-    let broker = BrokerProcess::start(&["--shards", "2"]);
+    let broker = BrokerProcess::start(two_shards());
     let topic = "LongPoll";
     let mut consumer = broker.client();
     let mut producer = broker.client();
@@ -486,7 +506,7 @@ fn long_polling_answers_when_a_message_arrives_or_the_hold_expires() {
     let record = &result.records[0];
     assert_eq!(record.queue_offset, max);
     assert_eq!(record.physical_offset, sent.physical_offset());
-    message.assert_stored_as(record, CLUSTER);
+    message.assert_stored_as(record, CLUSTER_NAME);
     assert!(
         latency < Duration::from_secs(1),
         "the held pull answered {latency:?} after the send"
@@ -534,11 +554,11 @@ const SHARDED_QUEUES: i32 = 8;
 /// broker acknowledged, by queue, in queue-offset order, after checking that the offsets of each
 /// queue continue exactly from `expected` without gaps or repeats.
 fn send_concurrently(
-    clients: Vec<Client>,
+    clients: Vec<RemotingClient>,
     topic: &'static str,
     per_queue: usize,
     expected: &mut [Vec<Vec<u8>>],
-) -> Vec<Client> {
+) -> Vec<RemotingClient> {
     let senders: Vec<_> = clients
         .into_iter()
         .enumerate()
@@ -581,10 +601,10 @@ fn send_concurrently(
 
 #[test]
 fn connections_on_two_shards_share_consecutive_queue_offsets() {
-    let broker = BrokerProcess::start(&["--shards", "2"]);
+    let broker = BrokerProcess::start(two_shards());
     let topic = "Sharded";
     // With SO_REUSEPORT the kernel spreads these over both shards' listeners.
-    let mut clients: Vec<Client> = (0..6).map(|_| broker.client()).collect();
+    let mut clients: Vec<RemotingClient> = (0..6).map(|_| broker.client()).collect();
     clients[0].create_topic(topic, SHARDED_QUEUES);
     let mut expected: Vec<Vec<Vec<u8>>> = vec![Vec::new(); SHARDED_QUEUES as usize];
     for round in 0..2 {
@@ -639,7 +659,7 @@ fn connections_on_two_shards_share_consecutive_queue_offsets() {
         assert!(
             records
                 .iter()
-                .all(|record| record.store_host == broker.addr())
+                .all(|record| record.store_host == broker.socket_addr())
         );
         assert_eq!(fast.max_offset(topic, queue), bodies.len() as i64);
     }
@@ -648,7 +668,7 @@ fn connections_on_two_shards_share_consecutive_queue_offsets() {
 // ------------------------------------------------------------------------------------------------
 // Consumer groups
 
-fn expect_notify(client: &mut Client, group: &str, after: &str) {
+fn expect_notify(client: &mut RemotingClient, group: &str, after: &str) {
     let request = client
         .next_server_request(DEADLINE)
         .unwrap_or_else(|| panic!("no NOTIFY_CONSUMER_IDS_CHANGED after {after}"));
@@ -666,7 +686,11 @@ fn expect_notify(client: &mut Client, group: &str, after: &str) {
     assert_eq!(header.consumer_group, group);
 }
 
-fn verify_retry_topic_exists(client: &mut Client, namesrv: &mut Client, group: &str) {
+fn verify_retry_topic_exists(
+    client: &mut RemotingClient,
+    namesrv: &mut RemotingClient,
+    group: &str,
+) {
     let retry = retry_topic(group);
     assert_eq!(client.max_offset(&retry, 0), 0);
     let result = client.pull(&Pull::new(&retry, 0, 0).group(group));
@@ -675,7 +699,7 @@ fn verify_retry_topic_exists(client: &mut Client, namesrv: &mut Client, group: &
         ResponseCode::PullNotFound,
         "pull of the new %RETRY% topic",
     );
-    let route = wait_for(&format!("a route for {retry}"), DEADLINE, || {
+    let route = wait_until(&format!("a route for {retry}"), DEADLINE, || {
         namesrv.route(&retry)
     });
     assert_eq!(route.queue_datas.len(), 1);
@@ -687,7 +711,7 @@ fn verify_retry_topic_exists(client: &mut Client, namesrv: &mut Client, group: &
 
 #[test]
 fn heartbeats_register_consumers_and_notify_the_group() {
-    let broker = BrokerProcess::start(&["--shards", "2"]);
+    let broker = BrokerProcess::start(two_shards());
     let (group, topic) = ("HeartbeatGroup", "HeartbeatTopic");
     let mut first = broker.client();
     first.create_topic(topic, 1);
@@ -741,7 +765,7 @@ fn heartbeats_register_consumers_and_notify_the_group() {
 }
 
 /// The first record of queue 0 of `topic`, if the topic exists and holds one.
-fn first_record(client: &mut Client, topic: &str) -> Option<Record> {
+fn first_record(client: &mut RemotingClient, topic: &str) -> Option<Record> {
     let result = client.pull(&Pull::new(topic, 0, 0));
     match result.code {
         ResponseCode::Success => result.records.into_iter().next(),
@@ -752,7 +776,7 @@ fn first_record(client: &mut Client, topic: &str) -> Option<Record> {
 
 #[test]
 fn sent_back_messages_go_to_retry_then_to_the_dead_letter_queue() {
-    let broker = BrokerProcess::start(&[]);
+    let broker = BrokerProcess::start(BrokerOptions::default());
     let mut client = broker.client();
     let (topic, group) = ("RetrySource", "RetryGroup");
     client.create_topic(topic, 1);
@@ -775,7 +799,7 @@ fn sent_back_messages_go_to_retry_then_to_the_dead_letter_queue() {
     // stored straight into %RETRY%<group> instead of SCHEDULE_TOPIC_XXXX (level 3 = 10 s).
     // The deadline also covers a broker that does deliver level 3 after 10 s.
     let retry = retry_topic(group);
-    let retried = wait_for("the message in %RETRY%", Duration::from_secs(15), || {
+    let retried = wait_until("the message in %RETRY%", Duration::from_secs(15), || {
         first_record(&mut client, &retry)
     });
     assert_eq!(retried.topic, retry);
@@ -807,7 +831,7 @@ fn sent_back_messages_go_to_retry_then_to_the_dead_letter_queue() {
         "second CONSUMER_SEND_MSG_BACK",
     );
     let dlq = dlq_topic(group);
-    let dead = wait_for("the message in %DLQ%", DEADLINE, || {
+    let dead = wait_until("the message in %DLQ%", DEADLINE, || {
         first_record(&mut client, &dlq)
     });
     assert_eq!(dead.topic, dlq);
@@ -824,7 +848,7 @@ fn sent_back_messages_go_to_retry_then_to_the_dead_letter_queue() {
 
 #[test]
 fn queue_locks_are_exclusive_until_released() {
-    let broker = BrokerProcess::start(&[]);
+    let broker = BrokerProcess::start(BrokerOptions::default());
     let (topic, group) = ("Locked", "LockGroup");
     let mut a = broker.client();
     let mut b = broker.client();
@@ -858,14 +882,18 @@ fn queue_locks_are_exclusive_until_released() {
 #[test]
 fn runtime_info_and_metrics_report_the_broker() {
     const SENDS: u32 = 25;
-    let broker = BrokerProcess::start(&["--metrics-port", "0"]);
+    let broker = BrokerProcess::start(BrokerOptions {
+        metrics_port: Some(0),
+        ..BrokerOptions::default()
+    });
+    let metrics = broker.metrics_addr().expect("a metrics endpoint");
     let mut client = broker.client();
     for mut client in [broker.client(), broker.binary_client()] {
         let info = client.runtime_info();
         let version = info.get("brokerVersionDesc").expect("brokerVersionDesc");
         assert!(!version.is_empty());
     }
-    let (status, text) = http_get(broker.metrics_addr(), "/metrics");
+    let (status, text) = http_get(metrics, "/metrics");
     assert_eq!(status, 200, "GET /metrics");
     assert!(
         text.contains("ringmq_"),
@@ -881,8 +909,8 @@ fn runtime_info_and_metrics_report_the_broker() {
             format!("metered {n}"),
         ));
     }
-    let grown = wait_for("a ringmq_ counter to count the sends", DEADLINE, || {
-        let (status, text) = http_get(broker.metrics_addr(), "/metrics");
+    let grown = wait_until("a ringmq_ counter to count the sends", DEADLINE, || {
+        let (status, text) = http_get(metrics, "/metrics");
         assert_eq!(status, 200);
         let grown: Vec<(String, f64)> = totals_by_name(&text)
             .into_iter()
@@ -935,19 +963,23 @@ fn assert_route(
 
 #[test]
 fn topics_are_registered_with_the_embedded_nameserver() {
-    let broker = BrokerProcess::start(&["--broker-name", "broker-e2e", "--cluster", "E2ECluster"]);
-    let me = ("broker-e2e", "E2ECluster", broker.addr());
+    let broker = BrokerProcess::start(BrokerOptions {
+        broker_name: "broker-e2e".to_owned(),
+        cluster: Some("E2ECluster".to_owned()),
+        ..BrokerOptions::default()
+    });
+    let me = ("broker-e2e", "E2ECluster", broker.socket_addr());
     let mut client = broker.client();
     let mut namesrv = broker.namesrv_client();
     client.create_topic("Registered4", 4);
     client.create_topic("Registered2", 2);
     for (topic, queues) in [("Registered4", 4), ("Registered2", 2)] {
-        let route = wait_for(&format!("a route for {topic}"), DEADLINE, || {
+        let route = wait_until(&format!("a route for {topic}"), DEADLINE, || {
             namesrv.route(topic)
         });
         assert_route(&route, me, queues, PERM_RW);
     }
-    let template = wait_for("a route for TBW102", DEADLINE, || {
+    let template = wait_until("a route for TBW102", DEADLINE, || {
         namesrv.route(DEFAULT_TOPIC)
     });
     assert_route(&template, me, DEFAULT_TOPIC_QUEUES, 7);
@@ -958,17 +990,17 @@ fn topics_are_registered_with_the_embedded_nameserver() {
 
 #[test]
 fn defaults_template_topic_and_auto_creation() {
-    let broker = BrokerProcess::start(&[]);
-    let me = (BROKER_NAME, CLUSTER, broker.addr());
+    let broker = BrokerProcess::start(BrokerOptions::default());
+    let me = (DEFAULT_BROKER_NAME, CLUSTER_NAME, broker.socket_addr());
     let mut client = broker.client();
     let mut namesrv = broker.namesrv_client();
     client.send(&Message::new("AutoWide", 0, "wide").default_topic_queue_nums(16));
     client.send(&Message::new("AutoNarrow", 0, "narrow").default_topic_queue_nums(3));
-    let wide = wait_for("a route for AutoWide", DEADLINE, || {
+    let wide = wait_until("a route for AutoWide", DEADLINE, || {
         namesrv.route("AutoWide")
     });
     assert_route(&wide, me, DEFAULT_TOPIC_QUEUES, PERM_RW);
-    let narrow = wait_for("a route for AutoNarrow", DEADLINE, || {
+    let narrow = wait_until("a route for AutoNarrow", DEADLINE, || {
         namesrv.route("AutoNarrow")
     });
     assert_route(&narrow, me, 3, PERM_RW);
@@ -988,7 +1020,7 @@ fn defaults_template_topic_and_auto_creation() {
     );
     let outside = client.pull(&Pull::new("AutoNarrow", 3, 0));
     expect_code_pull(&outside, ResponseCode::SystemError, "pull of queue 3 of 3");
-    let template = wait_for("a route for TBW102", DEADLINE, || {
+    let template = wait_until("a route for TBW102", DEADLINE, || {
         namesrv.route(DEFAULT_TOPIC)
     });
     assert_route(&template, me, DEFAULT_TOPIC_QUEUES, 7);
@@ -1021,7 +1053,12 @@ fn broker_conf_is_read_and_flags_override_it() {
     )
     .unwrap();
     let conf = conf.display().to_string();
-    let broker = BrokerProcess::start(&["-c", &conf, "--broker-name", "flag-broker"]);
+    // No --cluster flag: the file's brokerClusterName must be the one read.
+    let broker = BrokerProcess::start(BrokerOptions {
+        broker_name: "flag-broker".to_owned(),
+        cluster: None,
+        ..BrokerOptions::default().with_args(&["-c", &conf])
+    });
     let mut client = broker.client();
     let refused = client.send_raw(SendCode::V2, &Message::new("NotCreated", 0, "x"));
     expect_code(
@@ -1034,12 +1071,12 @@ fn broker_conf_is_read_and_flags_override_it() {
     let records = client.pull_all("FromConf", 0, "*");
     assert_eq!(records[0].property(keys::CLUSTER), Some("ConfCluster"));
     let mut namesrv = broker.namesrv_client();
-    let route = wait_for("a route for FromConf", DEADLINE, || {
+    let route = wait_until("a route for FromConf", DEADLINE, || {
         namesrv.route("FromConf")
     });
     assert_route(
         &route,
-        ("flag-broker", "ConfCluster", broker.addr()),
+        ("flag-broker", "ConfCluster", broker.socket_addr()),
         1,
         PERM_RW,
     );
@@ -1048,27 +1085,37 @@ fn broker_conf_is_read_and_flags_override_it() {
 #[test]
 fn a_broker_registers_with_an_external_nameserver() {
     // Broker A's embedded NameServer serves as the external NameServer of broker B.
-    let a = BrokerProcess::start(&[]);
-    let namesrv_list = format!("{};", a.namesrv_addr());
-    let mut b = BrokerProcess::start(&["-n", &namesrv_list, "--broker-name", "broker-b"]);
+    let a = BrokerProcess::start(BrokerOptions::default());
+    let namesrv_list = format!("{};", a.embedded_namesrv_addr().unwrap());
+    let mut b = BrokerProcess::start(BrokerOptions::master("broker-b", &namesrv_list));
     let mut client = b.client();
     client.create_topic("OnlyOnB", 3);
     a.client().create_topic("OnlyOnA", 2);
     let mut namesrv = a.namesrv_client();
-    let route = wait_for("a route for OnlyOnB", DEADLINE, || namesrv.route("OnlyOnB"));
-    assert_route(&route, ("broker-b", CLUSTER, b.addr()), 3, PERM_RW);
+    let route = wait_until("a route for OnlyOnB", DEADLINE, || namesrv.route("OnlyOnB"));
+    assert_route(
+        &route,
+        ("broker-b", CLUSTER_NAME, b.socket_addr()),
+        3,
+        PERM_RW,
+    );
     assert_eq!(route.broker_datas.len(), 1, "only broker-b hosts OnlyOnB");
-    let route = wait_for("a route for OnlyOnA", DEADLINE, || namesrv.route("OnlyOnA"));
-    assert_route(&route, (BROKER_NAME, CLUSTER, a.addr()), 2, PERM_RW);
+    let route = wait_until("a route for OnlyOnA", DEADLINE, || namesrv.route("OnlyOnA"));
+    assert_route(
+        &route,
+        (DEFAULT_BROKER_NAME, CLUSTER_NAME, a.socket_addr()),
+        2,
+        PERM_RW,
+    );
     // TBW102 lives on both brokers.
-    let template = wait_for("TBW102 on both brokers", DEADLINE, || {
+    let template = wait_until("TBW102 on both brokers", DEADLINE, || {
         namesrv
             .route(DEFAULT_TOPIC)
             .filter(|route| route.broker_datas.len() == 2)
     });
     assert_route(
         &template,
-        ("broker-b", CLUSTER, b.addr()),
+        ("broker-b", CLUSTER_NAME, b.socket_addr()),
         DEFAULT_TOPIC_QUEUES,
         7,
     );

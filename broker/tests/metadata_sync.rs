@@ -5,12 +5,7 @@
 //! appears. Nothing here needs master/slave log replication.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    collections::BTreeMap,
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use ringmq_protocol::{
     RequestCode,
@@ -18,8 +13,7 @@ use ringmq_protocol::{
     header::{DeleteTopicRequestHeader, UpdateConsumerOffsetRequestHeader},
 };
 use ringmq_testkit::{
-    BrokerOptions, BrokerProcess, DEADLINE,
-    remoting::{self, RemotingClient},
+    BrokerOptions, BrokerProcess, DEADLINE, RemotingClient, http_get, parse_metrics, remoting,
     wait_until,
 };
 
@@ -48,20 +42,16 @@ fn slave_options(namesrv: Option<String>, extra: &[&str]) -> BrokerOptions {
 }
 
 fn topics(broker: &str) -> BTreeMap<String, TopicConfig> {
-    let answer = RemotingClient::connect(broker)
-        .unwrap()
-        .request_ok(RequestCode::GetAllTopicConfig, &(), &[])
-        .unwrap();
+    let answer =
+        RemotingClient::connect(broker).request_ok(RequestCode::GetAllTopicConfig, (), &[]);
     let wrapper: TopicConfigSerializeWrapper =
         body::decode(&answer.body, "TopicConfigSerializeWrapper").unwrap();
     wrapper.topic_config_table
 }
 
 fn all_offsets(broker: &str) -> ConsumerOffsetTable {
-    let answer = RemotingClient::connect(broker)
-        .unwrap()
-        .request_ok(RequestCode::GetAllConsumerOffset, &(), &[])
-        .unwrap();
+    let answer =
+        RemotingClient::connect(broker).request_ok(RequestCode::GetAllConsumerOffset, (), &[]);
     body::decode(&answer.body, "ConsumerOffsetTable").unwrap()
 }
 
@@ -72,21 +62,15 @@ fn commit(broker: &str, group: &str, topic: &str, queue_id: i32, offset: i64) {
         queue_id,
         commit_offset: offset,
     };
-    RemotingClient::connect(broker)
-        .unwrap()
-        .request_ok(RequestCode::UpdateConsumerOffset, &header, &[])
-        .unwrap();
+    RemotingClient::connect(broker).request_ok(RequestCode::UpdateConsumerOffset, header, &[]);
 }
 
 fn delete_topic(broker: &str, topic: &str) {
-    RemotingClient::connect(broker)
-        .unwrap()
-        .request_ok(
-            RequestCode::DeleteTopicInBroker,
-            &DeleteTopicRequestHeader { topic },
-            &[],
-        )
-        .unwrap();
+    RemotingClient::connect(broker).request_ok(
+        RequestCode::DeleteTopicInBroker,
+        DeleteTopicRequestHeader { topic },
+        &[],
+    );
 }
 
 /// The committed offset of `group` on a queue, as the broker answers QUERY_CONSUMER_OFFSET.
@@ -96,29 +80,8 @@ fn offset(broker: &str, group: &str, topic: &str, queue_id: i32) -> Option<i64> 
 
 /// The value of an unlabelled series on a broker's metrics endpoint.
 fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: ringmq\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
-fn metrics_addr(broker: &BrokerProcess) -> SocketAddr {
-    wait_until("the metrics address in the log", DEADLINE, || {
-        broker.log().lines().find_map(|line| {
-            line.split_once("metrics listening on ")?
-                .1
-                .trim()
-                .parse()
-                .ok()
-        })
-    })
+    let (_status, text) = http_get(addr, "/metrics");
+    parse_metrics(&text).get(name).copied()
 }
 
 #[test]
@@ -133,9 +96,10 @@ fn a_slave_follows_its_masters_topics_and_offsets_and_keeps_them_while_it_is_dow
     // Another shard count than the master's: the master's merged table is spread anew.
     let mut slave = BrokerProcess::start(BrokerOptions {
         shards: Some(3),
+        metrics_port: Some(0),
         ..slave_options(
             master.embedded_namesrv_addr(),
-            &["--ha-master-address", &ha_master, "--metrics-port", "0"],
+            &["--ha-master-address", &ha_master],
         )
     });
     let (master_addr, slave_addr) = (master.addr(), slave.addr());
@@ -197,7 +161,7 @@ fn a_slave_follows_its_masters_topics_and_offsets_and_keeps_them_while_it_is_dow
 
     // The master goes away: the slave keeps what it has, and says so once, not every round.
     master.kill();
-    let metrics = metrics_addr(&slave);
+    let metrics = slave.metrics_addr().unwrap();
     wait_until("several failed sync rounds", DEADLINE, || {
         (metric(metrics, "ringmq_metadata_syncs_failed_total")? >= 3.0).then_some(())
     });

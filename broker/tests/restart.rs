@@ -2,8 +2,6 @@
 //! every acknowledged message is back; a different shard count is refused.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::{
     collections::{BTreeMap, HashSet},
     sync::{Arc, Mutex},
@@ -11,16 +9,27 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
-    BrokerProcess, Client, ClientError, DEADLINE, EXIT_DEADLINE, Message, PERM_RW, Pull, Record,
-    SendCode, expect_code, run_to_exit, wait_for, wait_until,
-};
 use ringmq_protocol::ResponseCode;
+use ringmq_testkit::{
+    BrokerOptions, BrokerProcess, ConnectionError, DEADLINE, EXIT_DEADLINE, Message, PERM_RW, Pull,
+    Record, RemotingClient, SendCode, decode_records, expect_code, parse_send, wait_until,
+};
 
-const SHARDS: &str = "2";
+const SHARDS: u32 = 2;
+
+/// A broker with [`SHARDS`] shards on a temporary store it keeps across restarts.
+fn sharded() -> BrokerOptions {
+    BrokerOptions {
+        shards: Some(SHARDS),
+        ..BrokerOptions::default()
+    }
+}
 
 /// Every record of the given queues, by (topic, queue).
-fn snapshot(client: &mut Client, topics: &[(&str, i32)]) -> BTreeMap<(String, i32), Vec<Record>> {
+fn snapshot(
+    client: &mut RemotingClient,
+    topics: &[(&str, i32)],
+) -> BTreeMap<(String, i32), Vec<Record>> {
     let mut all = BTreeMap::new();
     for (topic, queues) in topics {
         for queue in 0..*queues {
@@ -35,7 +44,7 @@ fn snapshot(client: &mut Client, topics: &[(&str, i32)]) -> BTreeMap<(String, i3
 
 /// Fills the store of a first broker: two topics with messages (one created, one auto-created),
 /// one empty topic, and committed consumer offsets.
-fn fill(client: &mut Client) {
+fn fill(client: &mut RemotingClient) {
     client.create_topic("Durable", 4);
     client.create_topic("EmptyButKept", 2);
     for queue in 0..4 {
@@ -46,7 +55,7 @@ fn fill(client: &mut Client) {
                 .property("n", &n.to_string());
             client.send(&message);
         }
-        let born = common::now_ms();
+        let born = ringmq_common::now_ms();
         let batch: Vec<Message> = (5..8)
             .map(|n| {
                 Message::new("Durable", queue, format!("durable q{queue} batched #{n}"))
@@ -62,21 +71,20 @@ fn fill(client: &mut Client) {
 
 #[test]
 fn clean_restart_keeps_topics_offsets_and_messages() {
-    let root = tempfile::tempdir().unwrap();
     let topics = [("Durable", 4), ("AutoDurable", 2), ("EmptyButKept", 2)];
-    let mut first = BrokerProcess::start_in(root.path(), &["--shards", SHARDS]);
-    let mut client = first.client();
+    let mut broker = BrokerProcess::start(sharded());
+    let mut client = broker.client();
     fill(&mut client);
     let before = snapshot(&mut client, &topics);
     let max_before: Vec<i64> = (0..4)
         .map(|queue| client.max_offset("Durable", queue))
         .collect();
     drop(client);
-    let status = first.terminate();
+    let status = broker.terminate();
     assert_eq!(status.code(), Some(0), "SIGTERM is a clean exit: {status}");
 
-    let second = BrokerProcess::start_in(root.path(), &["--shards", SHARDS]);
-    let mut client = second.client();
+    broker.restart();
+    let mut client = broker.client();
     assert_eq!(
         snapshot(&mut client, &topics),
         before,
@@ -100,9 +108,9 @@ fn clean_restart_keeps_topics_offsets_and_messages() {
         ResponseCode::PullNotFound,
         "the empty topic still exists"
     );
-    let mut namesrv = second.namesrv_client();
+    let mut namesrv = broker.namesrv_client();
     for (topic, queues) in topics {
-        let route = wait_for(&format!("a route for {topic}"), DEADLINE, || {
+        let route = wait_until(&format!("a route for {topic}"), DEADLINE, || {
             namesrv.route(topic)
         });
         let queue = &route.queue_datas[0];
@@ -113,7 +121,7 @@ fn clean_restart_keeps_topics_offsets_and_messages() {
         );
         assert_eq!(
             route.broker_datas[0].master_addr(),
-            Some(second.addr().to_string().as_str())
+            Some(broker.addr().as_str())
         );
     }
     // Old ids still find their messages.
@@ -124,10 +132,7 @@ fn clean_restart_keeps_topics_offsets_and_messages() {
         ResponseCode::Success,
         "VIEW_MESSAGE_BY_ID of a pre-restart id",
     );
-    assert_eq!(
-        common::decode_records(&view.body),
-        std::slice::from_ref(old)
-    );
+    assert_eq!(decode_records(&view.body), std::slice::from_ref(old));
     // New messages continue the queues and never reuse a physical offset.
     let sent = client.send(&Message::new("Durable", 0, "after the restart"));
     assert_eq!(sent.queue_offset, max_before[0]);
@@ -143,7 +148,7 @@ fn clean_restart_keeps_topics_offsets_and_messages() {
     let records = client.pull_all_with(&Pull::new("Durable", 0, max_before[0]));
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].body, b"after the restart");
-    assert_eq!(records[0].store_host, second.addr());
+    assert_eq!(records[0].store_host, broker.socket_addr());
 }
 
 /// A message the broker acknowledged before the kill.
@@ -176,10 +181,10 @@ fn crash_sender(
     sender: usize,
     acks: &Arc<Mutex<Vec<Ack>>>,
     failures: &Arc<Mutex<Vec<String>>>,
-) -> Result<(), ClientError> {
-    let mut client = Client::connect(addr);
+) -> Result<(), ConnectionError> {
+    let mut client = RemotingClient::connect(addr);
     let store_host = client.store_host();
-    client.send_pipelined(
+    client.pipeline(
         MAX_SENDS,
         WINDOW,
         |index| {
@@ -195,7 +200,7 @@ fn crash_sender(
                 ));
                 return false;
             }
-            let sent = common::parse_send(&response, store_host, 1);
+            let sent = parse_send(&response, store_host, 1);
             acks.lock().unwrap().push(Ack {
                 queue: sent.queue_id,
                 queue_offset: sent.queue_offset,
@@ -209,7 +214,7 @@ fn crash_sender(
 
 /// Every record of the crash topic, by queue, checking offsets are dense and bodies unique and
 /// ours.
-fn recovered_records(client: &mut Client) -> BTreeMap<i32, Vec<Record>> {
+fn recovered_records(client: &mut RemotingClient) -> BTreeMap<i32, Vec<Record>> {
     let mut bodies = HashSet::new();
     let mut by_queue = BTreeMap::new();
     for queue in 0..CRASH_QUEUES {
@@ -233,15 +238,16 @@ fn recovered_records(client: &mut Client) -> BTreeMap<i32, Vec<Record>> {
 
 #[test]
 fn sigkill_under_sync_flush_loses_no_acknowledged_message() {
-    let root = tempfile::tempdir().unwrap();
-    let args = ["--shards", SHARDS, "--flush-disk-type", "SYNC_FLUSH"];
-    let mut broker = BrokerProcess::start_in(root.path(), &args);
+    let mut broker = BrokerProcess::start(BrokerOptions {
+        flush_disk_type: Some("SYNC_FLUSH".to_owned()),
+        ..sharded()
+    });
     broker.client().create_topic(CRASH_TOPIC, CRASH_QUEUES);
     let acks = Arc::new(Mutex::new(Vec::new()));
     let failures = Arc::new(Mutex::new(Vec::new()));
     let senders: Vec<_> = (0..SENDERS)
         .map(|sender| {
-            let (addr, acks, failures) = (broker.addr(), acks.clone(), failures.clone());
+            let (addr, acks, failures) = (broker.socket_addr(), acks.clone(), failures.clone());
             thread::spawn(move || crash_sender(addr, sender, &acks, &failures))
         })
         .collect();
@@ -278,8 +284,8 @@ fn sigkill_under_sync_flush_loses_no_acknowledged_message() {
     let acks = acks.lock().unwrap().clone();
     println!("{} acknowledged in total", acks.len());
 
-    let restarted = BrokerProcess::start_in(root.path(), &args);
-    let recovered = recovered_records(&mut restarted.client());
+    broker.restart();
+    let recovered = recovered_records(&mut broker.client());
     let total: usize = recovered.values().map(Vec::len).sum();
     println!("{total} messages recovered");
     for ack in &acks {
@@ -304,15 +310,19 @@ fn sigkill_under_sync_flush_loses_no_acknowledged_message() {
 
 #[test]
 fn restart_with_another_shard_count_is_refused() {
-    let root = tempfile::tempdir().unwrap();
-    let mut first = BrokerProcess::start_in(root.path(), &["--shards", SHARDS]);
-    let mut client = first.client();
+    let mut broker = BrokerProcess::start(sharded());
+    let mut client = broker.client();
     client.create_topic("Kept", 2);
     client.send(&Message::new("Kept", 1, "must survive the refused start"));
     drop(client);
-    assert_eq!(first.terminate().code(), Some(0));
+    assert_eq!(broker.terminate().code(), Some(0));
 
-    let refused = run_to_exit(root.path(), &["--shards", "1"], EXIT_DEADLINE);
+    let refused = BrokerOptions {
+        store_dir: Some(broker.store_dir().to_path_buf()),
+        shards: Some(1),
+        ..BrokerOptions::default()
+    }
+    .run_to_exit(EXIT_DEADLINE);
     assert!(
         !refused.status.success(),
         "started with another shard count"
@@ -324,8 +334,8 @@ fn restart_with_another_shard_count_is_refused() {
     );
     assert!(!refused.stdout.contains("listening on"));
 
-    let again = BrokerProcess::start_in(root.path(), &["--shards", SHARDS]);
-    let records = again.client().pull_all("Kept", 1, "*");
+    broker.restart();
+    let records = broker.client().pull_all("Kept", 1, "*");
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].body, b"must survive the refused start");
 }

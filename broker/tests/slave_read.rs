@@ -5,12 +5,10 @@
 //! same offset, where a master answers PULL_OFFSET_MOVED.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{BrokerProcess, DEADLINE, Message, Pull, wait_for};
 use ringmq_protocol::ResponseCode;
+use ringmq_testkit::{BrokerOptions, BrokerProcess, DEADLINE, Message, Pull, wait_until};
 
 const TOPIC: &str = "SlaveRead";
 const MESSAGES: i64 = 40;
@@ -42,7 +40,7 @@ fn a_master_suggests_the_slave_to_consumers_far_behind_only_with_slave_read_enab
         (&[], 0),
     ];
     for (args, far_behind) in cases {
-        let broker = BrokerProcess::start(args);
+        let broker = BrokerProcess::start(BrokerOptions::default().with_args(args));
         fill(&broker);
         let mut client = broker.client();
         // ~40 KiB behind the end: past 8 KiB.
@@ -62,12 +60,10 @@ fn a_master_suggests_the_slave_to_consumers_far_behind_only_with_slave_read_enab
 
 #[test]
 fn a_slave_holds_pulls_past_its_end_instead_of_moving_the_consumer() {
-    let master = BrokerProcess::start(&[]);
+    let master = BrokerProcess::start(BrokerOptions::default());
     fill(&master);
-    let namesrv = master.namesrv_addr().to_string();
-    let slave = BrokerProcess::start(&[
-        "-n",
-        &namesrv,
+    let namesrv = master.embedded_namesrv_addr().unwrap();
+    let slave = BrokerProcess::start(BrokerOptions::master("broker-a", &namesrv).with_args(&[
         "--broker-role",
         "SLAVE",
         "--broker-id",
@@ -76,10 +72,10 @@ fn a_slave_holds_pulls_past_its_end_instead_of_moving_the_consumer() {
         "haReconnectInterval=100",
         "--set",
         "metadataSyncInterval=100",
-    ]);
+    ]));
     let mut reader = slave.client();
     // The slave has the topic and every message, suggesting the master to its readers.
-    let first = wait_for("the slave serves the replicated messages", DEADLINE, || {
+    let first = wait_until("the slave serves the replicated messages", DEADLINE, || {
         let result = reader.pull(&Pull::new(TOPIC, 0, 0));
         (result.code == ResponseCode::Success && result.offsets().max_offset == MESSAGES)
             .then_some(result)

@@ -164,7 +164,7 @@ fn random_garbage_never_panics_or_hangs() {
         let _request = peer.request();
         peer.write(&served[index % served.len()]);
         // Close the writing side so a short prefix ends in EOF rather than silence.
-        let _ignored = peer.stream.shutdown(Shutdown::Write);
+        let _ignored = peer.stream().shutdown(Shutdown::Write);
         peer.drain();
     });
     block_on(async {
@@ -439,7 +439,7 @@ fn close_after_reading_fails_every_pending_request() {
         for _ in 0..REQUESTS {
             let _request = peer.request();
         }
-        let _ignored = peer.stream.shutdown(Shutdown::Both);
+        let _ignored = peer.stream().shutdown(Shutdown::Both);
     });
     block_on(async {
         let connection = connect(&server.addr).await;

@@ -5,29 +5,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command as Process, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use ringmq_client::{
     ClientConfig, ConsumeMode, ConsumeOutcome, MessageQueue, PullConsumer, PushConsumer,
     ReceivedMessage, StartPosition,
 };
-use ringmq_protocol::body::{self, TopicRouteData};
-use ringmq_protocol::header::{
-    CreateTopicRequestHeader, GetRouteInfoRequestHeader, SendMessageRequestHeader,
-    SendMessageResponseHeader,
-};
-use ringmq_protocol::message::PropertiesWriter;
-use ringmq_protocol::{
-    Command, CommandHead, EncodeExt, FrameCodec, RequestCode, ResponseCode, SerializeType,
-    encode_frame,
-};
+use ringmq_testkit::remoting::{create_topic, topic_route};
+use ringmq_testkit::{BrokerOptions, BrokerProcess, Message, RemotingClient, SendCode};
 
 /// Deadline for anything that happens asynchronously (start-up, registration, delivery).
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -35,224 +23,63 @@ const DEADLINE: Duration = Duration::from_secs(30);
 // ------------------------------------------------------------------------------------------------
 // The broker process
 
-/// The broker binary next to this test's target directory, built when missing.
-fn broker_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable in target/<profile>/deps");
-    let candidate = profile_dir.join("ringmq-broker");
-    if !candidate.exists() {
-        let release = profile_dir
-            .file_name()
-            .is_some_and(|name| name == "release");
-        let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        let mut build = Process::new(env!("CARGO"));
-        build
-            .args(["build", "-p", "ringmq-broker", "--manifest-path"])
-            .arg(&manifest);
-        if release {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo build -p ringmq-broker");
-        assert!(status.success(), "cargo build -p ringmq-broker failed");
-    }
-    assert!(
-        candidate.exists(),
-        "no broker binary at {}",
-        candidate.display()
-    );
-    candidate
-}
-
-/// A running broker with its embedded NameServer; killed (our own child, by handle) on drop.
+/// A running broker with its embedded NameServer (SIGKILLed on drop).
 struct Broker {
-    child: Child,
-    addr: SocketAddr,
-    namesrv: SocketAddr,
-    _root: tempfile::TempDir,
+    process: BrokerProcess,
+    /// The embedded NameServer.
+    namesrv: String,
 }
 
 impl Broker {
     fn start() -> Self {
-        let root = tempfile::tempdir().unwrap();
-        let mut child = Process::new(broker_bin())
-            .arg("--store-dir")
-            .arg(root.path().join("store"))
-            .args(["--listen-port", "0", "--embedded-namesrv-port", "0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start ringmq-broker");
-        let stdout = child.stdout.take().unwrap();
-        let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                // Nobody listens once start-up is over.
-                lines_tx.send(line).ok();
-            }
-        });
-        let address = |line: &str, prefix: &str| -> Option<SocketAddr> {
-            line.trim().strip_prefix(prefix)?.trim().parse().ok()
-        };
-        let deadline = Instant::now() + DEADLINE;
-        let (mut addr, mut namesrv) = (None, None);
-        while addr.is_none() || namesrv.is_none() {
-            let line = lines_rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("the broker prints its addresses in time");
-            addr = addr.or_else(|| address(&line, "ringmq-broker listening on"));
-            namesrv = namesrv.or_else(|| address(&line, "embedded NameServer listening on"));
-        }
-        Self {
-            child,
-            addr: addr.unwrap(),
-            namesrv: namesrv.unwrap(),
-            _root: root,
-        }
+        let process = BrokerProcess::start(BrokerOptions::default());
+        let namesrv = process
+            .embedded_namesrv_addr()
+            .expect("an embedded NameServer");
+        Self { process, namesrv }
     }
 
     fn config(&self) -> ClientConfig {
-        ClientConfig::new(&self.namesrv.to_string())
+        ClientConfig::new(&self.namesrv)
             .with_request_timeout(Duration::from_secs(5))
             .with_heartbeat_interval(Duration::from_secs(2))
             .with_route_refresh_interval(Duration::from_secs(1))
     }
 
-    fn client(&self) -> Raw {
-        Raw::connect(self.addr)
+    fn client(&self) -> Sender {
+        Sender(self.process.client())
     }
 
     /// Creates `topic` with `queues` queues and waits until the NameServer routes it.
     fn create_topic(&self, topic: &str, queues: i32) {
-        let answer = self.client().request(
-            RequestCode::UpdateAndCreateTopic,
-            &CreateTopicRequestHeader {
-                topic,
-                default_topic: "TBW102",
-                read_queue_nums: queues,
-                write_queue_nums: queues,
-                perm: 6,
-                topic_filter_type: "SINGLE_TAG",
-                topic_sys_flag: Some(0),
-                order: false,
-            },
-            &[],
-        );
-        assert_eq!(
-            answer.response_code(),
-            ResponseCode::Success,
-            "create {topic}"
-        );
-        let mut namesrv = Raw::connect(self.namesrv);
+        create_topic(&self.process.addr(), topic, queues)
+            .unwrap_or_else(|error| panic!("create {topic}: {error:#}"));
         wait_until(&format!("a route for {topic}"), || {
-            let answer = namesrv.request(
-                RequestCode::GetRouteinfoByTopic,
-                &GetRouteInfoRequestHeader {
-                    topic,
-                    accept_standard_json_only: None,
-                },
-                &[],
-            );
-            answer.response_code() == ResponseCode::Success
-                && body::decode::<TopicRouteData>(&answer.body, "TopicRouteData").is_ok_and(
-                    |route| {
-                        route
-                            .queue_datas
-                            .iter()
-                            .any(|q| q.read_queue_nums == queues)
-                    },
-                )
+            topic_route(&self.namesrv, topic)
+                .ok()
+                .flatten()
+                .is_some_and(|route| {
+                    route
+                        .queue_datas
+                        .iter()
+                        .any(|q| q.read_queue_nums == queues)
+                })
         });
     }
 }
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        // Our own child, still unreaped: the PID cannot have been reused.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// Sends messages with raw SEND_MESSAGE frames.
+struct Sender(RemotingClient);
 
-/// A blocking remoting client for set-up: topic creation, routes, sends.
-struct Raw {
-    stream: TcpStream,
-    codec: FrameCodec,
-    input: BytesMut,
-    opaque: i32,
-}
-
-impl Raw {
-    fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect_timeout(&addr, DEADLINE).unwrap();
-        stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        Self {
-            stream,
-            codec: FrameCodec::default(),
-            input: BytesMut::new(),
-            opaque: 0,
-        }
-    }
-
-    fn request<E: EncodeExt>(&mut self, code: RequestCode, header: &E, body: &[u8]) -> Command {
-        self.opaque += 1;
-        let mut frame = BytesMut::new();
-        let head = CommandHead::request(code, self.opaque, SerializeType::Json);
-        encode_frame(&head, header, body, &mut frame);
-        self.stream.write_all(&frame).unwrap();
-        // Bounded by the socket's read timeout: every pass reads or fails.
-        loop {
-            while let Some(command) = self.codec.decode(&mut self.input).unwrap() {
-                if command.is_response() && command.opaque == self.opaque {
-                    return command;
-                }
-            }
-            let mut chunk = [0_u8; 8 << 10];
-            let read = self.stream.read(&mut chunk).unwrap();
-            assert!(read > 0, "connection closed while waiting for {code}");
-            self.input.extend_from_slice(&chunk[..read]);
-        }
-    }
-
+impl Sender {
     /// Sends one message to `topic` queue `queue_id`; returns its queue offset.
     fn send(&mut self, topic: &str, queue_id: i32, body: &str, tags: Option<&str>) -> i64 {
-        let mut properties = String::new();
+        let mut message = Message::new(topic, queue_id, body);
         if let Some(tags) = tags {
-            PropertiesWriter::new(&mut properties).put("TAGS", tags);
+            message = message.tags(tags);
         }
-        let header = SendMessageRequestHeader {
-            producer_group: "consumer-test-producer",
-            topic,
-            default_topic: "TBW102",
-            default_topic_queue_nums: 4,
-            queue_id,
-            sys_flag: 0,
-            born_timestamp_ms: now_ms(),
-            flag: 0,
-            properties: (!properties.is_empty()).then_some(properties.as_str()),
-            reconsume_times: None,
-            unit_mode: Some(false),
-            max_reconsume_times: None,
-            batch: Some(false),
-            broker_name: None,
-        };
-        let answer = self.request(RequestCode::SendMessage, &header, body.as_bytes());
-        assert_eq!(answer.response_code(), ResponseCode::Success, "send {body}");
-        let header: SendMessageResponseHeader = answer.header().unwrap();
-        header.queue_offset
+        self.0.send_with(SendCode::Long, &message).queue_offset
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 /// Logs to the test output when `RUST_LOG` asks for it (`RUST_LOG=ringmq_client=debug`).
@@ -264,12 +91,8 @@ fn logs() {
 }
 
 /// Polls `condition` until it holds; fails naming `what` after [`DEADLINE`].
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_until(what: &str, condition: impl FnMut() -> bool) {
+    ringmq_testkit::wait_until(what, DEADLINE, condition);
 }
 
 /// Everything a handler saw: (body, reconsume times, topic, queue id, queue offset, thread).
@@ -785,7 +608,7 @@ fn consumers_keep_working_when_every_nameserver_is_down() {
     logs();
     let broker = Broker::start();
     broker.create_topic("no-namesrv", 2);
-    let mut proxy = Proxy::start(broker.namesrv);
+    let mut proxy = Proxy::start(broker.namesrv.parse().unwrap());
     let config = || {
         ClientConfig::new(&proxy.addr.to_string())
             .with_request_timeout(Duration::from_secs(5))

@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,13 +15,15 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use ringmq_client::{ClientConfig, ClientError, Message, Producer, SendStatus};
+use ringmq_protocol::blocking::{Connection, ConnectionError};
 use ringmq_protocol::body::{self, BrokerData, QueueData, TopicRouteData, perm};
 use ringmq_protocol::header::{
     GetRouteInfoRequestHeader, SendMessageRequestHeader, SendMessageResponseHeader,
     UnregisterClientRequestHeader,
 };
 use ringmq_protocol::message::{BatchIter, Properties};
-use ringmq_protocol::{Command, CommandHead, FrameCodec, RequestCode, ResponseCode, encode_frame};
+use ringmq_protocol::{Command, CommandHead, RequestCode, ResponseCode, encode_frame};
+use ringmq_testkit::wait_until;
 
 /// How a fake broker answers SEND_MESSAGE_V2 / SEND_BATCH_MESSAGE.
 #[derive(Debug, Clone)]
@@ -107,44 +108,26 @@ impl Drop for FakeServer {
 }
 
 /// Serves one connection until the peer closes, the handler asks to close, or the server stops.
-fn serve(
-    mut stream: TcpStream,
-    stop: &AtomicBool,
-    requests: &Mutex<Vec<Command>>,
-    handler: &Handler,
-) {
-    stream
-        .set_read_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
-    let codec = FrameCodec::default();
-    let mut input = BytesMut::new();
-    let mut chunk = vec![0u8; 64 << 10];
+fn serve(stream: TcpStream, stop: &AtomicBool, requests: &Mutex<Vec<Command>>, handler: &Handler) {
+    let Ok(mut connection) = Connection::from_stream(stream) else {
+        return;
+    };
     while !stop.load(Ordering::Acquire) {
-        match stream.read(&mut chunk) {
-            Ok(0) => return,
-            Ok(read) => input.extend_from_slice(&chunk[..read]),
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue;
-            }
+        let command = match connection.read_frame(Duration::from_millis(50)) {
+            Ok(command) => command,
+            Err(ConnectionError::Timeout) => continue,
             Err(_) => return,
+        };
+        requests.lock().unwrap().push(command.clone());
+        let (answer, close) = handler(&command);
+        if let Some(answer) = answer
+            && connection.write_raw(&answer).is_err()
+        {
+            return;
         }
-        while let Ok(Some(command)) = codec.decode(&mut input) {
-            requests.lock().unwrap().push(command.clone());
-            let (answer, close) = handler(&command);
-            if let Some(answer) = answer
-                && stream.write_all(&answer).is_err()
-            {
-                return;
-            }
-            if close {
-                let _ = stream.shutdown(Shutdown::Both);
-                return;
-            }
+        if close {
+            let _ = connection.stream().shutdown(Shutdown::Both);
+            return;
         }
     }
 }
@@ -305,21 +288,6 @@ fn start_producer(namesrv: &FakeServer, send_timeout: Duration, group: &str) -> 
         .retries(2)
         .build()
         .unwrap()
-}
-
-/// Polls `condition` every 10 ms until it holds or `within` passes.
-fn wait_until(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    for _ in 0..10_000 {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    false
 }
 
 #[test]
@@ -565,13 +533,17 @@ fn heartbeat_oneway_batch_selector_async_and_shutdown() {
     assert_eq!(properties.get("lang"), Some("en"));
     assert_eq!(header.producer_group, "everything");
     assert_eq!(&sent.body[..], b"hello");
-    assert!(wait_until(Duration::from_secs(5), || {
-        broker
-            .server
-            .received(RequestCode::HeartBeat)
-            .iter()
-            .any(|heartbeat| String::from_utf8_lossy(&heartbeat.body).contains("everything"))
-    }));
+    wait_until(
+        "a heartbeat of the producer group",
+        Duration::from_secs(5),
+        || {
+            broker
+                .server
+                .received(RequestCode::HeartBeat)
+                .iter()
+                .any(|heartbeat| String::from_utf8_lossy(&heartbeat.body).contains("everything"))
+        },
+    );
 
     // Async: the Pending is a future for any runtime.
     let runtime = compio::runtime::Runtime::new().unwrap();
@@ -585,13 +557,13 @@ fn heartbeat_oneway_batch_selector_async_and_shutdown() {
         .send_oneway(Message::new("events", "fire"))
         .wait()
         .unwrap();
-    assert!(wait_until(Duration::from_secs(5), || {
+    wait_until("a oneway send", Duration::from_secs(5), || {
         broker
             .server
             .received(RequestCode::SendMessageV2)
             .iter()
             .any(Command::is_oneway)
-    }));
+    });
 
     // Ordered: the selector's index picks the queue, every time.
     for _ in 0..3 {

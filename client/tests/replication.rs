@@ -33,8 +33,8 @@ use ringmq_client::{
 use ringmq_protocol::body::{self, KvTable};
 use ringmq_protocol::header::SendMessageRequestHeader;
 use ringmq_protocol::{RequestCode, ResponseCode};
-use ringmq_testkit::remoting::{RemotingClient, committed_offset, create_topic, topic_route};
-use ringmq_testkit::{BrokerOptions, BrokerProcess, NamesrvProcess, wait_until};
+use ringmq_testkit::remoting::{committed_offset, create_topic, topic_route};
+use ringmq_testkit::{BrokerOptions, BrokerProcess, NamesrvProcess, RemotingClient, wait_until};
 
 const TOPIC: &str = "ha-topic";
 const QUEUES: i32 = 4;
@@ -95,22 +95,16 @@ fn slave(namesrv: &str) -> BrokerProcess {
 }
 
 fn runtime_info(broker: &str) -> BTreeMap<String, String> {
-    let answer = RemotingClient::connect(broker)
-        .unwrap()
-        .request_ok(RequestCode::GetBrokerRuntimeInfo, &(), &[])
-        .unwrap();
-    body::decode::<KvTable>(&answer.body, "KvTable")
-        .unwrap()
-        .table
+    RemotingClient::connect(broker).runtime_info()
 }
 
 /// Waits until every shard of `master` has a slave connected.
 fn wait_slave_connected(master: &BrokerProcess) {
     wait_until("the slave connected on every shard", DEADLINE, || {
-        let info = RemotingClient::connect(&master.addr())
+        let info = RemotingClient::try_connect(master.addr())
             .ok()
             .and_then(|mut c| {
-                c.request_ok(RequestCode::GetBrokerRuntimeInfo, &(), &[])
+                c.try_request_ok(RequestCode::GetBrokerRuntimeInfo, (), &[])
                     .ok()
             })
             .and_then(|a| body::decode::<KvTable>(&a.body, "KvTable").ok())?;
@@ -303,9 +297,9 @@ fn assert_slave_joined(ns: &str, master: &BrokerProcess, slave: &BrokerProcess) 
     });
     // The slave takes the topic from the master and refuses sends itself.
     wait_until("the slave has the topic", DEADLINE, || {
-        let mut client = RemotingClient::connect(&slave.addr()).ok()?;
+        let mut client = RemotingClient::try_connect(slave.addr()).ok()?;
         let answer = client
-            .request_ok(RequestCode::GetAllTopicConfig, &(), &[])
+            .try_request_ok(RequestCode::GetAllTopicConfig, (), &[])
             .ok()?;
         String::from_utf8_lossy(&answer.body)
             .contains(TOPIC)
@@ -320,10 +314,11 @@ fn assert_slave_joined(ns: &str, master: &BrokerProcess, slave: &BrokerProcess) 
         born_timestamp_ms: 1,
         ..SendMessageRequestHeader::default()
     };
-    let refused = RemotingClient::connect(&slave.addr())
-        .unwrap()
-        .request(RequestCode::SendMessage, &header, b"to the slave")
-        .unwrap();
+    let refused = RemotingClient::connect(slave.addr()).request(
+        RequestCode::SendMessage,
+        header,
+        b"to the slave",
+    );
     assert_eq!(
         refused.code,
         ResponseCode::ServiceNotAvailable.as_i32(),

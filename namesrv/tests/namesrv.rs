@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::{io::Write, time::Duration};
-
-use common::{Client, FakeBroker, NamesrvProcess, wait_until};
+use common::{FakeBroker, route, start_namesrv};
 use ringmq_protocol::{
     RequestCode, ResponseCode,
+    blocking::Connection,
     body::{self, ClusterInfo, TopicList, TopicRouteData},
     header::{
         DeleteTopicFromNamesrvRequestHeader, GetKvConfigRequestHeader, GetKvConfigResponseHeader,
@@ -16,11 +15,10 @@ use ringmq_protocol::{
         UnregisterBrokerRequestHeader,
     },
 };
+use ringmq_testkit::{DEADLINE, RemotingClient, wait_until};
 
-const DEADLINE: Duration = Duration::from_secs(10);
-
-fn route_of(client: &mut Client, topic: &str) -> Option<TopicRouteData> {
-    let response = client.route(topic);
+fn route_of(client: &mut RemotingClient, topic: &str) -> Option<TopicRouteData> {
+    let response = route(client, topic);
     match response.response_code() {
         ResponseCode::Success => Some(body::decode(&response.body, "TopicRouteData").unwrap()),
         ResponseCode::TopicNotExist => {
@@ -32,8 +30,8 @@ fn route_of(client: &mut Client, topic: &str) -> Option<TopicRouteData> {
     }
 }
 
-fn cluster_of(client: &mut Client) -> ClusterInfo {
-    let response = client.call(RequestCode::GetBrokerClusterInfo, &(), &[]);
+fn cluster_of(client: &mut RemotingClient) -> ClusterInfo {
+    let response = client.request(RequestCode::GetBrokerClusterInfo, (), &[]);
     assert_eq!(response.response_code(), ResponseCode::Success);
     body::decode(&response.body, "ClusterInfo").unwrap()
 }
@@ -41,8 +39,8 @@ fn cluster_of(client: &mut Client) -> ClusterInfo {
 #[test]
 fn two_nameservers_hold_the_same_cluster_and_pair_master_with_slave() {
     let servers = [
-        NamesrvProcess::start(10_000, 120_000),
-        NamesrvProcess::start(10_000, 120_000),
+        start_namesrv(10_000, 120_000),
+        start_namesrv(10_000, 120_000),
     ];
     let brokers = [
         FakeBroker::new("broker-a", "127.0.0.1:10911", 0, &["TopicA", "TopicShared"]),
@@ -50,10 +48,10 @@ fn two_nameservers_hold_the_same_cluster_and_pair_master_with_slave() {
         FakeBroker::new("broker-b", "127.0.0.1:10931", 0, &["TopicB", "TopicShared"]),
     ];
     // Every broker registers with every NameServer, each over its own connection.
-    let mut connections: Vec<Client> = Vec::new();
+    let mut connections: Vec<RemotingClient> = Vec::new();
     for server in &servers {
         for broker in &brokers {
-            let mut client = Client::connect(server.addr);
+            let mut client = server.client();
             let response = broker.register(&mut client);
             assert_eq!(response.response_code(), ResponseCode::Success);
             if broker.id == 1 {
@@ -67,7 +65,7 @@ fn two_nameservers_hold_the_same_cluster_and_pair_master_with_slave() {
     }
     let mut views = Vec::new();
     for server in &servers {
-        let mut client = Client::connect(server.addr);
+        let mut client = server.client();
         let shared = route_of(&mut client, "TopicShared").unwrap();
         assert_eq!(shared.queue_datas.len(), 2);
         assert_eq!(shared.broker_datas.len(), 2);
@@ -85,7 +83,7 @@ fn two_nameservers_hold_the_same_cluster_and_pair_master_with_slave() {
         assert_eq!(a.broker_addrs[&1], "127.0.0.1:10921");
         assert_eq!(a.cluster, "DefaultCluster");
         // Every field the strictest client needs (docs/protocol.md §4.2) is written.
-        let text = String::from_utf8(client.route("TopicA").body.to_vec()).unwrap();
+        let text = String::from_utf8(route(&mut client, "TopicA").body.to_vec()).unwrap();
         for key in [
             "\"brokerDatas\"",
             "\"queueDatas\"",
@@ -99,7 +97,7 @@ fn two_nameservers_hold_the_same_cluster_and_pair_master_with_slave() {
         assert!(route_of(&mut client, "NoSuchTopic").is_none());
         let topics: TopicList = body::decode(
             &client
-                .call(RequestCode::GetAllTopicListFromNameserver, &(), &[])
+                .request(RequestCode::GetAllTopicListFromNameserver, (), &[])
                 .body,
             "TopicList",
         )
@@ -118,17 +116,17 @@ fn two_nameservers_hold_the_same_cluster_and_pair_master_with_slave() {
 
 #[test]
 fn silent_brokers_expire_and_closed_connections_are_removed_at_once() {
-    let server = NamesrvProcess::start(50, 400);
+    let server = start_namesrv(50, 400);
     let alive = FakeBroker::new("broker-alive", "127.0.0.1:11011", 0, &["Kept"]);
     let silent = FakeBroker::new("broker-silent", "127.0.0.1:11021", 0, &["Expiring"]);
     let closing = FakeBroker::new("broker-closing", "127.0.0.1:11031", 0, &["Closing"]);
-    let mut alive_conn = Client::connect(server.addr);
-    let mut silent_conn = Client::connect(server.addr);
-    let mut closing_conn = Client::connect(server.addr);
+    let mut alive_conn = server.client();
+    let mut silent_conn = server.client();
+    let mut closing_conn = server.client();
     alive.register(&mut alive_conn);
     silent.register(&mut silent_conn);
     closing.register(&mut closing_conn);
-    let mut client = Client::connect(server.addr);
+    let mut client = server.client();
     assert!(route_of(&mut client, "Closing").is_some());
 
     drop(closing_conn);
@@ -155,20 +153,20 @@ fn silent_brokers_expire_and_closed_connections_are_removed_at_once() {
 
 #[test]
 fn a_broker_name_keeps_its_queues_while_any_address_is_left() {
-    let server = NamesrvProcess::start(10_000, 120_000);
+    let server = start_namesrv(10_000, 120_000);
     let master = FakeBroker::new("broker-m", "127.0.0.1:12011", 0, &["Paired"]);
     let slave = FakeBroker::new("broker-m", "127.0.0.1:12021", 1, &["Paired"]);
-    let mut conn = Client::connect(server.addr);
+    let mut conn = server.client();
     master.register(&mut conn);
     slave.register(&mut conn);
-    let unregister = |conn: &mut Client, broker: &FakeBroker| {
+    let unregister = |conn: &mut RemotingClient, broker: &FakeBroker| {
         let header = UnregisterBrokerRequestHeader {
             broker_name: &broker.name,
             broker_addr: &broker.addr,
             cluster_name: &broker.cluster,
             broker_id: broker.id,
         };
-        let response = conn.call(RequestCode::UnregisterBroker, &header, &[]);
+        let response = conn.request(RequestCode::UnregisterBroker, header, &[]);
         assert_eq!(response.response_code(), ResponseCode::Success);
     };
     unregister(&mut conn, &slave);
@@ -201,21 +199,21 @@ fn a_broker_name_keeps_its_queues_while_any_address_is_left() {
 
 #[test]
 fn bad_input_gets_a_clear_answer_and_the_server_keeps_serving() {
-    let server = NamesrvProcess::start(10_000, 120_000);
+    let server = start_namesrv(10_000, 120_000);
     let broker = FakeBroker::new("broker-x", "127.0.0.1:13011", 0, &["Good"]);
-    let mut good = Client::connect(server.addr);
+    let mut good = server.client();
     broker.register(&mut good);
 
-    let mut bad = Client::connect(server.addr);
+    let mut bad = server.client();
     // Unknown request code.
-    let response = bad.call(RequestCode::Unknown(9999), &(), &[]);
+    let response = bad.request(RequestCode::Unknown(9999), (), &[]);
     assert_eq!(
         response.response_code(),
         ResponseCode::RequestCodeNotSupported
     );
     assert!(response.remark.unwrap().contains("9999"));
     // Missing header field.
-    let response = bad.call(RequestCode::GetRouteinfoByTopic, &(), &[]);
+    let response = bad.request(RequestCode::GetRouteinfoByTopic, (), &[]);
     assert_eq!(response.response_code(), ResponseCode::SystemError);
     assert!(response.remark.unwrap().contains("topic"));
     // A REGISTER_BROKER whose body does not match its CRC.
@@ -229,7 +227,7 @@ fn bad_input_gets_a_clear_answer_and_the_server_keeps_serving() {
         compressed: None,
         body_crc32: Some(12345),
     };
-    let response = bad.call(RequestCode::RegisterBroker, &header, &body);
+    let response = bad.request(RequestCode::RegisterBroker, header, &body);
     assert_eq!(response.response_code(), ResponseCode::SystemError);
     assert_eq!(response.remark.as_deref(), Some("crc32 not match"));
     // A REGISTER_BROKER with a body that is not JSON.
@@ -237,7 +235,7 @@ fn bad_input_gets_a_clear_answer_and_the_server_keeps_serving() {
         body_crc32: None,
         ..header
     };
-    let response = bad.call(RequestCode::RegisterBroker, &header, b"{not json");
+    let response = bad.request(RequestCode::RegisterBroker, header, b"{not json");
     assert_eq!(response.response_code(), ResponseCode::SystemError);
     assert!(response.remark.unwrap().contains("REGISTER_BROKER body"));
     // Neither bad registration registered anything.
@@ -247,19 +245,21 @@ fn bad_input_gets_a_clear_answer_and_the_server_keeps_serving() {
             .contains_key("broker-y")
     );
 
-    // A malformed frame (negative length) closes that connection only.
-    let mut garbage = Client::connect(server.addr);
-    garbage
-        .stream
-        .write_all(&[0xFF, 0xFF, 0xFF, 0xF0, 0, 0, 0, 0])
-        .unwrap();
-    assert!(garbage.read_response().is_none(), "connection closed");
+    // A malformed frame (negative length) closes that connection only, without an answer.
+    let closed_without_answer = |bytes: &[u8]| {
+        let mut connection = Connection::connect(server.socket_addr(), DEADLINE).unwrap();
+        connection.write_raw(bytes).unwrap();
+        match connection.read_frame(DEADLINE) {
+            Err(error) => error.is_closed(),
+            Ok(frame) => panic!("answered {bytes:?} with {frame:?}"),
+        }
+    };
+    assert!(
+        closed_without_answer(&[0xFF, 0xFF, 0xFF, 0xF0, 0, 0, 0, 0]),
+        "connection closed"
+    );
     // An oversized length prefix too.
-    let mut huge = Client::connect(server.addr);
-    huge.stream
-        .write_all(&[0x7F, 0, 0, 0, 0, 0, 0, 10])
-        .unwrap();
-    assert!(huge.read_response().is_none());
+    assert!(closed_without_answer(&[0x7F, 0, 0, 0, 0, 0, 0, 10]));
 
     assert!(
         route_of(&mut good, "Good").is_some(),
@@ -269,15 +269,15 @@ fn bad_input_gets_a_clear_answer_and_the_server_keeps_serving() {
 
 #[test]
 fn kv_config_and_topic_deletion() {
-    let server = NamesrvProcess::start(10_000, 120_000);
-    let mut conn = Client::connect(server.addr);
+    let server = start_namesrv(10_000, 120_000);
+    let mut conn = server.client();
     let put = PutKvConfigRequestHeader {
         namespace: "ORDER_TOPIC_CONFIG",
         key: "Ordered",
         value: "broker-a:4",
     };
     assert_eq!(
-        conn.call(RequestCode::PutKvConfig, &put, &[])
+        conn.request(RequestCode::PutKvConfig, put, &[])
             .response_code(),
         ResponseCode::Success
     );
@@ -285,7 +285,7 @@ fn kv_config_and_topic_deletion() {
         namespace: "ORDER_TOPIC_CONFIG",
         key: "Ordered",
     };
-    let response = conn.call(RequestCode::GetKvConfig, &get, &[]);
+    let response = conn.request(RequestCode::GetKvConfig, get, &[]);
     let value: GetKvConfigResponseHeader<'_> = response.header().unwrap();
     assert_eq!(value.value, Some("broker-a:4"));
     let missing = GetKvConfigRequestHeader {
@@ -293,7 +293,7 @@ fn kv_config_and_topic_deletion() {
         key: "Nope",
     };
     assert_eq!(
-        conn.call(RequestCode::GetKvConfig, &missing, &[])
+        conn.request(RequestCode::GetKvConfig, missing, &[])
             .response_code(),
         ResponseCode::QueryNotFound
     );
@@ -308,7 +308,7 @@ fn kv_config_and_topic_deletion() {
         cluster_name: None,
     };
     assert_eq!(
-        conn.call(RequestCode::DeleteTopicInNamesrv, &delete, &[])
+        conn.request(RequestCode::DeleteTopicInNamesrv, delete, &[])
             .response_code(),
         ResponseCode::Success
     );
@@ -318,11 +318,11 @@ fn kv_config_and_topic_deletion() {
 
 #[test]
 fn a_broker_with_ten_thousand_topics_registers() {
-    let server = NamesrvProcess::start(10_000, 120_000);
+    let server = start_namesrv(10_000, 120_000);
     let names: Vec<String> = (0..10_000).map(|i| format!("Topic-{i:05}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let broker = FakeBroker::new("broker-big", "127.0.0.1:15011", 0, &refs);
-    let mut conn = Client::connect(server.addr);
+    let mut conn = server.client();
     assert!(broker.body().len() > 1 << 20, "a frame of megabytes");
     assert_eq!(
         broker.register(&mut conn).response_code(),

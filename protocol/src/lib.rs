@@ -1,7 +1,8 @@
 //! # ringmq-protocol
 //!
 //! A complete, allocation-light, panic-free codec for the Apache RocketMQ 4.x *remoting* protocol
-//! (docs/protocol.md), shared by the broker, the NameServer and the client. Pure: no I/O.
+//! (docs/protocol.md), shared by the broker, the NameServer and the client. Pure: no I/O, unless
+//! the `blocking` feature is on.
 //!
 //! ## Layout
 //!
@@ -19,6 +20,8 @@
 //! - [`body`]: the JSON bodies (routes, cluster info, registration, heartbeats, ...).
 //! - [`topic`]: the topic-name rule every component applies, and RocketMQ's reserved names.
 //! - [`error`]: one error enum per layer.
+//! - `blocking` (cargo feature `blocking`, off by default): a blocking request/response
+//!   connection over a std `TcpStream`, for tests, tools and benchmarks; the only I/O here.
 //!
 //! ## Costs
 //!
@@ -45,6 +48,8 @@
 //! assert_eq!(decoded.topic, "TopicTest");
 //! ```
 
+#[cfg(feature = "blocking")]
+pub mod blocking;
 pub mod body;
 pub mod code;
 pub mod command;

@@ -3,7 +3,8 @@
 //! A test of another crate (the client's, the testkit's own) has no `CARGO_BIN_EXE_*` for the
 //! broker or the NameServer, but it runs from `target/<profile>/deps/`, next to where cargo
 //! puts `target/<profile>/ringmq-broker`. When the binary is not there yet, it is built once
-//! per process with the `cargo` that runs the tests, in the same profile and target directory.
+//! per process with the `cargo` that runs the tests, in the same profile and target directory;
+//! [`fresh_binary`] builds it even when it is there (it may be older than the sources).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,18 +16,32 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 pub const REBUILD_ENV: &str = "RINGMQ_TESTKIT_REBUILD";
 
 /// Path of the workspace binary `name` (`ringmq-broker`, `ringmq-namesrv`, `ringmq-admin`, ...)
-/// in the running test's profile directory, built first when absent.
+/// in the running test's profile directory, built first when absent (or always, once per
+/// process, when [`REBUILD_ENV`] is `1`).
 pub fn binary(name: &str) -> PathBuf {
     binary_of(package_of(name), name)
 }
 
 /// As [`binary`], naming the package that defines the binary.
 pub fn binary_of(package: &str, name: &str) -> PathBuf {
+    let rebuild = std::env::var(REBUILD_ENV).is_ok_and(|value| value == "1");
+    resolve(package, name, rebuild)
+}
+
+/// As [`binary`], but built once per test process even when it exists, so a test of another
+/// crate never runs a binary older than the sources (the build is a no-op of about a second when
+/// it is fresh). Later calls of [`binary`] find the fresh one.
+pub fn fresh_binary(name: &str) -> PathBuf {
+    resolve(package_of(name), name, true)
+}
+
+/// The binary's path, building it when absent or when `rebuild` asks and this process has not
+/// built it yet.
+fn resolve(package: &str, name: &str, rebuild: bool) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, Result<PathBuf, String>>>> = OnceLock::new();
     let exe = std::env::current_exe().expect("the path of the running test executable");
     let profile_dir = profile_dir(&exe);
     let path = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    let rebuild = std::env::var(REBUILD_ENV).is_ok_and(|value| value == "1");
     if path.is_file() && !rebuild {
         return path;
     }

@@ -2,13 +2,20 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
 
-use crate::binary;
-use crate::process::{ManagedChild, wait_port_closed};
+use ringmq_protocol::SerializeType;
+
+use crate::process::{Exited, ManagedChild, run_to_exit, wait_port_closed};
+use crate::{RemotingClient, binary};
 
 const LISTENING: &str = "ringmq-broker listening on";
 const EMBEDDED_LISTENING: &str = "embedded NameServer listening on";
+const METRICS_LISTENING: &str = "metrics listening on";
+
+/// The broker name of [`BrokerOptions::default`] (and the broker's own default).
+pub const DEFAULT_BROKER_NAME: &str = "broker-a";
 
 /// How a broker is started. `BrokerOptions::default()` is a master "broker-a" of
 /// "DefaultCluster" with an embedded NameServer, on a temporary store.
@@ -17,7 +24,9 @@ pub struct BrokerOptions {
     /// NameServer addresses (`a;b`); `None` starts the broker's embedded NameServer.
     pub namesrv: Option<String>,
     pub broker_name: String,
-    pub cluster: String,
+    /// `--cluster`; `None` passes none, leaving the cluster to a `-c` file or the broker's
+    /// default.
+    pub cluster: Option<String>,
     /// Store root; `None`: a temporary directory owned (and removed) by the process handle.
     pub store_dir: Option<PathBuf>,
     /// Shards (threads); `None`: the broker's default (one per core).
@@ -26,6 +35,9 @@ pub struct BrokerOptions {
     pub flush_disk_type: Option<String>,
     /// NameServer registration period (`registerNameServerPeriod`), fast for tests.
     pub register_interval_ms: u64,
+    /// Prometheus metrics port (0: a free one, see [`BrokerProcess::metrics_addr`]); `None`:
+    /// no metrics endpoint.
+    pub metrics_port: Option<u16>,
     /// Further flags, appended last.
     pub extra_args: Vec<String>,
     /// Client port; `None` picks a free pair (port and port - 2).
@@ -36,12 +48,13 @@ impl Default for BrokerOptions {
     fn default() -> Self {
         Self {
             namesrv: None,
-            broker_name: "broker-a".to_owned(),
-            cluster: crate::CLUSTER_NAME.to_owned(),
+            broker_name: DEFAULT_BROKER_NAME.to_owned(),
+            cluster: Some(crate::CLUSTER_NAME.to_owned()),
             store_dir: None,
             shards: None,
             flush_disk_type: None,
             register_interval_ms: 500,
+            metrics_port: None,
             extra_args: Vec::new(),
             listen_port: None,
         }
@@ -58,6 +71,33 @@ impl BrokerOptions {
         }
     }
 
+    /// Appends `args` to [`BrokerOptions::extra_args`].
+    #[must_use]
+    pub fn with_args(mut self, args: &[&str]) -> Self {
+        self.extra_args
+            .extend(args.iter().map(|arg| (*arg).to_owned()));
+        self
+    }
+
+    /// Runs a broker with these options (on a temporary store unless [`BrokerOptions::store_dir`]
+    /// names one) and waits up to `deadline` for it to exit by itself: for a start that must be
+    /// refused. Panics, after a SIGKILL, if it is still running then.
+    pub fn run_to_exit(&self, deadline: Duration) -> Exited {
+        let temporary;
+        let store_dir = if let Some(dir) = &self.store_dir {
+            dir.clone()
+        } else {
+            temporary = tempfile::Builder::new()
+                .prefix(&format!("ringmq-{}-", self.broker_name))
+                .tempdir()
+                .expect("create a temporary store directory");
+            temporary.path().to_path_buf()
+        };
+        let mut command = Command::new(binary("ringmq-broker"));
+        command.args(self.args(&store_dir, self.listen_port.unwrap_or(0), 0));
+        run_to_exit(command, deadline)
+    }
+
     fn args(&self, store_dir: &Path, listen_port: u16, embedded_port: u16) -> Vec<String> {
         let mut args = vec![
             "--store-dir".to_owned(),
@@ -66,11 +106,12 @@ impl BrokerOptions {
             listen_port.to_string(),
             "--broker-name".to_owned(),
             self.broker_name.clone(),
-            "--cluster".to_owned(),
-            self.cluster.clone(),
             "--register-interval-ms".to_owned(),
             self.register_interval_ms.to_string(),
         ];
+        if let Some(cluster) = &self.cluster {
+            args.extend(["--cluster".to_owned(), cluster.clone()]);
+        }
         match &self.namesrv {
             Some(namesrv) => args.extend(["-n".to_owned(), namesrv.clone()]),
             None => args.extend([
@@ -83,6 +124,9 @@ impl BrokerOptions {
         }
         if let Some(flush) = &self.flush_disk_type {
             args.extend(["--flush-disk-type".to_owned(), flush.clone()]);
+        }
+        if let Some(port) = self.metrics_port {
+            args.extend(["--metrics-port".to_owned(), port.to_string()]);
         }
         args.extend(self.extra_args.iter().cloned());
         args
@@ -99,6 +143,7 @@ pub struct BrokerProcess {
     _owned_store: Option<tempfile::TempDir>,
     addr: SocketAddr,
     embedded_namesrv: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
     starts: usize,
 }
 
@@ -120,14 +165,15 @@ impl BrokerProcess {
             (Some(dir), path)
         };
         let port = options.listen_port.unwrap_or(0);
-        let (process, addr, embedded_namesrv) = spawn(&options, &store_dir, port, 0, 0);
+        let started = spawn(&options, &store_dir, port, 0, 0);
         Self {
             options,
-            process,
+            process: started.process,
             store_dir,
             _owned_store: owned_store,
-            addr,
-            embedded_namesrv,
+            addr: started.addr,
+            embedded_namesrv: started.embedded_namesrv,
+            metrics: started.metrics,
             starts: 1,
         }
     }
@@ -141,9 +187,47 @@ impl BrokerProcess {
         self.addr
     }
 
+    /// The fast ("VIP") listener, port `P - 2` of the client port `P`.
+    pub fn fast_addr(&self) -> SocketAddr {
+        let port =
+            self.addr.port().checked_sub(2).unwrap_or_else(|| {
+                panic!("the client port {} leaves no port - 2", self.addr.port())
+            });
+        SocketAddr::new(self.addr.ip(), port)
+    }
+
     /// The embedded NameServer's address, when the broker was started without NameServers.
     pub fn embedded_namesrv_addr(&self) -> Option<String> {
         self.embedded_namesrv.map(|addr| addr.to_string())
+    }
+
+    /// The metrics endpoint, when started with [`BrokerOptions::metrics_port`].
+    pub const fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+    }
+
+    /// A client of the client port, sending JSON headers.
+    pub fn client(&self) -> RemotingClient {
+        RemotingClient::connect(self.addr)
+    }
+
+    /// A client of the client port, sending binary (ROCKETMQ) headers.
+    pub fn binary_client(&self) -> RemotingClient {
+        self.client().with_serialize_type(SerializeType::RocketMq)
+    }
+
+    /// A client of the fast port `P - 2`; it still expects `P` as the store host.
+    pub fn fast_client(&self) -> RemotingClient {
+        RemotingClient::connect(self.fast_addr()).with_store_host(self.addr)
+    }
+
+    /// A client of the embedded NameServer; panics when the broker was started with
+    /// NameServers.
+    pub fn namesrv_client(&self) -> RemotingClient {
+        let namesrv = self
+            .embedded_namesrv
+            .expect("this broker was started without an embedded NameServer");
+        RemotingClient::connect(namesrv)
     }
 
     pub fn store_dir(&self) -> &Path {
@@ -195,17 +279,18 @@ impl BrokerProcess {
     pub fn restart(&mut self) {
         self.terminate();
         let embedded_port = self.embedded_namesrv.map_or(0, |addr| addr.port());
-        let (process, addr, embedded) = spawn(
+        let started = spawn(
             &self.options,
             &self.store_dir,
             self.addr.port(),
             embedded_port,
             self.starts,
         );
-        self.process = process;
+        self.process = started.process;
         self.starts += 1;
-        assert_eq!(addr, self.addr, "the restarted broker moved");
-        self.embedded_namesrv = embedded;
+        assert_eq!(started.addr, self.addr, "the restarted broker moved");
+        self.embedded_namesrv = started.embedded_namesrv;
+        self.metrics = started.metrics;
     }
 
     /// Its log (stdout and stderr of every start) so far.
@@ -218,13 +303,21 @@ impl BrokerProcess {
     }
 }
 
+/// A started broker process and the addresses it printed.
+struct Started {
+    process: ManagedChild,
+    addr: SocketAddr,
+    embedded_namesrv: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+}
+
 fn spawn(
     options: &BrokerOptions,
     store_dir: &Path,
     listen_port: u16,
     embedded_port: u16,
     start: usize,
-) -> (ManagedChild, SocketAddr, Option<SocketAddr>) {
+) -> Started {
     let args = options.args(store_dir, listen_port, embedded_port);
     let label = format!(
         "ringmq-broker {} (start {})",
@@ -238,18 +331,28 @@ fn spawn(
         &store_dir.join("broker.log"),
     );
     let embedded = options.namesrv.is_none();
-    let prefixes: &[&str] = if embedded {
-        &[LISTENING, EMBEDDED_LISTENING]
-    } else {
-        &[LISTENING]
-    };
-    let lines = process.wait_for_lines(prefixes);
+    let metrics = options.metrics_port.is_some();
+    let mut prefixes = vec![LISTENING];
+    if embedded {
+        prefixes.push(EMBEDDED_LISTENING);
+    }
+    if metrics {
+        prefixes.push(METRICS_LISTENING);
+    }
+    let lines = process.wait_for_lines(&prefixes);
     let mut parse = |text: &str| -> SocketAddr {
         text.parse().unwrap_or_else(|error| {
             process.fail(&format!("printed an unparsable address {text:?}: {error}"))
         })
     };
     let addr = parse(&lines[0]);
-    let embedded_addr = embedded.then(|| parse(&lines[1]));
-    (process, addr, embedded_addr)
+    let mut rest = lines[1..].iter();
+    let embedded_namesrv = embedded.then(|| parse(rest.next().expect("the NameServer line")));
+    let metrics = metrics.then(|| parse(rest.next().expect("the metrics line")));
+    Started {
+        process,
+        addr,
+        embedded_namesrv,
+        metrics,
+    }
 }

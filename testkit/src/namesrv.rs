@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::binary;
 use crate::process::{ManagedChild, wait_port_closed};
+use crate::{RemotingClient, binary};
 
 static SEQUENCE: AtomicUsize = AtomicUsize::new(0);
 
@@ -20,6 +20,9 @@ pub struct NamesrvOptions {
     /// How long a broker may go without registering (brokers started by the testkit register
     /// every 500 ms).
     pub broker_expiry_ms: u64,
+    /// Threads serving connections (one by default, to spare the cores); `None`: the
+    /// NameServer's default.
+    pub workers: Option<usize>,
 }
 
 impl Default for NamesrvOptions {
@@ -28,6 +31,7 @@ impl Default for NamesrvOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             scan_interval_ms: 200,
             broker_expiry_ms: 5_000,
+            workers: Some(1),
         }
     }
 }
@@ -73,6 +77,11 @@ impl NamesrvProcess {
         self.addr
     }
 
+    /// A client of this NameServer.
+    pub fn client(&self) -> RemotingClient {
+        RemotingClient::connect(self.addr)
+    }
+
     pub fn pid(&self) -> u32 {
         self.process.pid()
     }
@@ -116,16 +125,17 @@ impl NamesrvProcess {
 
 fn spawn(options: &NamesrvOptions, dir: &Path) -> (ManagedChild, SocketAddr) {
     let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed);
-    let args = vec![
+    let mut args = vec![
         "--listen".to_owned(),
         options.listen.to_string(),
         "--scan-interval-ms".to_owned(),
         options.scan_interval_ms.to_string(),
         "--broker-expiry-ms".to_owned(),
         options.broker_expiry_ms.to_string(),
-        "--workers".to_owned(),
-        "1".to_owned(),
     ];
+    if let Some(workers) = options.workers {
+        args.extend(["--workers".to_owned(), workers.to_string()]);
+    }
     let mut process = ManagedChild::spawn(
         &format!("ringmq-namesrv #{sequence}"),
         &binary("ringmq-namesrv"),

@@ -1,8 +1,9 @@
-//! A child process under test: started with its output in a log file, its startup lines read
-//! from stdout, signalled only by PID while it is an unreaped child.
+//! Child processes under test, signalled only by PID while they are unreaped children:
+//! [`ManagedChild`], a server started with its output in a log file and its startup lines read
+//! from stdout; [`RunningProcess`], a run expected to end by itself, its output collected.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -255,4 +256,180 @@ fn sigterm(child: &Child) {
         "kill({pid}, SIGTERM) failed: {}",
         io::Error::last_os_error()
     );
+}
+
+// ------------------------------------------------------------------------------------------------
+// Runs expected to end
+
+/// How a [`RunningProcess`] ended.
+#[derive(Debug)]
+pub struct Exited {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    /// From the start to the exit (as seen by the polling of [`RunningProcess::finish`]).
+    pub elapsed: Duration,
+}
+
+impl Exited {
+    /// The exit code; `None` when a signal ended the process.
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+/// A process expected to end by itself (a command-line tool, a start that must be refused),
+/// its stdout and stderr collected. Dropping it SIGKILLs it if it is still running.
+#[derive(Debug)]
+pub struct RunningProcess {
+    child: Child,
+    /// The command, for messages.
+    label: String,
+    stdout: Receiver<String>,
+    stderr: Receiver<String>,
+    started: Instant,
+}
+
+impl RunningProcess {
+    /// Starts `command` with stdin closed and stdout and stderr collected.
+    pub fn start(mut command: Command) -> Self {
+        let label = format!("{command:?}");
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {label}: {error}"));
+        let stdout = collect(child.stdout.take().expect("piped stdout"));
+        let stderr = collect(child.stderr.take().expect("piped stderr"));
+        Self {
+            child,
+            label,
+            stdout,
+            stderr,
+            started: Instant::now(),
+        }
+    }
+
+    /// Whether the process has exited (reaping it).
+    pub fn has_exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `deadline` for the exit and returns the collected output. A process still
+    /// running then is SIGKILLed and the call panics with the tails of its output.
+    pub fn finish(mut self, deadline: Duration) -> Exited {
+        let waited = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().ok().flatten() {
+                break status;
+            }
+            if waited.elapsed() >= deadline {
+                // Our unreaped child (checked just above): the PID names no other process.
+                let _ignored = self.child.kill();
+                let _status = self.child.wait();
+                // A child of its own may still hold the pipes: take what came so far.
+                let (stdout, stderr) = self.output(Duration::from_secs(1));
+                panic!(
+                    "{} was still running after {deadline:?} (expected it to exit)\n\
+                     --- stdout ---\n{}\n--- stderr ---\n{}",
+                    self.label,
+                    tail(&stdout, 50),
+                    tail(&stderr, 200)
+                );
+            }
+            thread::sleep(Duration::from_millis(5));
+        };
+        let elapsed = self.started.elapsed();
+        let (stdout, stderr) = self.output(EXIT_DEADLINE);
+        Exited {
+            status,
+            stdout,
+            stderr,
+            elapsed,
+        }
+    }
+
+    /// The collected output of an exited process, waiting up to `timeout` for each pipe to
+    /// close (a child of the process may hold it open).
+    fn output(&self, timeout: Duration) -> (String, String) {
+        let text = |pipe: &Receiver<String>| pipe.recv_timeout(timeout).unwrap_or_default();
+        (text(&self.stdout), text(&self.stderr))
+    }
+}
+
+impl Drop for RunningProcess {
+    fn drop(&mut self) {
+        if !self.has_exited() {
+            // Our unreaped child (checked just above).
+            let _ignored = self.child.kill();
+            let _status = self.child.wait();
+        }
+    }
+}
+
+/// Runs `command` (see [`RunningProcess::start`]) and waits up to `deadline` for it to exit by
+/// itself.
+pub fn run_to_exit(command: Command, deadline: Duration) -> Exited {
+    RunningProcess::start(command).finish(deadline)
+}
+
+/// Reads `pipe` to its end on a thread of its own; the text arrives on the receiver.
+fn collect(mut pipe: impl Read + Send + 'static) -> Receiver<String> {
+    let (text_tx, text) = mpsc::channel();
+    thread::Builder::new()
+        .name("testkit-output".into())
+        .spawn(move || {
+            let mut bytes = Vec::new();
+            // A read error only cuts the text short.
+            let _read = pipe.read_to_end(&mut bytes);
+            text_tx
+                .send(String::from_utf8_lossy(&bytes).into_owned())
+                .ok();
+        })
+        .expect("start an output collector thread");
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wait_until;
+
+    fn shell(script: &str) -> Command {
+        let mut command = Command::new("sh");
+        command.args(["-c", script]);
+        command
+    }
+
+    #[test]
+    fn a_run_to_exit_collects_code_and_output() {
+        let exited = run_to_exit(
+            shell("echo out; echo err >&2; exit 3"),
+            Duration::from_secs(20),
+        );
+        assert_eq!(exited.code(), Some(3));
+        assert_eq!(exited.stdout, "out\n");
+        assert_eq!(exited.stderr, "err\n");
+    }
+
+    #[test]
+    #[should_panic(expected = "was still running after")]
+    fn a_run_that_does_not_end_fails_the_test() {
+        run_to_exit(shell("exec sleep 30"), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_running_process_is_seen_to_exit() {
+        let mut running = RunningProcess::start(shell("read line; echo \"[$line]\""));
+        // stdin is closed: `read` sees end of file at once.
+        wait_until("the process to exit", Duration::from_secs(20), || {
+            running.has_exited()
+        });
+        assert_eq!(running.finish(Duration::ZERO).stdout, "[]\n");
+    }
 }

@@ -23,7 +23,7 @@ fn namesrv_starts_answers_and_stops() {
     assert!(namesrv.is_running());
     namesrv.stop();
     assert!(!namesrv.is_running());
-    let probe = RemotingClient::connect(&namesrv.addr());
+    let probe = RemotingClient::try_connect(namesrv.addr());
     assert!(
         probe.is_err(),
         "a stopped NameServer still accepts connections: {probe:?}"
@@ -50,7 +50,7 @@ fn embedded_broker_restarts_on_its_port_and_store() {
     let never = committed_offset(&broker.addr(), "nobody", "Kept", 0).unwrap();
     assert!(matches!(never, None | Some(0)), "{never:?}");
     // A connection open across the kill leaves the old port in TIME_WAIT on the broker side.
-    let _open = RemotingClient::connect(&broker.addr()).unwrap();
+    let _open = RemotingClient::connect(broker.addr());
     let addr = broker.addr();
     broker.kill();
     assert!(!broker.is_running());
@@ -92,10 +92,11 @@ fn cluster_routes_every_broker_on_every_namesrv() {
         assert_eq!(names, ["broker-a", "broker-b"]);
     }
     // A raw request through the blocking client.
-    let answer = RemotingClient::connect(&cluster.broker("broker-b").addr())
-        .unwrap()
-        .request(RequestCode::GetBrokerRuntimeInfo, &(), &[])
-        .unwrap();
+    let answer = RemotingClient::connect(cluster.broker("broker-b").addr()).request(
+        RequestCode::GetBrokerRuntimeInfo,
+        (),
+        &[],
+    );
     assert!(!answer.body.is_empty());
 
     // A SIGKILLed broker drops out of the NameServers (connection closed or expiry).

@@ -3,12 +3,13 @@
 //! scripts rely on: 0 ok, 1 operation failed, 2 usage error, 3 unreachable / timeout.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use std::process::Command;
 use std::time::Duration;
 
-use common::{Broker, Output, spawn, wait_for};
 use ringmq_protocol::message::OffsetMessageId;
+use ringmq_testkit::{
+    BrokerOptions, BrokerProcess, Exited, RunningProcess, fresh_binary, wait_until,
+};
 use serde_json::Value;
 
 const ADMIN: &str = env!("CARGO_BIN_EXE_ringmq-admin");
@@ -16,11 +17,27 @@ const CLUSTER: &str = "DefaultCluster";
 const TOPIC: &str = "AdminCliTopic";
 /// Deadline for what becomes true asynchronously (registration with the NameServer).
 const DEADLINE: Duration = Duration::from_secs(15);
+/// How long one run of the tool may take before the test fails.
+const RUN_DEADLINE: Duration = Duration::from_secs(60);
 
-fn admin(namesrv: &str, args: &[&str]) -> Output {
+/// A broker with its embedded NameServer. Its binary is built first even when it exists: after
+/// an edit to the broker, `cargo test -p ringmq-tools` alone would otherwise test the old one.
+fn start_broker() -> BrokerProcess {
+    fresh_binary("ringmq-broker");
+    BrokerProcess::start(BrokerOptions::default())
+}
+
+/// Starts `ringmq-admin` with `args` (and no NAMESRV_ADDR from the environment).
+fn spawn(args: &[&str]) -> RunningProcess {
+    let mut command = Command::new(ADMIN);
+    command.args(args).env_remove("NAMESRV_ADDR");
+    RunningProcess::start(command)
+}
+
+fn admin(namesrv: &str, args: &[&str]) -> Exited {
     let mut full = vec!["-n", namesrv];
     full.extend_from_slice(args);
-    spawn(ADMIN, &full).finish()
+    spawn(&full).finish(RUN_DEADLINE)
 }
 
 /// Runs with `--json`, expects exit 0 and returns the parsed document.
@@ -28,25 +45,26 @@ fn admin_json(namesrv: &str, args: &[&str]) -> Value {
     let mut full = vec!["--json"];
     full.extend_from_slice(args);
     let output = admin(namesrv, &full);
-    assert_eq!(output.code, Some(0), "{args:?}: {output:?}");
+    assert_eq!(output.code(), Some(0), "{args:?}: {output:?}");
     serde_json::from_str(&output.stdout)
         .unwrap_or_else(|error| panic!("{args:?} printed no JSON document ({error}): {output:?}"))
 }
 
-fn expect_exit(output: &Output, code: i32, what: &str) {
-    assert_eq!(output.code, Some(code), "{what}: {output:?}");
+fn expect_exit(output: &Exited, code: i32, what: &str) {
+    assert_eq!(output.code(), Some(code), "{what}: {output:?}");
 }
 
 #[test]
 fn topics_cluster_broker_messages_and_progress() {
-    let broker = Broker::start();
-    let n = broker.namesrv.as_str();
-    cluster_and_broker_status(n, &broker.addr);
-    create_update_and_inspect(n, &broker.addr);
+    let broker = start_broker();
+    let namesrv = broker.embedded_namesrv_addr().unwrap();
+    let n = namesrv.as_str();
+    cluster_and_broker_status(n, &broker.addr());
+    create_update_and_inspect(n, &broker.addr());
     let sent = send_then_look_up_and_consume(n);
     progress_after_the_commit(n, &sent);
     consume_from_last_waits_for_a_new_message(n);
-    operation_failures_exit_with_1(n, &broker.addr);
+    operation_failures_exit_with_1(n, &broker.addr());
 
     // topic delete: gone from the NameServer and the broker.
     let deleted = admin(n, &["topic", "delete", "-t", TOPIC, "-c", CLUSTER]);
@@ -70,7 +88,7 @@ fn topics_cluster_broker_messages_and_progress() {
 /// (Also the first command: it waits for the broker's registration.)
 fn cluster_and_broker_status(n: &str, broker_addr: &str) {
     // The broker registers with its NameServer after it prints its addresses.
-    let clusters = wait_for("the broker's registration", DEADLINE, || {
+    let clusters = wait_until("the broker's registration", DEADLINE, || {
         let clusters = admin_json(n, &["cluster", "list"]);
         (!clusters["clusters"].as_array().unwrap().is_empty()).then_some(clusters)
     });
@@ -96,9 +114,9 @@ fn create_update_and_inspect(n: &str, broker_addr: &str) {
     );
     expect_exit(&created, 0, "topic create");
     assert!(created.stdout.contains(broker_addr), "{}", created.stdout);
-    let route = wait_for("the topic's route", DEADLINE, || {
+    let route = wait_until("the topic's route", DEADLINE, || {
         let output = admin(n, &["--json", "topic", "route", "-t", TOPIC]);
-        (output.code == Some(0)).then(|| serde_json::from_str::<Value>(&output.stdout).unwrap())
+        (output.code() == Some(0)).then(|| serde_json::from_str::<Value>(&output.stdout).unwrap())
     });
     assert_eq!(route["queueDatas"][0]["readQueueNums"], 2);
     assert_eq!(route["queueDatas"][0]["writeQueueNums"], 2);
@@ -232,27 +250,24 @@ fn progress_after_the_commit(n: &str, sent: &Sent) {
 /// `consume --from last` long-polls: it prints a message sent after it started. Messages are
 /// sent until it exits, since it cannot tell the test when its pulls are parked.
 fn consume_from_last_waits_for_a_new_message(n: &str) {
-    let mut consume = spawn(
-        ADMIN,
-        &[
-            "-n",
-            n,
-            "--json",
-            "--timeout-ms",
-            "20000",
-            "consume",
-            "-t",
-            TOPIC,
-            "--from",
-            "last",
-        ],
-    );
+    let mut consume = spawn(&[
+        "-n",
+        n,
+        "--json",
+        "--timeout-ms",
+        "20000",
+        "consume",
+        "-t",
+        TOPIC,
+        "--from",
+        "last",
+    ]);
     let mut sent = Vec::new();
-    wait_for(
+    wait_until(
         "consume --from last to print a new message",
         DEADLINE,
         || {
-            if consume.exited() {
+            if consume.has_exited() {
                 return Some(());
             }
             let body = format!("late message {}", sent.len());
@@ -262,7 +277,7 @@ fn consume_from_last_waits_for_a_new_message(n: &str) {
             None
         },
     );
-    let output = consume.finish();
+    let output = consume.finish(RUN_DEADLINE);
     expect_exit(&output, 0, "consume --from last");
     let message: Value = serde_json::from_str(&output.stdout).unwrap();
     let body = message["body"].as_str().unwrap();
@@ -317,10 +332,10 @@ fn usage_errors_exit_with_2() {
         &["consume", "-t", "T", "--from", "middle"],
         &["-n", "no-port", "topic", "list"],
     ] {
-        let output = spawn(ADMIN, args).finish();
+        let output = spawn(args).finish(RUN_DEADLINE);
         expect_exit(&output, 2, &format!("{args:?}"));
     }
-    let help = spawn(ADMIN, &["--help"]).finish();
+    let help = spawn(&["--help"]).finish(RUN_DEADLINE);
     expect_exit(&help, 0, "--help");
     assert!(help.stdout.contains("Exit codes"), "{}", help.stdout);
 }

@@ -3,16 +3,15 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::Future;
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use ringmq_protocol::blocking::{Connection, ConnectionError};
 use ringmq_protocol::body::{BrokerData, QueueData, TopicRouteData, perm};
-use ringmq_protocol::{Command, CommandHead, EncodeExt, FrameCodec, ResponseCode, encode_frame};
+use ringmq_protocol::{Command, CommandHead, EncodeExt, ResponseCode};
 
 /// No client call may take longer than this, whatever it does.
 pub const HANG_LIMIT: Duration = Duration::from_secs(20);
@@ -22,37 +21,30 @@ pub const SERVER_LIFETIME: Duration = Duration::from_secs(60);
 pub const MAX_CONNECTIONS: usize = 16;
 
 // ------------------------------------------------------------------------------------------------
-/// One accepted connection of a fake server, with a frame reader.
+/// One accepted connection of a fake server, reading the client's frames.
 pub struct Peer {
-    pub stream: TcpStream,
-    input: BytesMut,
-    codec: FrameCodec,
+    connection: Connection,
 }
 
 impl Peer {
     pub fn new(stream: TcpStream) -> Self {
-        stream.set_nonblocking(false).unwrap();
-        stream.set_read_timeout(Some(SERVER_LIFETIME)).unwrap();
-        stream.set_nodelay(true).unwrap();
         Self {
-            stream,
-            input: BytesMut::new(),
-            codec: FrameCodec::default(),
+            connection: Connection::from_stream(stream).expect("an accepted connection"),
         }
     }
 
+    /// The socket, for a shutdown.
+    pub fn stream(&self) -> &TcpStream {
+        self.connection.stream()
+    }
+
     /// The next frame from the client; `None` once it closed the connection (or went silent
-    /// for [`SERVER_LIFETIME`]).
+    /// for [`SERVER_LIFETIME`]). Panics on a frame that does not decode.
     pub fn read(&mut self) -> Option<Command> {
-        let mut chunk = [0u8; 16 << 10];
-        loop {
-            if let Some(command) = self.codec.decode(&mut self.input).expect("client frame") {
-                return Some(command);
-            }
-            match self.stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
-                Ok(read) => self.input.extend_from_slice(&chunk[..read]),
-            }
+        match self.connection.read_frame(SERVER_LIFETIME) {
+            Ok(command) => Some(command),
+            Err(ConnectionError::Decode(error)) => panic!("client frame: {error}"),
+            Err(_) => None,
         }
     }
 
@@ -63,7 +55,7 @@ impl Peer {
 
     pub fn write(&mut self, bytes: &[u8]) {
         // The client may already have given up on this connection.
-        let _ignored = self.stream.write_all(bytes);
+        let _ignored = self.connection.write_raw(bytes);
     }
 
     /// Answers `request` with SUCCESS, echoing its body.
@@ -92,9 +84,8 @@ impl Peer {
     ) {
         let mut head = CommandHead::response_to(request, code);
         head.remark = remark;
-        let mut out = BytesMut::new();
-        encode_frame(&head, header, answer_body, &mut out);
-        self.write(&out);
+        // The client may already have given up on this connection.
+        let _ignored = self.connection.send_frame(&head, header, answer_body);
     }
 
     /// Waits until the client closes the connection (bounded by [`SERVER_LIFETIME`]).
@@ -104,10 +95,10 @@ impl Peer {
 
     /// Closes with a TCP reset (SO_LINGER 0).
     pub fn reset(self) {
-        socket2::SockRef::from(&self.stream)
+        socket2::SockRef::from(self.connection.stream())
             .set_linger(Some(Duration::ZERO))
             .unwrap();
-        drop(self.stream);
+        drop(self.connection);
     }
 }
 
