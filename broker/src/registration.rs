@@ -24,7 +24,7 @@ use crate::{
 
 const TIMEOUTS: Timeouts = Timeouts {
     connect: Duration::from_secs(3),
-    io: Duration::from_secs(5),
+    write: Duration::from_secs(5),
     answer: Duration::from_secs(5),
 };
 

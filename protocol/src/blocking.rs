@@ -308,6 +308,15 @@ impl Connection {
         }
     }
 
+    /// Drops the frames kept while waiting for responses; returns how many there were. A
+    /// long-lived client that never reads the peer's own requests calls this after each
+    /// request, so they cannot pile up.
+    pub fn drop_kept(&mut self) -> usize {
+        let dropped = self.kept.len();
+        self.kept.clear();
+        dropped
+    }
+
     /// The next frame, waiting up to `timeout`: kept frames first, then the stream's.
     pub fn read_frame(&mut self, timeout: Duration) -> Result<Command, ConnectionError> {
         if let Some(command) = self.kept.pop_front() {

@@ -44,7 +44,7 @@ use crate::{
 /// the thread. An answer (up to [`MAX_ANSWER_BYTES`]) must arrive whole within `answer`.
 const TIMEOUTS: Timeouts = Timeouts {
     connect: Duration::from_secs(3),
-    io: Duration::from_secs(3),
+    write: Duration::from_secs(3),
     answer: Duration::from_secs(30),
 };
 /// The first round comes soon after start: the registration thread may already know the master.
@@ -291,14 +291,9 @@ fn fetch<T: DeserializeOwned>(
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        collections::BTreeMap,
-        io::{Read, Write},
-        net::TcpListener,
-    };
+    use std::{collections::BTreeMap, net::TcpListener};
 
-    use bytes::BytesMut;
-    use ringmq_protocol::{CommandHead, FrameCodec, body::DataVersion, encode_frame};
+    use ringmq_protocol::{CommandHead, blocking::Connection, body::DataVersion};
 
     use super::*;
 
@@ -356,30 +351,15 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let thread = std::thread::spawn(move || {
-            let (mut stream, _) = listener.accept().unwrap();
-            let codec = FrameCodec::default();
-            let mut input = BytesMut::new();
-            let mut chunk = [0_u8; 4096];
-            loop {
-                while let Some(request) = codec.decode(&mut input).unwrap() {
-                    // `None`: hang up instead of answering.
-                    let Some((code, body)) = answer(request.request_code()) else {
-                        return;
-                    };
-                    let mut frame = BytesMut::new();
-                    encode_frame(
-                        &CommandHead::response_to(&request, code),
-                        &(),
-                        &body,
-                        &mut frame,
-                    );
-                    stream.write_all(&frame).unwrap();
-                }
-                let read = stream.read(&mut chunk).unwrap();
-                if read == 0 {
+            let (stream, _) = listener.accept().unwrap();
+            let mut peer = Connection::from_stream(stream).unwrap();
+            while let Ok(request) = peer.read_frame(Duration::from_secs(10)) {
+                // `None`: hang up instead of answering.
+                let Some((code, body)) = answer(request.request_code()) else {
                     return;
-                }
-                input.extend_from_slice(&chunk[..read]);
+                };
+                let head = CommandHead::response_to(&request, code);
+                peer.send_frame(&head, &(), &body).unwrap();
             }
         });
         (addr, thread)
@@ -472,6 +452,6 @@ mod tests {
             .map_err(SyncError::Connect)
             .unwrap_err()
             .to_string();
-        assert!(refused.starts_with("connect:"), "{refused}");
+        assert!(refused.starts_with("cannot connect to"), "{refused}");
     }
 }
