@@ -1,14 +1,15 @@
 //! The hot path allocates nothing: decoding a SEND_MESSAGE_V2 or PULL frame and reading its typed
 //! header, and encoding one into a buffer with spare capacity, make zero heap allocations.
 //!
-//! Counted with a global allocator wrapper, so this file is its own test binary and runs its
-//! checks in a single test (a parallel test would allocate concurrently and skew the count).
+//! Counted with a global allocator wrapper, so this file is its own test binary. Only the
+//! allocations of the thread doing the work count: the test harness's own threads allocate at
+//! times of their own (more so on a loaded machine) and must not skew the count.
 
 // A counting `GlobalAlloc` needs `unsafe impl`; it only forwards to the system allocator.
 #![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 
 use bytes::BytesMut;
 use ringmq_protocol::header::{
@@ -21,12 +22,21 @@ use ringmq_protocol::{
 
 struct CountingAllocator;
 
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    /// Allocations made by this thread. Const-initialized and without a destructor, so reading
+    /// it from inside the allocator never allocates.
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn count_one() {
+    // `try_with`: a thread being torn down has no slot any more; its allocations do not matter.
+    let _ = ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
+}
 
 // SAFETY: forwards every call unchanged to `System`, which upholds the `GlobalAlloc` contract.
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count_one();
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(layout) }
     }
@@ -37,7 +47,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count_one();
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -47,9 +57,9 @@ unsafe impl GlobalAlloc for CountingAllocator {
 static GLOBAL: CountingAllocator = CountingAllocator;
 
 fn allocations_during(work: impl FnOnce()) -> usize {
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = ALLOCATIONS.with(Cell::get);
     work();
-    ALLOCATIONS.load(Ordering::Relaxed) - before
+    ALLOCATIONS.with(Cell::get) - before
 }
 
 fn send_header() -> SendMessageRequestHeader<'static> {
@@ -75,6 +85,10 @@ fn send_header() -> SendMessageRequestHeader<'static> {
 
 #[test]
 fn hot_path_codec_operations_do_not_allocate() {
+    // The counter sees this thread's allocations (else every zero below would be vacuous).
+    let seen = allocations_during(|| drop(std::hint::black_box(vec![0_u8; 64])));
+    assert_eq!(seen, 1, "the counting allocator is not counting");
+
     let codec = FrameCodec::default();
     let body = vec![7u8; 1024];
     for serialize_type in [SerializeType::RocketMq, SerializeType::Json] {
