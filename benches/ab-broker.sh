@@ -3,10 +3,10 @@
 # each broker in turn, alternating A and B so drift on a shared machine hits both alike.
 # Reports per case the median msgs/s and the median broker CPU per message (user + system time of
 # the broker process from /proc, divided by the messages of the run), which noise moves far less
-# than msgs/s. Binary headers (ringmq-bench's raw requests).
+# than msgs/s. HEADERS=binary (default) or json (as the Java client sends them).
 #
 #   benches/ab-broker.sh A_BIN_DIR B_BIN_DIR [dir]
-#   RUNS=3 SECS=5 SHARDS=2 SIZE=1024 benches/ab-broker.sh old/target/release target/release
+#   RUNS=3 SECS=5 SHARDS=2 SIZE=1024 HEADERS=json benches/ab-broker.sh old/target/release target/release
 #
 # Each BIN_DIR holds a ringmq-broker; ringmq-bench is taken from B_BIN_DIR. Build a baseline with
 #   git worktree add /tmp/base REV && cargo build --release -p ringmq-broker --manifest-path /tmp/base/Cargo.toml
@@ -18,6 +18,7 @@ runs="${RUNS:-3}"
 secs="${SECS:-5}"
 shards="${SHARDS:-2}"
 size="${SIZE:-1024}"
+headers="${HEADERS:-binary}"
 dir="${3:-${TMPDIR:-/tmp}}/ringmq-ab.$$"
 mkdir -p "$dir"
 broker_pid=""
@@ -54,7 +55,7 @@ for mode in ASYNC_FLUSH SYNC_FLUSH; do
       store="$dir/store-$side-$mode-$run"
       start_broker "$bin" "$mode" "$store"
       before=$(cpu_ticks)
-      "$b_bin/ringmq-bench" produce --broker "$addr" --size "$size" --topic "AB$mode" \
+      "$b_bin/ringmq-bench" produce --broker "$addr" --size "$size" --headers "$headers" --topic "AB$mode" \
         --duration-secs "$secs" --warmup-secs 0 --json "$dir/run.json" >/dev/null 2>&1
       after=$(cpu_ticks)
       stop_broker
@@ -76,6 +77,6 @@ for mode in ASYNC_FLUSH SYNC_FLUSH; do
   rb=$(tr ' ' '\n' <<<"${rates[${mode}B]}" | grep . | median)
   ca=$(tr ' ' '\n' <<<"${cpus[${mode}A]}" | grep . | median)
   cb=$(tr ' ' '\n' <<<"${cpus[${mode}B]}" | grep . | median)
-  awk -v m="$mode $size B" -v ra="$ra" -v rb="$rb" -v ca="$ca" -v cb="$cb" \
+  awk -v m="$mode $size B $headers" -v ra="$ra" -v rb="$rb" -v ca="$ca" -v cb="$cb" \
     'BEGIN {printf "| %s | %.0f | %.0f | %.2f | %.2f | %.2f | %.2f |\n", m, ra, rb, rb / ra, ca, cb, cb / ca}'
 done

@@ -79,6 +79,29 @@ impl fmt::Display for Mode {
     }
 }
 
+/// How the raw sends encode their headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeaderEncoding {
+    /// RocketMQ's binary header (what RingMQ's own client sends): the frame is pre-encoded once
+    /// and patched per request.
+    #[default]
+    Binary,
+    /// JSON headers, as the Java client sends them: each request's header is encoded anew, since
+    /// its opaque changes width.
+    Json,
+}
+
+impl HeaderEncoding {
+    /// The protocol's serialize type.
+    pub const fn serialize_type(self) -> ringmq_protocol::SerializeType {
+        match self {
+            Self::Binary => ringmq_protocol::SerializeType::RocketMq,
+            Self::Json => ringmq_protocol::SerializeType::Json,
+        }
+    }
+}
+
 /// Which client drives the load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -161,6 +184,11 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Api::Raw)]
     pub api: Api,
 
+    /// Header encoding of the raw sends (pulls stay binary): binary, or json as the Java client
+    /// sends them.
+    #[arg(long, value_enum, default_value_t = HeaderEncoding::Binary)]
+    pub headers: HeaderEncoding,
+
     /// Queues of the topic; producers write them round-robin, consumers split them.
     #[arg(long, default_value_t = 8)]
     pub queues: u32,
@@ -238,6 +266,7 @@ pub enum Target {
 pub struct Params {
     pub mode: Mode,
     pub api: Api,
+    pub headers: HeaderEncoding,
     pub target: Target,
     pub topic: String,
     pub queues: u32,
@@ -363,9 +392,13 @@ impl Args {
         if self.messages == Some(0) {
             usage("--messages must be at least 1 (leave it out for no cap)")?;
         }
+        if self.headers == HeaderEncoding::Json && (self.api != Api::Raw || !mode.produces()) {
+            usage("--headers json applies to the raw sends of produce and e2e (--api raw)")?;
+        }
         Ok(Params {
             mode,
             api: self.api,
+            headers: self.headers,
             target,
             topic: self.topic,
             queues: self.queues,

@@ -43,6 +43,8 @@ pub struct RunContext {
     pub control: Control,
     /// Which client drives the load.
     pub api: super::args::Api,
+    /// Header encoding of the raw sends.
+    pub send_headers: ringmq_protocol::SerializeType,
     /// `--api client`: the producer every producer job shares.
     pub producer: Option<ringmq_client::Producer>,
     /// `--api client`: the NameServers the client library uses.

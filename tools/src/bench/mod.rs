@@ -117,6 +117,7 @@ fn run_against(
         epoch: Instant::now(),
         control: Control::new(producers, Instant::now() + planned + GRACE),
         api: params.api,
+        send_headers: params.headers.serialize_type(),
         producer,
         namesrv,
     });

@@ -125,6 +125,7 @@ pub async fn run(
                     queues: ctx.queues as i32,
                     size: ctx.size,
                     batch: ctx.batch,
+                    serialize_type: ctx.send_headers,
                 })
             })
             .collect::<Result<Vec<_>>>()?,

@@ -4,7 +4,10 @@
 //! ([`SendTemplate`]) and, per request, copies it into the outgoing buffer and patches the few
 //! bytes that change in place: the `opaque`, the 13 ASCII digits of `bornTimestamp` (13 digits from
 //! 2001 to 2286, so the length never changes) and, in e2e, the send time at the start of each body.
-//! Nothing is formatted or allocated per message. Pulls differ in their offset every time and carry
+//! Nothing is formatted or allocated per message. With JSON headers (`--headers json`, as the Java
+//! client sends them) the opaque is decimal text whose width changes, so each request's header is
+//! encoded anew, straight into the outgoing buffer (still no allocation); the body is copied as it
+//! is. Pulls differ in their offset every time and carry
 //! up to 32 messages each, so they are encoded normally into the reused outgoing buffer.
 
 use anyhow::{Context, Result, bail};
@@ -44,13 +47,30 @@ pub fn message_properties() -> String {
 }
 
 /// One pre-encoded send request for one queue: SEND_MESSAGE_V2 for a single message,
-/// SEND_BATCH_MESSAGE with `batch=true` for several, binary header, V2 one-letter keys.
+/// SEND_BATCH_MESSAGE with `batch=true` for several, V2 one-letter keys.
 #[derive(Debug, Clone)]
 pub struct SendTemplate {
     frame: Vec<u8>,
     born_at: usize,
     /// Where each message's body starts within the frame (e2e timestamps go there).
     body_at: Vec<usize>,
+    /// `Some` with JSON headers: what each request is encoded from.
+    json: Option<JsonSend>,
+}
+
+/// The parts of a JSON-header send that are encoded per request.
+#[derive(Debug, Clone)]
+struct JsonSend {
+    code: RequestCode,
+    topic: String,
+    queue_id: i32,
+    queues: i32,
+    batch: bool,
+    properties: Option<String>,
+    /// The request body (one message's body, or the encoded batch).
+    body: Vec<u8>,
+    /// Where each message's body starts within `body`.
+    body_offsets: Vec<usize>,
 }
 
 /// What a send template is built from.
@@ -64,6 +84,8 @@ pub struct SendSpec<'a> {
     pub size: usize,
     /// Messages per request.
     pub batch: usize,
+    /// Header encoding.
+    pub serialize_type: SerializeType,
 }
 
 impl SendTemplate {
@@ -109,6 +131,16 @@ impl SendTemplate {
             header.properties = Some(&properties);
             (RequestCode::SendMessageV2, body.clone(), vec![0])
         };
+        let json = (spec.serialize_type == SerializeType::Json).then(|| JsonSend {
+            code,
+            topic: spec.topic.to_owned(),
+            queue_id: spec.queue_id,
+            queues: spec.queues,
+            batch,
+            properties: header.properties.map(str::to_owned),
+            body: request_body.clone(),
+            body_offsets: body_offsets.clone(),
+        });
         let head = CommandHead::request(code, 0, SerializeType::RocketMq);
         let mut frame = BytesMut::new();
         encode_frame(&head, &header.v2(), &request_body, &mut frame);
@@ -128,6 +160,7 @@ impl SendTemplate {
             born_at: entry + needle.len() - BORN_DIGITS,
             body_at: body_offsets.iter().map(|at| body_start + at).collect(),
             frame,
+            json,
         })
     }
 
@@ -150,16 +183,47 @@ impl SendTemplate {
     /// big-endian into the first 8 bytes of every body when given (e2e; bodies are ≥ 8 bytes).
     pub fn append_to(&self, out: &mut BytesMut, opaque: i32, born_ms: i64, stamp_ns: Option<u64>) {
         let start = out.len();
-        out.extend_from_slice(&self.frame);
-        let frame = &mut out[start..];
-        frame[OPAQUE_AT..OPAQUE_AT + 4].copy_from_slice(&opaque.to_be_bytes());
-        write_digits(
-            &mut frame[self.born_at..self.born_at + BORN_DIGITS],
-            born_ms,
-        );
-        if let Some(stamp) = stamp_ns {
-            for &at in &self.body_at {
-                frame[at..at + 8].copy_from_slice(&stamp.to_be_bytes());
+        match &self.json {
+            None => {
+                out.extend_from_slice(&self.frame);
+                let frame = &mut out[start..];
+                frame[OPAQUE_AT..OPAQUE_AT + 4].copy_from_slice(&opaque.to_be_bytes());
+                write_digits(
+                    &mut frame[self.born_at..self.born_at + BORN_DIGITS],
+                    born_ms,
+                );
+                if let Some(stamp) = stamp_ns {
+                    for &at in &self.body_at {
+                        frame[at..at + 8].copy_from_slice(&stamp.to_be_bytes());
+                    }
+                }
+            }
+            Some(json) => {
+                let header = SendMessageRequestHeader {
+                    producer_group: PRODUCER_GROUP,
+                    topic: &json.topic,
+                    default_topic: DEFAULT_TOPIC,
+                    default_topic_queue_nums: json.queues,
+                    queue_id: json.queue_id,
+                    sys_flag: 0,
+                    born_timestamp_ms: born_ms,
+                    flag: 0,
+                    properties: json.properties.as_deref(),
+                    reconsume_times: Some(0),
+                    unit_mode: Some(false),
+                    max_reconsume_times: None,
+                    batch: Some(json.batch),
+                    broker_name: None,
+                };
+                let head = CommandHead::request(json.code, opaque, SerializeType::Json);
+                encode_frame(&head, &header.v2(), &json.body, out);
+                if let Some(stamp) = stamp_ns {
+                    let body_start = out.len() - json.body.len();
+                    for &offset in &json.body_offsets {
+                        let at = body_start + offset;
+                        out[at..at + 8].copy_from_slice(&stamp.to_be_bytes());
+                    }
+                }
             }
         }
     }
@@ -233,6 +297,7 @@ mod tests {
             queues: 8,
             size: 16,
             batch,
+            serialize_type: SerializeType::RocketMq,
         }
     }
 
@@ -266,6 +331,42 @@ mod tests {
         let header = SendMessageRequestHeader::from_command(&second).unwrap();
         assert_eq!(header.born_timestamp_ms, 1_712_345_678_902);
         assert_eq!(&second.body[..8], b"abcdefgh", "no stamp: template body");
+    }
+
+    #[test]
+    fn json_sends_carry_each_opaque_and_born_time() {
+        for batch in [1, 3] {
+            let template = SendTemplate::new(&SendSpec {
+                serialize_type: SerializeType::Json,
+                ..spec(batch)
+            })
+            .unwrap();
+            let mut out = BytesMut::new();
+            template.append_to(&mut out, 7, 1_712_345_678_901, Some(42));
+            let first_len = out.len();
+            template.append_to(&mut out, 1_234_567, 1_712_345_678_902, None);
+
+            let first = decode(&out[..first_len]);
+            assert_eq!(first.serialize_type, SerializeType::Json);
+            assert_eq!(first.opaque, 7);
+            let header = SendMessageRequestHeader::from_command(&first).unwrap();
+            assert_eq!(header.topic, "BenchTopic");
+            assert_eq!(header.queue_id, 5);
+            assert_eq!(header.born_timestamp_ms, 1_712_345_678_901);
+            assert_eq!(header.is_batch(), batch > 1);
+            let stamped = first
+                .body
+                .windows(8)
+                .filter(|w| *w == 42_u64.to_be_bytes())
+                .count();
+            assert_eq!(stamped, batch, "every message stamped");
+
+            let second = decode(&out[first_len..]);
+            assert_eq!(second.opaque, 1_234_567);
+            let header = SendMessageRequestHeader::from_command(&second).unwrap();
+            assert_eq!(header.born_timestamp_ms, 1_712_345_678_902);
+            assert!(!second.body.windows(8).any(|w| w == 42_u64.to_be_bytes()));
+        }
     }
 
     #[test]
