@@ -21,28 +21,14 @@ size="${SIZE:-1024}"
 headers="${HEADERS:-binary}"
 dir="${3:-${TMPDIR:-/tmp}}/ringmq-ab.$$"
 mkdir -p "$dir"
-broker_pid=""
+source benches/broker-process.sh
 cleanup() {
-  if [[ -n "$broker_pid" ]]; then kill -TERM "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true; fi
+  stop_broker_quietly
   rm -rf "$dir"
 }
 trap cleanup EXIT
 ticks_per_sec=$(getconf CLK_TCK)
 
-start_broker() { # bin dir, flush mode, store dir
-  local out="$dir/broker.out"
-  : >"$out"
-  "$1/ringmq-broker" --store-dir "$3" --listen-port 0 --embedded-namesrv-port 0 \
-    --shards "$shards" --flush-disk-type "$2" >"$out" 2>"$dir/broker.log" &
-  broker_pid=$!
-  for _ in $(seq 1 200); do
-    addr=$(sed -n 's/^ringmq-broker listening on //p' "$out")
-    [[ -n "$addr" ]] && return 0
-    sleep 0.1
-  done
-  echo "broker did not start; log:" >&2; cat "$dir/broker.log" >&2; exit 1
-}
-stop_broker() { kill -TERM "$broker_pid"; wait "$broker_pid" || true; broker_pid=""; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$broker_pid/stat"; }
 
 median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
@@ -53,7 +39,7 @@ for mode in ASYNC_FLUSH SYNC_FLUSH; do
     for side in A B; do
       bin="$a_bin"; [[ $side == B ]] && bin="$b_bin"
       store="$dir/store-$side-$mode-$run"
-      start_broker "$bin" "$mode" "$store"
+      start_broker "$bin" "$mode" "$store" "$dir/broker"
       before=$(cpu_ticks)
       "$b_bin/ringmq-bench" produce --broker "$addr" --size "$size" --headers "$headers" --topic "AB$mode" \
         --duration-secs "$secs" --warmup-secs 0 --json "$dir/run.json" >/dev/null 2>&1

@@ -16,9 +16,9 @@ secs="${SECS:-5}"
 shards="${SHARDS:-2}"
 dir="${1:-${TMPDIR:-/tmp}}/ringmq-broker-bench.$$"
 mkdir -p "$dir/json"
-broker_pid=""
+source benches/broker-process.sh
 cleanup() {
-  if [[ -n "$broker_pid" ]]; then kill -TERM "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true; fi
+  stop_broker_quietly
   rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -30,21 +30,6 @@ echo "== storage engine append rate (256 appenders, io_uring writes)"
 RINGMQ_BENCH_DIR="$dir" RINGMQ_BENCH_APPENDERS=256 RINGMQ_BENCH_SECONDS="$secs" RINGMQ_BENCH_CASE=ring \
   cargo bench -q -p ringmq-benches --bench storage_latency | tee "$dir/storage.txt"
 
-start_broker() { # flush mode
-  local out="$dir/broker-$1.out"
-  "$bin/ringmq-broker" --store-dir "$dir/store-$1" --listen-port 0 --embedded-namesrv-port 0 \
-    --shards "$shards" --flush-disk-type "$1" >"$out" 2>"$dir/broker-$1.log" &
-  broker_pid=$!
-  for _ in $(seq 1 200); do
-    addr=$(sed -n 's/^ringmq-broker listening on //p' "$out")
-    [[ -n "$addr" ]] && return 0
-    sleep 0.1
-  done
-  echo "broker did not start; log:" >&2; cat "$dir/broker-$1.log" >&2; exit 1
-}
-stop_broker() {
-  kill -TERM "$broker_pid"; wait "$broker_pid"; broker_pid=""
-}
 bench() { # name, ringmq-bench arguments...
   local name="$1"; shift
   for run in $(seq 1 "$runs"); do
@@ -55,7 +40,7 @@ bench() { # name, ringmq-bench arguments...
 
 for mode in ASYNC_FLUSH SYNC_FLUSH; do
   echo "== broker, $mode, $shards shards"
-  start_broker "$mode"
+  start_broker "$bin" "$mode" "$dir/store-$mode" "$dir/broker-$mode"
   bench "produce-1KiB-$mode" produce --size 1024 --topic "T1k$mode"
   bench "produce-128B-$mode" produce --size 128 --topic "T128$mode"
   if [[ "$mode" == ASYNC_FLUSH ]]; then
