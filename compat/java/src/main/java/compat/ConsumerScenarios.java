@@ -1,0 +1,323 @@
+package compat;
+
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Collection;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
+import java.util.TreeMap;
+import java.util.TreeSet;
+import org.apache.rocketmq.client.consumer.DefaultLitePullConsumer;
+import org.apache.rocketmq.client.consumer.DefaultMQPushConsumer;
+import org.apache.rocketmq.client.consumer.listener.ConsumeConcurrentlyStatus;
+import org.apache.rocketmq.client.consumer.listener.MessageListenerConcurrently;
+import org.apache.rocketmq.client.impl.consumer.ProcessQueue;
+import org.apache.rocketmq.client.producer.DefaultMQProducer;
+import org.apache.rocketmq.common.MixAll;
+import org.apache.rocketmq.common.message.Message;
+import org.apache.rocketmq.common.message.MessageExt;
+import org.apache.rocketmq.common.message.MessageQueue;
+import org.apache.rocketmq.common.protocol.heartbeat.MessageModel;
+import org.apache.rocketmq.common.protocol.route.QueueData;
+import org.apache.rocketmq.common.protocol.route.TopicRouteData;
+
+/** DefaultMQPushConsumer's models and subscriptions, retries, DLQ, DefaultLitePullConsumer, restarts. */
+final class ConsumerScenarios {
+    static final long DELIVERY_MS = 30_000;
+    static final long REBALANCE_MS = 30_000;
+
+    private ConsumerScenarios() {
+    }
+
+    static void register(Map<String, Main.Scenario> all) {
+        all.put("consumer-clustering", ConsumerScenarios::clustering);
+        all.put("consumer-broadcasting", ConsumerScenarios::broadcasting);
+        all.put("consumer-tags", ConsumerScenarios::tags);
+        all.put("consumer-retry-dlq", ConsumerScenarios::retryDlq);
+        all.put("lite-pull-assign-seek", ConsumerScenarios::litePullAssignSeek);
+        all.put("offsets-resume-after-restart", ConsumerScenarios::offsetsResumeAfterRestart);
+    }
+
+    /**
+     * The queues of `topic` a push consumer currently holds (its rebalance result). The client
+     * shows its rebalance result only through this deprecated accessor.
+     */
+    @SuppressWarnings("deprecation")
+    static int queuesHeld(DefaultMQPushConsumer consumer, String topic) {
+        int held = 0;
+        for (MessageQueue queue : consumer.getDefaultMQPushConsumerImpl().getRebalanceImpl().getProcessQueueTable()
+                .keySet()) {
+            if (queue.getTopic().equals(topic)) {
+                held++;
+            }
+        }
+        return held;
+    }
+
+    /** True when every message the consumer pulled has been handed to its listener and finished. */
+    @SuppressWarnings("deprecation")
+    static boolean drained(DefaultMQPushConsumer consumer) {
+        for (ProcessQueue queue : consumer.getDefaultMQPushConsumerImpl().getRebalanceImpl().getProcessQueueTable()
+                .values()) {
+            if (queue.getMsgCount().get() != 0) {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    static DefaultMQPushConsumer collecting(Ctx ctx, String group, MessageModel model, Received into) {
+        return ctx.pushConsumer(group, model, (MessageListenerConcurrently) (messages, context) -> {
+            into.addAll(messages);
+            return ConsumeConcurrentlyStatus.CONSUME_SUCCESS;
+        });
+    }
+
+    static void send(DefaultMQProducer producer, List<Message> messages) throws Exception {
+        for (Message message : messages) {
+            producer.send(message);
+        }
+    }
+
+    static void clustering(Ctx ctx) throws Exception {
+        String topic = ctx.topic("");
+        ctx.createTopic(topic, 4);
+        Received first = new Received();
+        Received second = new Received();
+        DefaultMQPushConsumer one = collecting(ctx, ctx.group("consumer"), MessageModel.CLUSTERING, first);
+        DefaultMQPushConsumer two = collecting(ctx, ctx.group("consumer"), MessageModel.CLUSTERING, second);
+        one.subscribe(topic, "*");
+        two.subscribe(topic, "*");
+        one.start();
+        two.start();
+        Ctx.waitUntil("the two consumers holding two queues each", REBALANCE_MS,
+                () -> queuesHeld(one, topic) == 2 && queuesHeld(two, topic) == 2);
+        int count = 60;
+        send(ctx.producer(), Msgs.make(topic, 0, count, "TagA"));
+        Received both = new Received();
+        Ctx.waitUntil("delivery of all " + count + " messages across the group", DELIVERY_MS,
+                () -> first.numbers().size() + second.numbers().size() >= count);
+        both.addAll(first.all());
+        both.addAll(second.all());
+        both.checkExactly(Received.range(0, count), true);
+        Ctx.check(first.size() > 0 && second.size() > 0, "one consumer got nothing: %d and %d", first.size(),
+                second.size());
+        ctx.observe("received", Msgs.describeSorted(both.all()));
+        ctx.observe("queuesPerConsumer", Arrays.asList(queuesHeld(one, topic), queuesHeld(two, topic)));
+    }
+
+    static void broadcasting(Ctx ctx) throws Exception {
+        String topic = ctx.topic("");
+        ctx.createTopic(topic, 4);
+        Received first = new Received();
+        Received second = new Received();
+        DefaultMQPushConsumer one = collecting(ctx, ctx.group("consumer"), MessageModel.BROADCASTING, first);
+        DefaultMQPushConsumer two = collecting(ctx, ctx.group("consumer"), MessageModel.BROADCASTING, second);
+        one.subscribe(topic, "*");
+        two.subscribe(topic, "*");
+        one.start();
+        two.start();
+        Ctx.waitUntil("each broadcasting consumer holding all four queues", REBALANCE_MS,
+                () -> queuesHeld(one, topic) == 4 && queuesHeld(two, topic) == 4);
+        int count = 30;
+        send(ctx.producer(), Msgs.make(topic, 0, count, "TagA", "TagB"));
+        for (Received received : List.of(first, second)) {
+            received.awaitAll(Received.range(0, count), DELIVERY_MS);
+            received.checkExactly(Received.range(0, count), true);
+        }
+        ctx.observe("receivedByEach", Arrays.asList(first.size(), second.size()));
+        ctx.observe("received", Msgs.describeSorted(first.all()));
+    }
+
+    static void tags(Ctx ctx) throws Exception {
+        String topic = ctx.topic("");
+        // One queue: once the last message is delivered, every earlier one was pulled and filtered.
+        ctx.createTopic(topic, 1);
+        Received received = new Received();
+        DefaultMQPushConsumer consumer = collecting(ctx, ctx.group("consumer"), MessageModel.CLUSTERING, received);
+        consumer.subscribe(topic, "TagA || TagB");
+        consumer.start();
+        int count = 30;
+        DefaultMQProducer producer = ctx.producer();
+        send(producer, Msgs.make(topic, 0, count, "TagA", "TagB", "TagC"));
+        int last = count;
+        producer.send(Msgs.make(topic, last, "TagB"));
+        Set<Integer> expected = new TreeSet<>();
+        for (int idx = 0; idx <= last; idx++) {
+            if (idx == last || idx % 3 != 2) {
+                expected.add(idx);
+            }
+        }
+        received.awaitAll(expected, DELIVERY_MS);
+        Ctx.waitUntil("the consumer finishing what it pulled", DELIVERY_MS, () -> drained(consumer));
+        received.checkExactly(expected, true);
+        for (MessageExt message : received.all()) {
+            Ctx.check(!"TagC".equals(message.getTags()), "a TagC message (%d) reached \"TagA || TagB\"",
+                    Msgs.idx(message));
+        }
+        ctx.observe("received", Msgs.describeSorted(received.all()));
+    }
+
+    static void retryDlq(Ctx ctx) throws Exception {
+        String topic = ctx.topic("");
+        ctx.createTopic(topic, 2);
+        String group = ctx.group("consumer");
+        int count = 10;
+        int maxReconsumeTimes = 2;
+        // Even messages always fail: delivered 1 + maxReconsumeTimes times, then dead-lettered.
+        // Odd messages fail once: delivered twice, then done.
+        Map<Integer, List<Integer>> attempts = new TreeMap<>();
+        List<String> damaged = new ArrayList<>();
+        DefaultMQPushConsumer consumer = ctx.pushConsumer(group, MessageModel.CLUSTERING,
+                (MessageListenerConcurrently) (messages, context) -> {
+                    ConsumeConcurrentlyStatus status = ConsumeConcurrentlyStatus.CONSUME_SUCCESS;
+                    synchronized (attempts) {
+                        for (MessageExt message : messages) {
+                            String damage = Msgs.damage(message);
+                            if (damage != null || !message.getTopic().equals(topic)) {
+                                damaged.add(damage != null ? damage : "redelivered on topic " + message.getTopic());
+                            }
+                            int idx = Msgs.idx(message);
+                            attempts.computeIfAbsent(idx, i -> new ArrayList<>()).add(message.getReconsumeTimes());
+                            if (idx % 2 == 0 || message.getReconsumeTimes() == 0) {
+                                status = ConsumeConcurrentlyStatus.RECONSUME_LATER;
+                            }
+                        }
+                    }
+                    return status;
+                });
+        consumer.setMaxReconsumeTimes(maxReconsumeTimes);
+        consumer.setConsumeMessageBatchMaxSize(1);
+        consumer.subscribe(topic, "*");
+        consumer.start();
+        send(ctx.producer(), Msgs.make(topic, 0, count, "TagA"));
+
+        Ctx.waitUntil("every message's deliveries (3 for failing ones, 2 for those failing once)", 60_000, () -> {
+            synchronized (attempts) {
+                if (attempts.size() < count) {
+                    return false;
+                }
+                for (Map.Entry<Integer, List<Integer>> entry : attempts.entrySet()) {
+                    int expected = entry.getKey() % 2 == 0 ? 1 + maxReconsumeTimes : 2;
+                    if (entry.getValue().size() < expected) {
+                        return false;
+                    }
+                }
+                return true;
+            }
+        });
+        String dlq = MixAll.getDLQTopic(group);
+        Ctx.waitUntil("the " + count / 2 + " always-failing messages in " + dlq, 30_000,
+                () -> messagesIn(ctx, dlq) == count / 2);
+        synchronized (attempts) {
+            Ctx.check(damaged.isEmpty(), "redelivered messages were damaged: %s", damaged);
+            for (Map.Entry<Integer, List<Integer>> entry : attempts.entrySet()) {
+                List<Integer> expected = entry.getKey() % 2 == 0 ? List.of(0, 1, 2) : List.of(0, 1);
+                Ctx.check(entry.getValue().equals(expected), "message %d delivered with reconsumeTimes %s, expected %s",
+                        entry.getKey(), entry.getValue(), expected);
+            }
+            ctx.observe("reconsumeTimesPerMessage", attempts);
+        }
+        ctx.observe("deadLettered", messagesIn(ctx, dlq));
+    }
+
+    /** Messages stored in `topic` across its queues (max minus min offset), through the admin API. */
+    static long messagesIn(Ctx ctx, String topic) throws Exception {
+        TopicRouteData route = ctx.admin().examineTopicRouteInfo(topic);
+        long total = 0;
+        for (QueueData data : route.getQueueDatas()) {
+            for (int queue = 0; queue < data.getReadQueueNums(); queue++) {
+                MessageQueue mq = new MessageQueue(topic, data.getBrokerName(), queue);
+                total += ctx.admin().maxOffset(mq) - ctx.admin().minOffset(mq);
+            }
+        }
+        return total;
+    }
+
+    static void litePullAssignSeek(Ctx ctx) throws Exception {
+        String topic = ctx.topic("");
+        ctx.createTopic(topic, 1);
+        int count = 20;
+        send(ctx.producer(), Msgs.make(topic, 0, count, "TagA"));
+
+        DefaultLitePullConsumer consumer = new DefaultLitePullConsumer(ctx.group("consumer"));
+        consumer.setNamesrvAddr(ctx.namesrv);
+        consumer.setInstanceName(ctx.scenario);
+        consumer.setAutoCommit(false);
+        consumer.start();
+        ctx.onClose(consumer::shutdown);
+        Collection<MessageQueue> queues = consumer.fetchMessageQueues(topic);
+        Ctx.check(queues.size() == 1, "fetchMessageQueues gave %d queues, the topic has 1", queues.size());
+        MessageQueue queue = queues.iterator().next();
+        consumer.assign(queues);
+
+        List<Integer> afterSeek5 = pollFrom(consumer, queue, 5, count);
+        List<Integer> afterSeek12 = pollFrom(consumer, queue, 12, count);
+        ctx.observe("afterSeek5", afterSeek5);
+        ctx.observe("afterSeek12", afterSeek12);
+    }
+
+    /** Seeks to `offset` and polls until the queue's end; checks offsets and numbers run in order. */
+    static List<Integer> pollFrom(DefaultLitePullConsumer consumer, MessageQueue queue, long offset, int end)
+            throws Exception {
+        consumer.seek(queue, offset);
+        List<Integer> numbers = new ArrayList<>();
+        long expectedOffset = offset;
+        long deadline = System.currentTimeMillis() + DELIVERY_MS;
+        while (expectedOffset < end) {
+            Ctx.check(System.currentTimeMillis() < deadline, "after seek(%d), polling stopped at offset %d of %d",
+                    offset, expectedOffset, end);
+            for (MessageExt message : consumer.poll(1000)) {
+                Ctx.check(message.getQueueOffset() == expectedOffset, "after seek(%d), poll gave offset %d, expected %d",
+                        offset, message.getQueueOffset(), expectedOffset);
+                Ctx.check(Msgs.idx(message) == expectedOffset, "offset %d holds message %d", expectedOffset,
+                        Msgs.idx(message));
+                String damage = Msgs.damage(message);
+                Ctx.check(damage == null, "polled damaged: %s", damage);
+                numbers.add(Msgs.idx(message));
+                expectedOffset++;
+            }
+        }
+        return numbers;
+    }
+
+    static void offsetsResumeAfterRestart(Ctx ctx) throws Exception {
+        String topic = ctx.topic("");
+        ctx.createTopic(topic, 2);
+        String group = ctx.group("consumer");
+        int count = 20;
+        DefaultMQProducer producer = ctx.producer();
+        send(producer, Msgs.make(topic, 0, count, "TagA"));
+
+        Received before = new Received();
+        DefaultMQPushConsumer first = collecting(ctx, group, MessageModel.CLUSTERING, before);
+        first.subscribe(topic, "*");
+        first.start();
+        before.awaitAll(Received.range(0, count), DELIVERY_MS);
+        Ctx.waitUntil("the consumer finishing what it pulled", DELIVERY_MS, () -> drained(first));
+        // Shutting down commits the group's offsets to the broker.
+        first.shutdown();
+        before.checkExactly(Received.range(0, count), true);
+
+        ctx.restartBroker();
+
+        Ctx.waitUntil("a send after the restart", 30_000, () -> {
+            producer.send(Msgs.make(topic, count, "TagA"));
+            return true;
+        });
+        send(producer, Msgs.make(topic, count + 1, count - 1, "TagA"));
+        Received after = new Received();
+        DefaultMQPushConsumer second = collecting(ctx, group, MessageModel.CLUSTERING, after);
+        second.subscribe(topic, "*");
+        second.start();
+        after.awaitAll(Received.range(count, count), DELIVERY_MS);
+        Ctx.waitUntil("the consumer finishing what it pulled", DELIVERY_MS, () -> drained(second));
+        Set<Integer> redelivered = new TreeSet<>(after.numbers());
+        redelivered.retainAll(Received.range(0, count));
+        Ctx.check(redelivered.isEmpty(), "after the restart the group got again messages it had consumed: %s",
+                redelivered);
+        after.checkExactly(Received.range(count, count), true);
+        ctx.observe("receivedAfterRestart", Msgs.describeSorted(after.all()));
+    }
+}

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""The compatibility suite: Apache RocketMQ's own clients and tools against a real cluster.
+
+  compat/run.py run  [--target ringmq|apache] [--only NAME,...]   run scenarios, print a summary
+  compat/run.py diff [--only NAME,...] [--markdown FILE]          run both targets, list differences
+
+`run` exits non-zero when a scenario expected to pass fails, when one expected to fail passes,
+or when the cluster itself cannot be started. See compat/README.md.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+from harness import diff, install, scenario, targets
+
+COMPAT_DIR = Path(__file__).resolve().parent
+REPO_DIR = COMPAT_DIR.parent
+TARGET_NAMES = ("ringmq", "apache")
+
+
+def cargo_target_dir():
+    return Path(os.environ.get("CARGO_TARGET_DIR", REPO_DIR / "target"))
+
+
+def load_specs(only):
+    with open(COMPAT_DIR / "scenarios.toml", "rb") as file:
+        catalogue = tomllib.load(file)
+    specs = []
+    for entry in catalogue["scenario"]:
+        xfail = {target: entry[f"xfail_{target}"] for target in TARGET_NAMES if f"xfail_{target}" in entry}
+        specs.append(scenario.Spec(entry["name"], entry["runner"], float(entry.get("timeout_s", 60)),
+                                   entry["summary"], xfail))
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise SystemExit("scenarios.toml names a scenario twice")
+    if only:
+        wanted = set(only.split(","))
+        unknown = wanted - set(names)
+        if unknown:
+            raise SystemExit(f"unknown scenarios: {', '.join(sorted(unknown))}")
+        specs = [spec for spec in specs if spec.name in wanted]
+    return specs
+
+
+def make_target(name, work_dir, bin_dir):
+    if name == "ringmq":
+        for binary in ("ringmq-broker", "ringmq-namesrv"):
+            if not (bin_dir / binary).exists():
+                raise SystemExit(f"{bin_dir / binary} is missing: cargo build --release -p ringmq-broker -p ringmq-namesrv")
+        return targets.RingmqTarget(work_dir / "cluster", bin_dir)
+    lib = install.apache_server(work_dir.parent)
+    return targets.ApacheTarget(work_dir / "cluster", lib, COMPAT_DIR / "apache" / "conf")
+
+
+def run_target(target_name, specs, bin_dir, work_root):
+    """Runs every spec against one fresh cluster; returns {name: Result}."""
+    work_dir = work_root / target_name
+    if work_dir.exists():
+        import shutil
+
+        shutil.rmtree(work_dir)
+    (work_dir / "logs").mkdir(parents=True)
+    runners = {}
+    if any(spec.runner == "java" for spec in specs):
+        runners["java"] = install.java_scenarios(work_root)
+    if any(spec.runner == "go" for spec in specs):
+        runners["go"] = install.go_scenarios(work_root)
+
+    cluster = make_target(target_name, work_dir, bin_dir)
+    print(f"== starting {target_name} (logs in {work_dir})", flush=True)
+    cluster.start()
+    results = {}
+    try:
+        for spec in specs:
+            argv = argv_for(spec, runners, work_dir)
+            env = {
+                "COMPAT_NAMESRV": cluster.namesrv_addr,
+                "COMPAT_BROKER": cluster.broker_addr,
+                "COMPAT_SCENARIO": spec.name,
+                "COMPAT_TARGET": target_name,
+                "COMPAT_WORK": str(work_dir / "client"),
+            }
+            result = scenario.run(spec, argv, env, work_dir / "logs" / f"{spec.name}.log", cluster.restart_broker)
+            if not cluster.broker.alive():
+                result.passed = False
+                result.reason = f"the broker died during the scenario; {result.reason}".rstrip("; ")
+                cluster.restart_broker()
+            results[spec.name] = result
+            outcome = result.outcome(spec, target_name)
+            detail = result.reason if outcome != "PASS" else ""
+            print(f"{outcome:6} {spec.name:34} {result.seconds:6.1f} s  {detail}", flush=True)
+    finally:
+        cluster.stop()
+    return results
+
+
+def argv_for(spec, runners, work_dir):
+    if spec.runner == "java":
+        return [
+            "java", "-Xmx256m", f"-Duser.home={work_dir / 'client'}",
+            "-Drocketmq.client.logLevel=WARN", f"-Dcompat.mqadminHome={COMPAT_DIR / 'java'}",
+            "-cp", runners["java"], "compat.Main", spec.name,
+        ]
+    if spec.runner == "go":
+        return [str(runners["go"]), spec.name]
+    raise SystemExit(f"{spec.name}: unknown runner {spec.runner}")
+
+
+def print_summary(target_name, specs, results):
+    counts = {}
+    print(f"\n== {target_name}: scenario summary")
+    print(f"{'outcome':7} {'scenario':34} {'time':>8}  reason")
+    for spec in specs:
+        result = results[spec.name]
+        outcome = result.outcome(spec, target_name)
+        counts[outcome] = counts.get(outcome, 0) + 1
+        if outcome == "XFAIL":
+            reason = f"expected: {spec.xfail[target_name]} (saw: {result.reason})"
+        elif outcome == "XPASS":
+            reason = f"passed, but expected to fail: {spec.xfail[target_name]}"
+        elif outcome == "FAIL":
+            reason = f"{result.reason} [log: {result.log_path}]"
+        else:
+            reason = ""
+        print(f"{outcome:7} {spec.name:34} {result.seconds:6.1f} s  {reason}")
+    print("== " + ", ".join(f"{counts.get(k, 0)} {k}" for k in ("PASS", "XFAIL", "FAIL", "XPASS")))
+    return counts.get("FAIL", 0) + counts.get("XPASS", 0) == 0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_parser = sub.add_parser("run", help="run scenarios against one target")
+    run_parser.add_argument("--target", choices=TARGET_NAMES, default="ringmq")
+    diff_parser = sub.add_parser("diff", help="run both targets and compare what each scenario observed")
+    diff_parser.add_argument("--markdown", type=Path, help="also write the comparison as a Markdown table")
+    for p in (run_parser, diff_parser):
+        p.add_argument("--only", help="comma-separated scenario names")
+        p.add_argument("--bin-dir", type=Path, help="RingMQ binaries [default: the cargo target dir's release/]")
+        p.add_argument("--results", type=Path, help="write the results as JSON")
+        p.add_argument("--work-dir", type=Path, help="builds, cluster files and logs [default: the cargo target dir's compat/]")
+    args = parser.parse_args()
+
+    specs = load_specs(args.only)
+    bin_dir = args.bin_dir or cargo_target_dir() / "release"
+    work_root = (args.work_dir or cargo_target_dir() / "compat").resolve()
+    started = time.monotonic()
+    try:
+        if args.command == "run":
+            results = {args.target: run_target(args.target, specs, bin_dir, work_root)}
+            ok = print_summary(args.target, specs, results[args.target])
+        else:
+            results = {name: run_target(name, specs, bin_dir, work_root) for name in TARGET_NAMES}
+            ok = all(print_summary(name, specs, results[name]) for name in TARGET_NAMES)
+            table = diff.compare(specs, results["ringmq"], results["apache"])
+            print("\n" + table)
+            if args.markdown:
+                args.markdown.write_text(table + "\n")
+    except (install.InstallError, targets.TargetError) as error:
+        print(f"compat: {error}", file=sys.stderr)
+        return 2
+    if args.results:
+        args.results.write_text(json.dumps(
+            {t: {n: vars(r) for n, r in rs.items()} for t, rs in results.items()}, indent=2, sort_keys=True))
+    print(f"== compat finished in {time.monotonic() - started:.0f} s")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
