@@ -37,7 +37,7 @@ func brokerRestart(env *environment, deadline time.Time) error {
 	if err != nil {
 		return err
 	}
-	defer shutdownBounded("producer", p.Shutdown)
+	atExit("producer", p.Shutdown)
 
 	before := map[string]int{}
 	sendDeadline := earlier(deadline, 20*time.Second)
@@ -60,7 +60,7 @@ func brokerRestart(env *environment, deadline time.Time) error {
 	if err != nil {
 		return err
 	}
-	defer shutdownBounded("push consumer", c.Shutdown)
+	atExit("push consumer", c.Shutdown)
 
 	var wanted []string
 	for i := 0; i < brPerPhase; i++ {

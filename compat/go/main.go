@@ -9,6 +9,7 @@
 //	COMPAT_BROKER    host:port of the broker (diagnostics only: the client finds it by route)
 //	COMPAT_SCENARIO  the scenario's name
 //	COMPAT_WORK      a scratch directory
+//	COMPAT_GO_LOG_LEVEL  optional: the Go client's log level (default warn), for diagnosis
 //
 // Protocol on stdout (see compat/harness/scenario.py): "OBSERVE {json}" for facts a user can see,
 // which must be identical on every target; "RESTART_BROKER", answered by "RESTARTED" or
@@ -39,12 +40,13 @@ type scenarioFunc func(env *environment, deadline time.Time) error
 
 type scenarioDef struct {
 	run scenarioFunc
-	// budget is the scenario's own deadline; keep it below timeout_s in compat/scenarios.toml.
+	// budget is the scenario's own deadline; with up to 4 s of client shutdown after it, it stays
+	// below timeout_s in compat/scenarios.toml.
 	budget time.Duration
 }
 
 var scenarios = map[string]scenarioDef{
-	"go-produce-consume": {produceConsume, 52 * time.Second},  // timeout_s 60
+	"go-produce-consume": {produceConsume, 52 * time.Second}, // timeout_s 60
 	"go-broker-restart":  {brokerRestart, 110 * time.Second}, // timeout_s 120
 }
 
@@ -56,8 +58,12 @@ type environment struct {
 }
 
 func main() {
-	// The client logs through logrus to stderr; keep it to warnings and worse.
+	// The client logs through logrus to stderr; keep it to warnings and worse (COMPAT_GO_LOG_LEVEL
+	// = debug or info overrides this when diagnosing a run by hand).
 	rlog.SetLogLevel("warn")
+	if level := os.Getenv("COMPAT_GO_LOG_LEVEL"); level != "" {
+		rlog.SetLogLevel(level)
+	}
 
 	if len(os.Args) != 2 {
 		names := make([]string, 0, len(scenarios))
@@ -84,6 +90,10 @@ func main() {
 	logf("scenario %s: namesrv %s, broker %s", name, env.namesrv, env.broker)
 	started := time.Now()
 	err := def.run(env, started.Add(def.budget))
+	closersMu.Lock()
+	registered := closers
+	closersMu.Unlock()
+	shutdownAll(registered, 4*time.Second)
 	logf("scenario %s finished after %.1f s", name, time.Since(started).Seconds())
 	finish(err)
 }
@@ -204,18 +214,48 @@ func earlier(deadline time.Time, d time.Duration) time.Time {
 	return deadline
 }
 
-// shutdownBounded calls shutdown but gives up waiting after a few seconds: a client that hangs
-// while unregistering must not turn a verdict into a timeout.
+// shutdownBounded calls shutdown but stops waiting after 2 s: a client that hangs while
+// unregistering must not turn a verdict into a timeout.
 func shutdownBounded(what string, shutdown func() error) {
-	done := make(chan error, 1)
-	go func() { done <- shutdown() }()
+	shutdownAll([]closer{{what, shutdown}}, 2*time.Second)
+}
+
+type closer struct {
+	what     string
+	shutdown func() error
+}
+
+var (
+	closersMu sync.Mutex
+	closers   []closer
+)
+
+// atExit registers a client to shut down once the scenario has returned, before the verdict.
+func atExit(what string, shutdown func() error) {
+	closersMu.Lock()
+	defer closersMu.Unlock()
+	closers = append(closers, closer{what, shutdown})
+}
+
+// shutdownAll shuts the clients down concurrently (consumers persist their offsets and
+// unregister) and waits at most `limit` for them all.
+func shutdownAll(list []closer, limit time.Duration) {
+	var wg sync.WaitGroup
+	for _, c := range list {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := c.shutdown(); err != nil {
+				logf("%s shutdown: %v", c.what, err)
+			}
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
 	select {
-	case err := <-done:
-		if err != nil {
-			logf("%s shutdown: %v", what, err)
-		}
-	case <-time.After(5 * time.Second):
-		logf("%s shutdown still running after 5 s; not waiting", what)
+	case <-done:
+	case <-time.After(limit):
+		logf("client shutdown still running after %s; not waiting", limit)
 	}
 }
 

@@ -52,7 +52,7 @@ func produceConsume(env *environment, deadline time.Time) error {
 	if err != nil {
 		return err
 	}
-	defer shutdownBounded("producer", p.Shutdown)
+	atExit("producer", p.Shutdown)
 
 	total := pcSyncCount + pcAsyncCount
 	outcomes := make([]sendOutcome, total)
@@ -102,7 +102,11 @@ func produceConsume(env *environment, deadline time.Time) error {
 	}
 	callbacksErr := waitFor(earlier(deadline, 15*time.Second), "the SendAsync callbacks",
 		func() bool { mu.Lock(); defer mu.Unlock(); return answered >= expectedAnswers },
-		func() string { mu.Lock(); defer mu.Unlock(); return fmt.Sprintf("%d of %d answered", answered, expectedAnswers) })
+		func() string {
+			mu.Lock()
+			defer mu.Unlock()
+			return fmt.Sprintf("%d of %d answered", answered, expectedAnswers)
+		})
 
 	mu.Lock()
 	syncStatuses, asyncStatuses := map[string]int{}, map[string]int{}
@@ -152,7 +156,7 @@ func produceConsume(env *environment, deadline time.Time) error {
 	if err != nil {
 		return err
 	}
-	defer shutdownBounded("push consumer", c.Shutdown)
+	atExit("push consumer", c.Shutdown)
 
 	allExpected := func() bool {
 		for t := range expected {
@@ -206,7 +210,7 @@ func produceConsume(env *environment, deadline time.Time) error {
 
 	// Checks and observations.
 	all, counts := in.snapshot()
-	var got [][4]string
+	got := [][4]string{}
 	tagCounts := map[string]int{}
 	duplicates, tagC := 0, 0
 	var missing, unexpected, duplicated [][4]string

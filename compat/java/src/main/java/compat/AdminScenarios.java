@@ -73,13 +73,15 @@ final class AdminScenarios {
         String topic = ctx.topic("");
         ctx.createTopic(topic, 2);
         admin.deleteTopicInBroker(Collections.singleton(ctx.broker), topic);
-        admin.deleteTopicInNameServer(Collections.singleton(ctx.namesrv), "DefaultCluster", topic);
+        admin.deleteTopicInNameServer(Collections.singleton(ctx.namesrv), topic, "DefaultCluster");
         int code = -1;
+        String route = null;
         try {
-            admin.examineTopicRouteInfo(topic);
+            route = admin.examineTopicRouteInfo(topic).toString();
         } catch (MQClientException error) {
             code = error.getResponseCode();
         }
+        Ctx.check(route == null, "the NameServer still routes the deleted topic: %s", route);
         Ctx.check(code == ResponseCode.TOPIC_NOT_EXIST, "the route of a deleted topic answered code %d, expected %d",
                 code, ResponseCode.TOPIC_NOT_EXIST);
         ctx.observe("routeCodeAfterDelete", code);

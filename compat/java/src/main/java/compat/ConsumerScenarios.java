@@ -55,6 +55,19 @@ final class ConsumerScenarios {
         return held;
     }
 
+    /** The ids of the queues of `topic` a push consumer holds, sorted. */
+    @SuppressWarnings("deprecation")
+    static Set<Integer> queueIds(DefaultMQPushConsumer consumer, String topic) {
+        Set<Integer> ids = new TreeSet<>();
+        for (MessageQueue queue : consumer.getDefaultMQPushConsumerImpl().getRebalanceImpl().getProcessQueueTable()
+                .keySet()) {
+            if (queue.getTopic().equals(topic)) {
+                ids.add(queue.getQueueId());
+            }
+        }
+        return ids;
+    }
+
     /** True when every message the consumer pulled has been handed to its listener and finished. */
     @SuppressWarnings("deprecation")
     static boolean drained(DefaultMQPushConsumer consumer) {
@@ -96,8 +109,13 @@ final class ConsumerScenarios {
         int count = 60;
         send(ctx.producer(), Msgs.make(topic, 0, count, "TagA"));
         Received both = new Received();
-        Ctx.waitUntil("delivery of all " + count + " messages across the group", DELIVERY_MS,
-                () -> first.numbers().size() + second.numbers().size() >= count);
+        try {
+            Ctx.waitUntil("delivery of all " + count + " messages across the group", DELIVERY_MS,
+                    () -> first.numbers().size() + second.numbers().size() >= count);
+        } catch (Ctx.Failure failure) {
+            throw new Ctx.Failure(failure.getMessage() + String.format("; consumers got %s and %s; queues %s and %s",
+                    first.numbers(), second.numbers(), queueIds(one, topic), queueIds(two, topic)));
+        }
         both.addAll(first.all());
         both.addAll(second.all());
         both.checkExactly(Received.range(0, count), true);

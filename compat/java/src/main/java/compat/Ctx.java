@@ -91,7 +91,7 @@ final class Ctx implements AutoCloseable {
     /** Reports a fact the differential run compares with Apache RocketMQ's. */
     void observe(String key, Object value) {
         String json = JSON.toJSONString(Collections.singletonMap(key, value), SerializerFeature.MapSortField,
-                SerializerFeature.SortField);
+                SerializerFeature.SortField, SerializerFeature.WriteNonStringKeyAsString);
         System.out.println("OBSERVE " + json);
         System.out.flush();
     }

@@ -77,8 +77,11 @@ final class ProducerScenarios {
     private static void checkSendOk(SendResult result) {
         Ctx.check(result.getSendStatus() == SendStatus.SEND_OK, "send answered %s", result.getSendStatus());
         Ctx.check(result.getMsgId() != null && !result.getMsgId().isEmpty(), "send answered no message id");
-        Ctx.check(result.getOffsetMsgId() != null && result.getOffsetMsgId().length() == 32,
-                "send answered offset message id %s, expected 32 hex digits", result.getOffsetMsgId());
+        // A batch answers its messages' offset ids joined by commas.
+        for (String offsetId : String.valueOf(result.getOffsetMsgId()).split(",")) {
+            Ctx.check(offsetId.matches("[0-9A-F]{32}"), "send answered offset message id %s, expected 32 hex digits",
+                    offsetId);
+        }
     }
 
     static void sync(Ctx ctx) throws Exception {
