@@ -156,7 +156,9 @@ def main():
             ok = print_summary(args.target, specs, results[args.target])
         else:
             results = {name: run_target(name, specs, bin_dir, work_root) for name in TARGET_NAMES}
-            ok = all(print_summary(name, specs, results[name]) for name in TARGET_NAMES)
+            # Every target's summary is printed, also when an earlier one failed.
+            oks = [print_summary(name, specs, results[name]) for name in TARGET_NAMES]
+            ok = all(oks)
             table = diff.compare(specs, results["ringmq"], results["apache"])
             print("\n" + table)
             if args.markdown:

@@ -24,7 +24,11 @@ const LOCK_LEASE: Duration = Duration::from_secs(60);
 pub(super) async fn heartbeat(ctx: &Rc<ShardCtx>, command: &Command, origin: &Origin) -> Handled {
     let data: HeartbeatData = match body::decode(&command.body, "HeartbeatData") {
         Ok(data) => data,
-        Err(err) => return error(command, ResponseCode::SystemError, &err.to_string()),
+        Err(err) => {
+            // The client cannot consume until a heartbeat is accepted: say why in the log too.
+            tracing::warn!(%err, "heartbeat refused");
+            return error(command, ResponseCode::SystemError, &err.to_string());
+        }
     };
     for consumer in &data.consumer_data_set {
         if validate_topic(&topics::retry_topic(&consumer.group_name)).is_err() {

@@ -13,6 +13,7 @@ use ringmq_protocol::{
     message::{
         BatchIter, MessageMagic, OffsetMessageId, Properties, PropertiesWriter, StoredRecord,
         properties::{NAME_VALUE_SEPARATOR, PROPERTY_SEPARATOR, keys},
+        sys_flag,
     },
     topic::{RETRY_PREFIX, is_send_allowed, validate_topic},
 };
@@ -124,6 +125,13 @@ pub(super) async fn send(ctx: &Rc<ShardCtx>, mut command: Command, origin: &Orig
             &format!("Sending message to topic[{}] is forbidden.", header.topic),
         );
     }
+    if let Some((code, reason)) = unsupported_feature(&header) {
+        return error(
+            &command,
+            code,
+            &format!("the broker[{}] {reason}", config.broker_name),
+        );
+    }
     let topic_config = match resolve_topic(
         ctx,
         &command,
@@ -174,6 +182,35 @@ pub(super) async fn send(ctx: &Rc<ShardCtx>, mut command: Command, origin: &Orig
         return Handled::Forwarded;
     }
     store_send(ctx, &command, &header, queue_id, origin).await
+}
+
+/// A send asking for a feature this broker does not implement yet, with the answer it gets.
+///
+/// Stored as an ordinary message, a half message would be delivered before its commit (and after
+/// a rollback) and a delayed one at once; the sender is told instead and nothing is stored. The
+/// transaction refusal is RocketMQ's own (`rejectTransactionMessage`: NO_PERMISSION). A delay on
+/// a retry topic is accepted: it is a consumer's retry back-off (delivered at once, §3.8).
+fn unsupported_feature(
+    header: &SendMessageRequestHeader<'_>,
+) -> Option<(ResponseCode, &'static str)> {
+    if sys_flag::transaction_type(header.sys_flag) == sys_flag::TRANSACTION_PREPARED {
+        return Some((
+            ResponseCode::NoPermission,
+            "sending transaction message is forbidden: transactional messages are not supported yet",
+        ));
+    }
+    let properties = header.properties.unwrap_or_default();
+    // A substring test first keeps the common send free of a property scan.
+    if properties.contains(keys::DELAY) && !header.topic.starts_with(RETRY_PREFIX) {
+        let level = Properties::new(properties).get(keys::DELAY);
+        if level.and_then(|level| level.trim().parse::<i32>().ok()).unwrap_or(0) > 0 {
+            return Some((
+                ResponseCode::MessageIllegal,
+                "cannot store a delayed message: delay levels are not supported yet",
+            ));
+        }
+    }
+    None
 }
 
 /// Picks a writable queue for a send that leaves the choice to the broker, preferring queues

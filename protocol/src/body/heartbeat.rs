@@ -92,8 +92,8 @@ fn tag_expression_type() -> String {
 pub struct SubscriptionData {
     #[serde(default)]
     pub class_filter_mode: bool,
-    /// Java `String.hashCode` of each tag.
-    #[serde(default)]
+    /// Java `String.hashCode` of each tag. The Go client writes them as strings.
+    #[serde(default, deserialize_with = "super::lenient::i32_list")]
     pub code_set: Vec<i32>,
     /// `TAG` (also when absent, as ali-ons sends it) or `SQL92`.
     #[serde(default = "tag_expression_type")]
@@ -200,6 +200,22 @@ mod tests {
             "subscriptionDataSet":[{"topic":"t","subString":"a || b","classFilterMode":false,"tagsSet":["a","b"],"codeSet":[97,98],"subVersion":1}]}]}"#;
         let data: HeartbeatData = body::decode(json.as_bytes(), "HeartbeatData").unwrap();
         assert!(data.consumer_data_set[0].subscription_data_set[0].is_tag_type());
+    }
+
+    /// rocketmq-client-go v2 writes the tag hash codes as strings; fastjson reads them as ints.
+    #[test]
+    fn go_client_code_sets_written_as_strings_are_read_as_numbers() {
+        let json = r#"{"clientID":"c","producerDataSet":[],"consumerDataSet":[{"groupName":"g","consumeType":"CONSUME_PASSIVELY",
+            "messageModel":"CLUSTERING","consumeFromWhere":"CONSUME_FROM_FIRST_OFFSET","unitMode":false,
+            "subscriptionDataSet":[{"topic":"t","subString":"TagA || TagB","classFilterMode":false,"tagsSet":["TagA","TagB"],
+            "codeSet":["2598919","2598920"],"subVersion":1,"expressionType":"TAG"}]}]}"#;
+        let data: HeartbeatData = body::decode(json.as_bytes(), "HeartbeatData").unwrap();
+        let subscription = &data.consumer_data_set[0].subscription_data_set[0];
+        assert_eq!(subscription.code_set, vec![2_598_919, 2_598_920]);
+
+        let bad = json.replace("\"2598920\"", "\"TagB\"");
+        let error = body::decode::<HeartbeatData>(bad.as_bytes(), "HeartbeatData").unwrap_err();
+        assert!(error.to_string().contains("\"TagB\""), "{error}");
     }
 
     #[test]

@@ -1,5 +1,9 @@
-//! Accepting fastjson's non-standard output: maps with integer keys are written with the keys
-//! unquoted (`{"brokerAddrs":{0:"10.0.0.1:10911"}}`), which no JSON parser accepts.
+//! Accepting what fastjson accepts and other clients send: maps with integer keys written with
+//! the keys unquoted (`{"brokerAddrs":{0:"10.0.0.1:10911"}}`), which no JSON parser accepts, and
+//! integers written as strings (the Go client's `"codeSet":["2598919"]`), which fastjson reads
+//! into int fields.
+
+use serde::{Deserialize, Deserializer, de::Error as _};
 
 /// Returns `json` with every bare integer object key quoted, or `None` if there was none.
 ///
@@ -67,6 +71,26 @@ pub fn quote_numeric_keys(json: &[u8]) -> Option<Vec<u8>> {
     }
     quoted.extend_from_slice(&json[copied..]);
     Some(quoted)
+}
+
+/// Deserializes a list of `i32` whose elements may be JSON numbers or strings holding one
+/// (`[2598919]` or `["2598919"]`), as fastjson reads them.
+pub(crate) fn i32_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<i32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumberOrText {
+        Number(i32),
+        Text(String),
+    }
+    Vec::<NumberOrText>::deserialize(deserializer)?
+        .into_iter()
+        .map(|element| match element {
+            NumberOrText::Number(number) => Ok(number),
+            NumberOrText::Text(text) => text.trim().parse().map_err(|_| {
+                D::Error::custom(format!("invalid type: string {text:?}, expected i32"))
+            }),
+        })
+        .collect()
 }
 
 #[cfg(test)]
