@@ -34,7 +34,7 @@ def load_specs(only):
     for entry in catalogue["scenario"]:
         xfail = {target: entry[f"xfail_{target}"] for target in TARGET_NAMES if f"xfail_{target}" in entry}
         specs.append(scenario.Spec(entry["name"], entry["runner"], float(entry.get("timeout_s", 60)),
-                                   entry["summary"], xfail))
+                                   entry["summary"], xfail, entry.get("jvm_args", [])))
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise SystemExit("scenarios.toml names a scenario twice")
@@ -104,7 +104,7 @@ def argv_for(spec, runners, work_dir):
         return [
             "java", "-Xmx256m", f"-Duser.home={work_dir / 'client'}",
             "-Drocketmq.client.logLevel=WARN", f"-Dcompat.mqadminHome={COMPAT_DIR / 'java'}",
-            "-cp", runners["java"], "compat.Main", spec.name,
+            *spec.jvm_args, "-cp", runners["java"], "compat.Main", spec.name,
         ]
     if spec.runner == "go":
         return [str(runners["go"]), spec.name]

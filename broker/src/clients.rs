@@ -86,7 +86,8 @@ struct Channel {
 #[derive(Debug, Default)]
 struct ConsumerGroup {
     channels: BTreeMap<ChannelId, Channel>,
-    subscriptions: Vec<SubscriptionData>,
+    /// Topic -> the subscription with the highest `subVersion` any member sent.
+    subscriptions: BTreeMap<String, SubscriptionData>,
     model: MessageModel,
 }
 
@@ -101,6 +102,45 @@ impl ConsumerGroup {
         ids.dedup();
         ids
     }
+}
+
+/// Merges one member's subscriptions into its group's, as RocketMQ's broker does: a new topic
+/// is added; a subscription with a higher `subVersion` replaces the registered one and an older
+/// one never does; topics the heartbeat no longer lists are removed. Members of one group stamp
+/// their subscriptions with their own clocks (and again at every rebalance), so taking each
+/// heartbeat as it comes would move the registered version back and forth: a pull carrying the
+/// newer version is refused SUBSCRIPTION_NOT_LATEST until that member heartbeats again, and every
+/// heartbeat would look like a change worth a rebalance of the whole group.
+///
+/// Returns (a topic was added or removed: the group must rebalance, a filter changed).
+fn merge_subscriptions(
+    registered: &mut BTreeMap<String, SubscriptionData>,
+    sent: &[SubscriptionData],
+) -> (bool, bool) {
+    let mut topics_changed = false;
+    let mut filters_changed = false;
+    for subscription in sent {
+        match registered.get_mut(&subscription.topic) {
+            None => {
+                registered.insert(subscription.topic.clone(), subscription.clone());
+                topics_changed = true;
+                filters_changed = true;
+            }
+            Some(old) if subscription.sub_version > old.sub_version => {
+                // Published even when only the version moved: pulls compare it.
+                *old = subscription.clone();
+                filters_changed = true;
+            }
+            Some(_) => {}
+        }
+    }
+    let before = registered.len();
+    registered.retain(|topic, _| sent.iter().any(|s| &s.topic == topic));
+    if registered.len() != before {
+        topics_changed = true;
+        filters_changed = true;
+    }
+    (topics_changed, filters_changed)
 }
 
 /// Tells the caller which channels must hear NOTIFY_CONSUMER_IDS_CHANGED for which group.
@@ -170,16 +210,14 @@ impl ClientRegistry {
             );
             true
         };
-        let mut subscriptions = data.subscription_data_set.clone();
-        subscriptions.sort_by(|a, b| a.topic.cmp(&b.topic));
-        let subscriptions_changed =
-            subscriptions != group.subscriptions || group.model != data.message_model;
-        if subscriptions_changed {
-            group.subscriptions = subscriptions;
-            group.model = data.message_model;
+        let (topics_changed, filters_changed) =
+            merge_subscriptions(&mut group.subscriptions, &data.subscription_data_set);
+        let model_changed = group.model != data.message_model;
+        group.model = data.message_model;
+        if filters_changed || model_changed {
             self.subscriptions_changed = true;
         }
-        new_channel || subscriptions_changed
+        new_channel || topics_changed
     }
 
     /// UNREGISTER_CLIENT: removes the channel from the named groups.
@@ -293,7 +331,7 @@ impl ClientRegistry {
         let mut table = SubscriptionTable::new();
         for (name, group) in &self.consumers {
             let topics = table.entry(name.clone()).or_default();
-            for data in &group.subscriptions {
+            for data in group.subscriptions.values() {
                 if let Some(filter) = Filter::from_subscription(data, group.model) {
                     topics.insert(data.topic.clone(), filter);
                 }
@@ -413,6 +451,61 @@ mod tests {
         );
         assert_eq!(registry.unregister(B, Some("P"), Some("G")), vec![]);
         assert_eq!(registry.consumer_ids("G"), None);
+    }
+
+    fn versioned(client: &str, expression: &str, sub_version: i64) -> HeartbeatData {
+        let mut data = heartbeat(client, "G", expression);
+        data.consumer_data_set[0].subscription_data_set[0].sub_version = sub_version;
+        data
+    }
+
+    /// Two members stamp the same subscription with different versions: the registered version
+    /// only moves forward, and their alternating heartbeats are no reason to rebalance.
+    #[test]
+    fn members_heartbeats_never_move_the_subscription_version_back() {
+        let mut registry = ClientRegistry::default();
+        let now = Instant::now();
+        registry.heartbeat(A, &versioned("a", "TagA", 200), now);
+        registry.heartbeat(B, &versioned("b", "TagA", 100), now);
+        registry.take_subscriptions_if_changed();
+        for _ in 0..3 {
+            assert!(
+                registry
+                    .heartbeat(B, &versioned("b", "TagA", 100), now)
+                    .is_empty()
+            );
+            assert!(
+                registry
+                    .heartbeat(A, &versioned("a", "TagA", 200), now)
+                    .is_empty()
+            );
+        }
+        assert_eq!(
+            registry.take_subscriptions_if_changed(),
+            None,
+            "nothing changed"
+        );
+
+        // A newer version (a rebalance, or a new expression) replaces the registered one.
+        assert!(
+            registry
+                .heartbeat(B, &versioned("b", "TagB", 300), now)
+                .is_empty()
+        );
+        let table = registry.take_subscriptions_if_changed().unwrap();
+        assert_eq!(table["G"]["T"].sub_version, 300);
+        assert_eq!(table["G"]["T"].tags_hashes, Some(vec![tags_hash("TagB")]));
+        registry.heartbeat(A, &versioned("a", "TagA", 200), now);
+        assert_eq!(registry.take_subscriptions_if_changed(), None);
+
+        // A topic a member no longer subscribes is removed, and the group rebalances.
+        let mut none = versioned("a", "TagA", 400);
+        none.consumer_data_set[0].subscription_data_set.clear();
+        assert_eq!(
+            registry.heartbeat(A, &none, now),
+            vec![("G".to_owned(), vec![A, B])]
+        );
+        assert!(registry.take_subscriptions_if_changed().unwrap()["G"].is_empty());
     }
 
     #[test]

@@ -1033,6 +1033,17 @@ fn defaults_template_topic_and_auto_creation() {
         &Message::new("AutoWide", 1, vec![b'b'; limit + (4 << 10)]),
     );
     expect_code(&too_big, ResponseCode::MessageIllegal, "a body over 4 MiB");
+    // A body well over the limit still fits a 16 MiB frame: refused the same way, and the
+    // connection stays usable (a closed one would fail every request in flight on it).
+    let far_too_big = client.send_raw(
+        SendCode::V2,
+        &Message::new("AutoWide", 1, vec![b'b'; 12 << 20]),
+    );
+    expect_code(
+        &far_too_big,
+        ResponseCode::MessageIllegal,
+        "a body of 12 MiB",
+    );
     assert_eq!(
         client.max_offset("AutoWide", 1),
         1,

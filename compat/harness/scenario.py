@@ -34,6 +34,8 @@ class Spec:
     summary: str
     # Expected failure on a target: target name -> reason. Absent: expected to pass.
     xfail: dict = field(default_factory=dict)
+    # Extra JVM flags of a Java scenario (system properties the client reads).
+    jvm_args: list = field(default_factory=list)
 
 
 @dataclass

@@ -203,7 +203,11 @@ fn unsupported_feature(
     // A substring test first keeps the common send free of a property scan.
     if properties.contains(keys::DELAY) && !header.topic.starts_with(RETRY_PREFIX) {
         let level = Properties::new(properties).get(keys::DELAY);
-        if level.and_then(|level| level.trim().parse::<i32>().ok()).unwrap_or(0) > 0 {
+        if level
+            .and_then(|level| level.trim().parse::<i32>().ok())
+            .unwrap_or(0)
+            > 0
+        {
             return Some((
                 ResponseCode::MessageIllegal,
                 "cannot store a delayed message: delay levels are not supported yet",

@@ -112,9 +112,13 @@ impl ShardCtx {
         self.stopping.set(true);
     }
 
-    /// Largest request frame: a message of the maximum size plus generous room for headers.
+    /// Largest request frame: RocketMQ's 16 MiB, or a message of the maximum size plus generous
+    /// room for headers when that is more. A frame between the two reaches the send handler,
+    /// which refuses the message with MESSAGE_ILLEGAL; only a larger one closes the connection
+    /// (and fails every request in flight on it).
     pub(crate) fn max_frame_bytes(&self) -> usize {
-        self.shared.config.max_message_bytes + (1 << 20)
+        (self.shared.config.max_message_bytes + (1 << 20))
+            .max(ringmq_protocol::frame::DEFAULT_MAX_FRAME_BYTES)
     }
 
     pub(crate) fn topics(&self) -> Arc<TopicSnapshot> {

@@ -34,6 +34,8 @@ final class ConsumerScenarios {
         all.put("consumer-clustering", ConsumerScenarios::clustering);
         all.put("consumer-broadcasting", ConsumerScenarios::broadcasting);
         all.put("consumer-tags", ConsumerScenarios::tags);
+        // The same with -Drocketmq.serialize.type=ROCKETMQ (scenarios.toml): binary headers.
+        all.put("consumer-binary-headers", ConsumerScenarios::tags);
         all.put("consumer-retry-dlq", ConsumerScenarios::retryDlq);
         all.put("lite-pull-assign-seek", ConsumerScenarios::litePullAssignSeek);
         all.put("offsets-resume-after-restart", ConsumerScenarios::offsetsResumeAfterRestart);

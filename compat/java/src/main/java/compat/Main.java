@@ -21,6 +21,7 @@ public final class Main {
         AdminScenarios.register(all);
         MqadminScenarios.register(all);
         FeatureScenarios.register(all);
+        ErrorScenarios.register(all);
         return all;
     }
 
