@@ -15,6 +15,7 @@ import org.apache.rocketmq.client.consumer.listener.MessageListenerConcurrently;
 import org.apache.rocketmq.client.impl.consumer.ProcessQueue;
 import org.apache.rocketmq.client.producer.DefaultMQProducer;
 import org.apache.rocketmq.common.MixAll;
+import org.apache.rocketmq.common.consumer.ConsumeFromWhere;
 import org.apache.rocketmq.common.message.Message;
 import org.apache.rocketmq.common.message.MessageExt;
 import org.apache.rocketmq.common.message.MessageQueue;
@@ -37,6 +38,8 @@ final class ConsumerScenarios {
         // The same with -Drocketmq.serialize.type=ROCKETMQ (scenarios.toml): binary headers.
         all.put("consumer-binary-headers", ConsumerScenarios::tags);
         all.put("consumer-retry-dlq", ConsumerScenarios::retryDlq);
+        all.put("lite-pull-offset-for-timestamp", ConsumerScenarios::litePullOffsetForTimestamp);
+        all.put("consumer-new-group-last-offset", ConsumerScenarios::newGroupLastOffset);
         all.put("lite-pull-assign-seek", ConsumerScenarios::litePullAssignSeek);
         all.put("offsets-resume-after-restart", ConsumerScenarios::offsetsResumeAfterRestart);
     }
@@ -240,6 +243,60 @@ final class ConsumerScenarios {
             ctx.observe("reconsumeTimesPerMessage", attempts);
         }
         ctx.observe("deadLettered", messagesIn(ctx, dlq));
+    }
+
+    static void litePullOffsetForTimestamp(Ctx ctx) throws Exception {
+        String topic = ctx.topic("");
+        ctx.createTopic(topic, 1);
+        int count = 10;
+        DefaultMQProducer producer = ctx.producer();
+        send(producer, Msgs.make(topic, 0, count, "TagA"));
+        // Store times are in ms; leave a gap so the boundary falls between the two batches.
+        long boundary = System.currentTimeMillis() + 50;
+        Ctx.waitUntil("the clock passing the boundary", 2_000, () -> System.currentTimeMillis() > boundary + 50);
+        send(producer, Msgs.make(topic, count, count, "TagA"));
+
+        DefaultLitePullConsumer consumer = new DefaultLitePullConsumer(ctx.group("consumer"));
+        consumer.setNamesrvAddr(ctx.namesrv);
+        consumer.setInstanceName(ctx.scenario);
+        consumer.setAutoCommit(false);
+        consumer.start();
+        ctx.onClose(consumer::shutdown);
+        Collection<MessageQueue> queues = consumer.fetchMessageQueues(topic);
+        MessageQueue queue = queues.iterator().next();
+        consumer.assign(queues);
+        Map<String, Long> offsets = new TreeMap<>();
+        offsets.put("epoch", consumer.offsetForTimestamp(queue, 0L));
+        offsets.put("boundary", consumer.offsetForTimestamp(queue, boundary));
+        offsets.put("future", consumer.offsetForTimestamp(queue, System.currentTimeMillis() + 3_600_000L));
+        ctx.observe("offsetForTimestamp", offsets);
+        Ctx.check(offsets.get("epoch") == 0 && offsets.get("boundary") == count && offsets.get("future") == 2L * count,
+                "offsetForTimestamp gave %s, expected epoch 0, boundary %d, future %d", offsets, count, 2 * count);
+        ctx.observe("polledFromBoundary", pollFrom(consumer, queue, offsets.get("boundary"), 2 * count));
+    }
+
+    /**
+     * A group with no committed offset that starts from the last offset still gets the messages
+     * of a queue that holds its first message (RocketMQ answers offset 0 for such a queue), so a
+     * consumer started just after its producers misses nothing.
+     */
+    static void newGroupLastOffset(Ctx ctx) throws Exception {
+        String topic = ctx.topic("");
+        ctx.createTopic(topic, 2);
+        int count = 10;
+        DefaultMQProducer producer = ctx.producer();
+        send(producer, Msgs.make(topic, 0, count, "TagA"));
+        Received received = new Received();
+        DefaultMQPushConsumer consumer = collecting(ctx, ctx.group("consumer"), MessageModel.CLUSTERING, received);
+        consumer.setConsumeFromWhere(ConsumeFromWhere.CONSUME_FROM_LAST_OFFSET);
+        consumer.subscribe(topic, "*");
+        consumer.start();
+        Ctx.waitUntil("the consumer holding both queues", REBALANCE_MS, () -> queuesHeld(consumer, topic) == 2);
+        send(producer, Msgs.make(topic, count, count, "TagA"));
+        received.awaitAll(Received.range(0, 2 * count), DELIVERY_MS);
+        Ctx.waitUntil("the consumer finishing what it pulled", DELIVERY_MS, () -> drained(consumer));
+        received.checkExactly(Received.range(0, 2 * count), true);
+        ctx.observe("received", Msgs.describeSorted(received.all()));
     }
 
     /** Messages stored in `topic` across its queues (max minus min offset), through the admin API. */
