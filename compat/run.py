@@ -11,6 +11,7 @@ or when the cluster itself cannot be started. See compat/README.md.
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import tomllib
@@ -33,8 +34,12 @@ def load_specs(only):
     specs = []
     for entry in catalogue["scenario"]:
         xfail = {target: entry[f"xfail_{target}"] for target in TARGET_NAMES if f"xfail_{target}" in entry}
+        xfail_saw = {target: entry[f"xfail_{target}_saw"] for target in TARGET_NAMES
+                     if f"xfail_{target}_saw" in entry}
+        if set(xfail_saw) - set(xfail):
+            raise SystemExit(f"scenarios.toml: {entry['name']} says what its failure shows but not why it fails")
         specs.append(scenario.Spec(entry["name"], entry["runner"], float(entry.get("timeout_s", 60)),
-                                   entry["summary"], xfail, entry.get("jvm_args", [])))
+                                   entry["summary"], xfail, entry.get("jvm_args", []), xfail_saw))
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise SystemExit("scenarios.toml names a scenario twice")
@@ -73,9 +78,9 @@ def run_target(target_name, specs, bin_dir, work_root):
 
     cluster = make_target(target_name, work_dir, bin_dir)
     print(f"== starting {target_name} (logs in {work_dir})", flush=True)
-    cluster.start()
     results = {}
     try:
+        cluster.start()
         for spec in specs:
             argv = argv_for(spec, runners, work_dir)
             env = {
@@ -102,7 +107,9 @@ def run_target(target_name, specs, bin_dir, work_root):
 def argv_for(spec, runners, work_dir):
     if spec.runner == "java":
         return [
-            "java", "-Xmx256m", f"-Duser.home={work_dir / 'client'}",
+            # Output in UTF-8 whatever the locale, so non-ASCII fields compare as sent.
+            "java", "-Xmx256m", "-Dfile.encoding=UTF-8", "-Dsun.stdout.encoding=UTF-8",
+            f"-Duser.home={work_dir / 'client'}",
             "-Drocketmq.client.logLevel=WARN", f"-Dcompat.mqadminHome={COMPAT_DIR / 'java'}",
             *spec.jvm_args, "-cp", runners["java"], "compat.Main", spec.name,
         ]
@@ -123,6 +130,9 @@ def print_summary(target_name, specs, results):
             reason = f"expected: {spec.xfail[target_name]} (saw: {result.reason})"
         elif outcome == "XPASS":
             reason = f"passed, but expected to fail: {spec.xfail[target_name]}"
+        elif outcome == "FAIL" and target_name in spec.xfail:
+            reason = (f"expected to fail showing \"{spec.xfail_saw[target_name]}\", but: {result.reason} "
+                      f"[log: {result.log_path}]")
         elif outcome == "FAIL":
             reason = f"{result.reason} [log: {result.log_path}]"
         else:
@@ -132,7 +142,17 @@ def print_summary(target_name, specs, results):
     return counts.get("FAIL", 0) + counts.get("XPASS", 0) == 0
 
 
+class Interrupted(Exception):
+    """SIGTERM or SIGINT: stop the cluster (the finally blocks do) and exit."""
+
+
+def _interrupt(signum, _frame):
+    raise Interrupted(signal.Signals(signum).name)
+
+
 def main():
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run_parser = sub.add_parser("run", help="run scenarios against one target")
@@ -163,7 +183,7 @@ def main():
             print("\n" + table)
             if args.markdown:
                 args.markdown.write_text(table + "\n")
-    except (install.InstallError, targets.TargetError) as error:
+    except (install.InstallError, targets.TargetError, Interrupted) as error:
         print(f"compat: {error}", file=sys.stderr)
         return 2
     if args.results:

@@ -16,9 +16,18 @@ class InstallError(Exception):
     """A build step failed; the message names the command and the tail of its output."""
 
 
+# A build that takes longer has stalled (a download that never ends); the first one on a clean
+# machine takes a minute or two.
+BUILD_TIMEOUT_S = 900
+
+
 def _run(argv, cwd, what):
     print(f"== {what}: {' '.join(map(str, argv))}", flush=True)
-    completed = subprocess.run([str(a) for a in argv], cwd=cwd, capture_output=True, text=True)
+    try:
+        completed = subprocess.run([str(a) for a in argv], cwd=cwd, capture_output=True, text=True,
+                                   timeout=BUILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired as error:
+        raise InstallError(f"{what} did not finish in {BUILD_TIMEOUT_S} s") from error
     if completed.returncode != 0:
         tail = "\n".join((completed.stdout + completed.stderr).splitlines()[-40:])
         raise InstallError(f"{what} failed ({completed.returncode}):\n{tail}")

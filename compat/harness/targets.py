@@ -21,6 +21,7 @@ CLUSTER = "DefaultCluster"
 BROKER_NAME = "broker-a"
 START_DEADLINE_S = 90.0
 STOP_DEADLINE_S = 60.0
+UNREGISTER_WAIT_S = 10.0
 
 
 class TargetError(Exception):
@@ -133,6 +134,16 @@ class _Target:
     def restart_broker(self):
         """Graceful stop (SIGTERM), then start on the same port and store; returns once registered."""
         self.broker.stop()
+        # A stopping broker unregisters; wait for that (bounded: a crashed one cannot), so that
+        # the registration seen next is the new broker's, not the old entry at the same address.
+        gone_deadline = time.monotonic() + UNREGISTER_WAIT_S
+        while time.monotonic() < gone_deadline:
+            try:
+                if remoting.registered_brokers(self.namesrv_addr).get(BROKER_NAME, {}).get(0) != self.broker_addr:
+                    break
+            except remoting.RemotingError:
+                break
+            time.sleep(0.1)
         self._start_broker()
         self._wait_registered()
 

@@ -9,16 +9,23 @@ import java.nio.charset.StandardCharsets;
 import java.util.ArrayDeque;
 import java.util.Collections;
 import java.util.Deque;
+import org.apache.rocketmq.client.ClientConfig;
 import org.apache.rocketmq.client.consumer.DefaultMQPushConsumer;
 import org.apache.rocketmq.client.consumer.listener.MessageListener;
 import org.apache.rocketmq.client.consumer.listener.MessageListenerConcurrently;
 import org.apache.rocketmq.client.consumer.listener.MessageListenerOrderly;
+import org.apache.rocketmq.client.exception.MQBrokerException;
+import org.apache.rocketmq.client.impl.MQClientAPIImpl;
 import org.apache.rocketmq.client.producer.DefaultMQProducer;
 import org.apache.rocketmq.common.TopicConfig;
 import org.apache.rocketmq.common.consumer.ConsumeFromWhere;
+import org.apache.rocketmq.common.protocol.header.QueryConsumerOffsetRequestHeader;
 import org.apache.rocketmq.common.protocol.heartbeat.MessageModel;
 import org.apache.rocketmq.common.protocol.route.QueueData;
 import org.apache.rocketmq.common.protocol.route.TopicRouteData;
+import org.apache.rocketmq.remoting.netty.NettyClientConfig;
+import org.apache.rocketmq.remoting.protocol.RemotingCommand;
+import org.apache.rocketmq.remoting.protocol.SerializeType;
 import org.apache.rocketmq.tools.admin.DefaultMQAdminExt;
 
 /**
@@ -42,6 +49,10 @@ final class Ctx implements AutoCloseable {
     }
 
     static final long POLL_MS = 50;
+    /** Time left at the end of the harness's limit to report a failure rather than be killed. */
+    static final long MARGIN_MS = 4_000;
+    /** When the scenario must have given its verdict (System.nanoTime); set from COMPAT_TIMEOUT_S. */
+    private static long scenarioDeadlineNanos = Long.MAX_VALUE;
 
     final String scenario;
     final String namesrv;
@@ -51,6 +62,7 @@ final class Ctx implements AutoCloseable {
             new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8));
     private final Deque<Runnable> shutdowns = new ArrayDeque<>();
     private DefaultMQAdminExt admin;
+    private MQClientAPIImpl remoting;
     private int instances;
 
     Ctx(String scenario) {
@@ -58,6 +70,17 @@ final class Ctx implements AutoCloseable {
         this.namesrv = env("COMPAT_NAMESRV");
         this.broker = env("COMPAT_BROKER");
         this.target = env("COMPAT_TARGET");
+        String limit = System.getenv("COMPAT_TIMEOUT_S");
+        if (limit != null) {
+            long limitMs = (long) (Double.parseDouble(limit) * 1000);
+            scenarioDeadlineNanos = System.nanoTime() + Math.max(0, limitMs - MARGIN_MS) * 1_000_000L;
+        }
+    }
+
+    /** `timeoutMs`, or less when the scenario's own time runs out first. */
+    static long budgetMs(long timeoutMs) {
+        long leftMs = (scenarioDeadlineNanos - System.nanoTime()) / 1_000_000L;
+        return Math.max(0, Math.min(timeoutMs, leftMs));
     }
 
     private static String env(String name) {
@@ -96,8 +119,12 @@ final class Ctx implements AutoCloseable {
         System.out.flush();
     }
 
-    /** Polls `condition` every 50 ms until it holds; fails with `what` after `timeoutMs`. */
+    /**
+     * Polls `condition` every 50 ms until it holds; fails with `what` after `timeoutMs`, or
+     * earlier when the scenario's time limit would pass first.
+     */
     static void waitUntil(String what, long timeoutMs, Condition condition) throws Exception {
+        timeoutMs = budgetMs(timeoutMs);
         long deadline = System.nanoTime() + timeoutMs * 1_000_000L;
         Exception last = null;
         while (true) {
@@ -126,6 +153,17 @@ final class Ctx implements AutoCloseable {
         check("RESTARTED".equals(answer), "the harness could not restart the broker: %s", answer);
     }
 
+    /**
+     * For the scenarios run with -Drocketmq.serialize.type=ROCKETMQ: fails unless the client really
+     * encodes its request headers in the binary form (a mistyped property would silently rerun
+     * the JSON case).
+     */
+    void checkBinaryHeaders() {
+        SerializeType type = RemotingCommand.createRequestCommand(0, null).getSerializeTypeCurrentRPC();
+        check(type == SerializeType.ROCKETMQ, "the client encodes headers as %s, expected ROCKETMQ", type);
+        observe("headerEncoding", type.name());
+    }
+
     /** Runs `shutdown` when the scenario ends, last registered first. */
     void onClose(Runnable shutdown) {
         shutdowns.push(shutdown);
@@ -133,6 +171,28 @@ final class Ctx implements AutoCloseable {
 
     private String nextInstance() {
         return scenario + "-" + (++instances);
+    }
+
+    /**
+     * The offset `group` has committed for a queue, asked of the broker itself (QUERY_CONSUMER_OFFSET)
+     * through a bare remoting client that joins no group; -1 when none is committed.
+     */
+    long committedOffset(String group, String topic, int queueId) throws Exception {
+        if (remoting == null) {
+            MQClientAPIImpl client = new MQClientAPIImpl(new NettyClientConfig(), null, null, new ClientConfig());
+            client.start();
+            onClose(client::shutdown);
+            remoting = client;
+        }
+        QueryConsumerOffsetRequestHeader header = new QueryConsumerOffsetRequestHeader();
+        header.setConsumerGroup(group);
+        header.setTopic(topic);
+        header.setQueueId(queueId);
+        try {
+            return remoting.queryConsumerOffset(broker, header, 5_000);
+        } catch (MQBrokerException notFound) {
+            return -1;
+        }
     }
 
     DefaultMQProducer producer() throws Exception {
@@ -152,7 +212,8 @@ final class Ctx implements AutoCloseable {
         consumer.setInstanceName(nextInstance());
         consumer.setMessageModel(model);
         consumer.setConsumeFromWhere(ConsumeFromWhere.CONSUME_FROM_FIRST_OFFSET);
-        // Offsets are committed every second, so a restart resumes where the scenario expects.
+        // Offsets are committed every second (the default is 5 s): scenarios that wait for a
+        // commit wait less.
         consumer.setPersistConsumerOffsetInterval(1000);
         if (listener instanceof MessageListenerOrderly orderly) {
             consumer.registerMessageListener(orderly);

@@ -53,7 +53,13 @@ public final class Main {
             return 1;
         } catch (Throwable error) {
             error.printStackTrace();
-            System.out.println("FAIL " + oneLine(error.toString()));
+            // The client wraps what the broker said ("send message Exception"): show the root too.
+            Throwable root = error;
+            while (root.getCause() != null && root.getCause() != root) {
+                root = root.getCause();
+            }
+            String reason = root == error ? error.toString() : error + "; caused by " + root;
+            System.out.println("FAIL " + oneLine(reason));
             return 1;
         }
     }

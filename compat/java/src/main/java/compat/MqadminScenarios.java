@@ -49,6 +49,7 @@ final class MqadminScenarios {
         command.addAll(List.of(args));
         command.add("-n");
         command.add(ctx.namesrv);
+        long timeoutMs = Ctx.budgetMs(COMMAND_TIMEOUT_MS);
         Process process = new ProcessBuilder(command).redirectErrorStream(true).start();
         ByteArrayOutputStream output = new ByteArrayOutputStream();
         Thread reader = new Thread(() -> {
@@ -59,17 +60,28 @@ final class MqadminScenarios {
             }
         });
         reader.start();
-        boolean exited = process.waitFor(COMMAND_TIMEOUT_MS, TimeUnit.MILLISECONDS);
+        boolean exited = process.waitFor(timeoutMs, TimeUnit.MILLISECONDS);
         if (!exited) {
             process.destroyForcibly();
         }
         reader.join(5_000);
         String text = output.toString(StandardCharsets.UTF_8);
         ctx.log("$ mqadmin %s\n%s", String.join(" ", args), text);
-        Ctx.check(exited, "mqadmin %s did not finish in %d ms", args[0], COMMAND_TIMEOUT_MS);
+        Ctx.check(exited, "mqadmin %s did not finish in %d ms", args[0], timeoutMs);
         Ctx.check(!text.contains("SubCommandException") && !text.contains("Exception in thread"),
-                "mqadmin %s failed: %s", args[0], firstLines(text, 3));
+                "mqadmin %s failed: %s%s", args[0], firstLines(text, 1), rootCause(text));
         return text;
+    }
+
+    /** "; caused by <the last "Caused by:" line>" of a Java stack trace, or "" without one. */
+    static String rootCause(String text) {
+        String cause = "";
+        for (String line : text.split("\n")) {
+            if (line.startsWith("Caused by: ")) {
+                cause = "; caused by " + line.substring("Caused by: ".length()).strip();
+            }
+        }
+        return cause;
     }
 
     static String firstLines(String text, int count) {
@@ -131,11 +143,13 @@ final class MqadminScenarios {
         String topic = ctx.topic("");
         String text = mqadmin(ctx, "updateTopic", "-b", ctx.broker, "-t", topic, "-r", "5", "-w", "5");
         Ctx.check(text.contains("success"), "updateTopic did not say success: %s", firstLines(text, 3));
+        TopicRouteData[] route = new TopicRouteData[1];
         Ctx.waitUntil("the route of " + topic + " with 5 queues", 30_000, () -> {
-            TopicRouteData route = ctx.admin().examineTopicRouteInfo(topic);
-            return route.getQueueDatas().get(0).getWriteQueueNums() == 5;
+            route[0] = ctx.admin().examineTopicRouteInfo(topic);
+            return route[0].getQueueDatas().get(0).getWriteQueueNums() == 5;
         });
-        ctx.observe("writeQueueNums", 5);
+        ctx.observe("queues", List.of(route[0].getQueueDatas().get(0).getReadQueueNums(),
+                route[0].getQueueDatas().get(0).getWriteQueueNums()));
     }
 
     static void deleteTopic(Ctx ctx) throws Exception {
@@ -151,13 +165,12 @@ final class MqadminScenarios {
     static void brokerStatus(Ctx ctx) throws Exception {
         String text = mqadmin(ctx, "brokerStatus", "-b", ctx.broker);
         List<String> missing = new ArrayList<>();
+        List<String> printed = new ArrayList<>();
         for (String key : AdminScenarios.RUNTIME_KEYS) {
-            if (rows(text, key).isEmpty()) {
-                missing.add(key);
-            }
+            (rows(text, key).isEmpty() ? missing : printed).add(key);
         }
         Ctx.check(missing.isEmpty(), "brokerStatus does not print %s: %s", missing, firstLines(text, 3));
-        ctx.observe("keysPrinted", AdminScenarios.RUNTIME_KEYS);
+        ctx.observe("keysPrinted", printed);
     }
 
     static SendResult sendOne(Ctx ctx, String topic) throws Exception {
@@ -171,13 +184,12 @@ final class MqadminScenarios {
         String text = mqadmin(ctx, "queryMsgById", "-i", sent.getOffsetMsgId());
         List<String> wanted = List.of(topic, "[TagM]", "[key-3]", "idx=3");
         List<String> missing = new ArrayList<>();
+        List<String> printed = new ArrayList<>();
         for (String part : wanted) {
-            if (!text.contains(part)) {
-                missing.add(part);
-            }
+            (text.contains(part) ? printed : missing).add(part);
         }
         Ctx.check(missing.isEmpty(), "queryMsgById output lacks %s: %s", missing, firstLines(text, 4));
-        ctx.observe("printed", wanted);
+        ctx.observe("printed", printed.stream().map(part -> part.replace(topic, "<topic>")).toList());
     }
 
     static void queryMsgByKey(Ctx ctx) throws Exception {
@@ -215,9 +227,8 @@ final class MqadminScenarios {
         ConsumerScenarios.send(ctx.producer(), Msgs.make(topic, 0, 10, "TagA"));
         Received received = new Received();
         String group = ctx.group("consumer");
-        DefaultMQPushConsumer consumer = ConsumerScenarios.collecting(ctx, group, MessageModel.CLUSTERING, received);
-        consumer.subscribe(topic, "*");
-        consumer.start();
+        DefaultMQPushConsumer consumer = ConsumerScenarios.started(ctx, group, MessageModel.CLUSTERING, received,
+                topic, "*");
         received.awaitAll(Received.range(0, 10), 30_000);
         String[] output = new String[1];
         Ctx.waitUntil("consumerProgress showing a lag of 0", 30_000, () -> {

@@ -28,6 +28,8 @@ final class Msgs {
         Message message = new Message(topic, tag, "key-" + idx, body(idx).getBytes(StandardCharsets.UTF_8));
         message.putUserProperty("idx", Integer.toString(idx));
         message.putUserProperty("note", NOTE);
+        // The tag again, where a broker has no reason to touch it, to check TAGS against.
+        message.putUserProperty("sentTag", tag);
         return message;
     }
 
@@ -48,7 +50,7 @@ final class Msgs {
         }
     }
 
-    /** Null when body, keys, and properties are what {@link #make} sent for its number; else what is wrong. */
+    /** Null when body, tags, keys and properties are what {@link #make} sent for its number; else what is wrong. */
     static String damage(MessageExt message) {
         int idx = idx(message);
         if (idx < 0) {
@@ -60,6 +62,10 @@ final class Msgs {
         }
         if (!("key-" + idx).equals(message.getKeys())) {
             return "message " + idx + " keys are " + message.getKeys();
+        }
+        if (!String.valueOf(message.getUserProperty("sentTag")).equals(message.getTags())) {
+            return "message " + idx + " tags are " + message.getTags() + ", sent "
+                    + message.getUserProperty("sentTag");
         }
         if (!NOTE.equals(message.getUserProperty("note"))) {
             return "message " + idx + " property note is " + message.getUserProperty("note");

@@ -33,7 +33,10 @@ final class ProducerScenarios {
     static void register(Map<String, Main.Scenario> all) {
         all.put("producer-sync", ProducerScenarios::sync);
         // The same with -Drocketmq.serialize.type=ROCKETMQ (scenarios.toml): binary headers.
-        all.put("producer-sync-binary-headers", ProducerScenarios::sync);
+        all.put("producer-sync-binary-headers", ctx -> {
+            ctx.checkBinaryHeaders();
+            sync(ctx);
+        });
         all.put("producer-async", ProducerScenarios::async);
         all.put("producer-oneway", ProducerScenarios::oneway);
         all.put("producer-batch", ProducerScenarios::batch);
@@ -102,7 +105,7 @@ final class ProducerScenarios {
             checkSendOk(result);
             results.add(result);
         }
-        ctx.observe("sendStatus", SendStatus.SEND_OK.name());
+        ctx.observe("sendStatuses", results.stream().map(r -> r.getSendStatus().name()).distinct().toList());
         checkQueueOffsets(ctx, results, true);
         consumeAll(ctx, topic, Received.range(0, COUNT));
     }
@@ -133,8 +136,9 @@ final class ProducerScenarios {
                 done.getCount());
         Ctx.check(failures.isEmpty(), "async sends failed: %s", failures);
         results.forEach(ProducerScenarios::checkSendOk);
-        ctx.observe("callbacks", results.size());
-        // Callbacks run on the client's async threads, each with its own round-robin position.
+        ctx.observe("sendStatuses", results.stream().map(r -> r.getSendStatus().name()).distinct().toList());
+        // Async sends pick their queue on the client's async executor threads, each thread with
+        // its own round-robin position: the split between queues varies from run to run.
         checkQueueOffsets(ctx, results, false);
         consumeAll(ctx, topic, Received.range(0, COUNT));
     }
@@ -162,7 +166,7 @@ final class ProducerScenarios {
                     "a batch of %d answered %d message ids", batchSize, result.getMsgId().split(",").length);
             firstOffsets.add((int) result.getQueueOffset());
         }
-        ctx.observe("batchIds", firstOffsets.size());
+        ctx.observe("batchFirstOffsets", firstOffsets.stream().sorted().toList());
         Received received = consumeAll(ctx, topic, Received.range(0, COUNT));
         // A batch lands in one queue at consecutive offsets, in the order it was built.
         for (int from = 0; from < COUNT; from += batchSize) {

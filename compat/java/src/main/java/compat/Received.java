@@ -57,8 +57,11 @@ final class Received {
         }
     }
 
-    /** Fails if anything arrived damaged, unexpected, or (when `once`) more than once. */
+    /** Fails if anything is missing, arrived damaged, unexpected, or (when `once`) more than once. */
     void checkExactly(Set<Integer> expected, boolean once) {
+        Set<Integer> missing = new TreeSet<>(expected);
+        missing.removeAll(numbers());
+        Ctx.check(missing.isEmpty(), "never delivered: %s", missing);
         for (MessageExt message : all()) {
             String damage = Msgs.damage(message);
             Ctx.check(damage == null, "delivered damaged: %s", damage);
