@@ -52,7 +52,8 @@ def go_scenarios(work_dir):
     """Builds compat/go into work_dir/go/compat-go; returns the binary's path."""
     binary = Path(work_dir) / "go" / "compat-go"
     binary.parent.mkdir(parents=True, exist_ok=True)
-    _run(["go", "build", "-o", binary, "."], COMPAT_DIR / "go", "go scenarios")
+    # No VCS stamp: the checkout may belong to another user, and the binary needs none.
+    _run(["go", "build", "-buildvcs=false", "-o", binary, "."], COMPAT_DIR / "go", "go scenarios")
     return binary
 
 
