@@ -11,6 +11,7 @@ or when the cluster itself cannot be started. See compat/README.md.
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -66,8 +67,6 @@ def run_target(target_name, specs, bin_dir, work_root):
     """Runs every spec against one fresh cluster; returns {name: Result}."""
     work_dir = work_root / target_name
     if work_dir.exists():
-        import shutil
-
         shutil.rmtree(work_dir)
     (work_dir / "logs").mkdir(parents=True)
     runners = {}
@@ -131,7 +130,7 @@ def print_summary(target_name, specs, results):
         elif outcome == "XPASS":
             reason = f"passed, but expected to fail: {spec.xfail[target_name]}"
         elif outcome == "FAIL" and target_name in spec.xfail:
-            reason = (f"expected to fail showing \"{spec.xfail_saw[target_name]}\", but: {result.reason} "
+            reason = (f"expected to fail showing \"{spec.xfail_saw.get(target_name)}\", but: {result.reason} "
                       f"[log: {result.log_path}]")
         elif outcome == "FAIL":
             reason = f"{result.reason} [log: {result.log_path}]"
