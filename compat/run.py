@@ -10,7 +10,6 @@ or when the cluster itself cannot be started. See compat/README.md.
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import sys
@@ -21,12 +20,7 @@ from pathlib import Path
 from harness import diff, install, scenario, targets
 
 COMPAT_DIR = Path(__file__).resolve().parent
-REPO_DIR = COMPAT_DIR.parent
 TARGET_NAMES = ("ringmq", "apache")
-
-
-def cargo_target_dir():
-    return Path(os.environ.get("CARGO_TARGET_DIR", REPO_DIR / "target"))
 
 
 def load_specs(only):
@@ -53,16 +47,6 @@ def load_specs(only):
     return specs
 
 
-def make_target(name, work_dir, bin_dir):
-    if name == "ringmq":
-        for binary in ("ringmq-broker", "ringmq-namesrv"):
-            if not (bin_dir / binary).exists():
-                raise SystemExit(f"{bin_dir / binary} is missing: cargo build --release -p ringmq-broker -p ringmq-namesrv")
-        return targets.RingmqTarget(work_dir / "cluster", bin_dir)
-    lib = install.apache_server(work_dir.parent)
-    return targets.ApacheTarget(work_dir / "cluster", lib, COMPAT_DIR / "apache" / "conf")
-
-
 def run_target(target_name, specs, bin_dir, work_root):
     """Runs every spec against one fresh cluster; returns {name: Result}."""
     work_dir = work_root / target_name
@@ -75,7 +59,7 @@ def run_target(target_name, specs, bin_dir, work_root):
     if any(spec.runner == "go" for spec in specs):
         runners["go"] = install.go_scenarios(work_root)
 
-    cluster = make_target(target_name, work_dir, bin_dir)
+    cluster = targets.make(target_name, work_dir / "cluster", bin_dir, work_root)
     print(f"== starting {target_name} (logs in {work_dir})", flush=True)
     results = {}
     try:
@@ -166,8 +150,8 @@ def main():
     args = parser.parse_args()
 
     specs = load_specs(args.only)
-    bin_dir = args.bin_dir or cargo_target_dir() / "release"
-    work_root = (args.work_dir or cargo_target_dir() / "compat").resolve()
+    bin_dir = args.bin_dir or install.cargo_target_dir() / "release"
+    work_root = (args.work_dir or install.cargo_target_dir() / "compat").resolve()
     started = time.monotonic()
     try:
         if args.command == "run":

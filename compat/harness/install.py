@@ -5,11 +5,19 @@ Everything comes from Maven Central and the Go module proxy on first use and lan
 work directory; nothing is cached that a clean machine cannot rebuild.
 """
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 COMPAT_DIR = Path(__file__).resolve().parent.parent
+REPO_DIR = COMPAT_DIR.parent
+
+
+def cargo_target_dir():
+    """Where cargo puts RingMQ's binaries (release/) and the suite its builds (compat/)."""
+    return Path(os.environ.get("CARGO_TARGET_DIR", REPO_DIR / "target"))
+
 
 
 class InstallError(Exception):

@@ -18,7 +18,6 @@ release/ unless --bin-dir says otherwise.
 
 import argparse
 import contextlib
-import os
 import signal
 import sys
 import time
@@ -26,8 +25,6 @@ from pathlib import Path
 
 from . import install, targets
 
-COMPAT_DIR = Path(__file__).resolve().parent.parent
-REPO_DIR = COMPAT_DIR.parent
 POLL_S = 0.5
 
 
@@ -39,23 +36,12 @@ def _on_signal(signum, _frame):
     raise _Stop(signal.Signals(signum).name)
 
 
-def cargo_target_dir():
-    return Path(os.environ.get("CARGO_TARGET_DIR", REPO_DIR / "target"))
-
-
 def make_target(args):
-    work = args.work.resolve()
-    if args.target == "ringmq":
-        bin_dir = (args.bin_dir or cargo_target_dir() / "release").resolve()
-        for binary in ("ringmq-broker", "ringmq-namesrv"):
-            if not (bin_dir / binary).exists():
-                raise SystemExit(f"{bin_dir / binary} is missing: cargo build --release -p ringmq-broker -p ringmq-namesrv")
-        return targets.RingmqTarget(work, bin_dir, flush_disk_type=args.flush_disk_type)
+    bin_dir = (args.bin_dir or install.cargo_target_dir() / "release").resolve()
     # install prints its progress on stdout; stdout carries only the address line.
     with contextlib.redirect_stdout(sys.stderr):
-        lib = install.apache_server(cargo_target_dir() / "compat")
-    return targets.ApacheTarget(work, lib, COMPAT_DIR / "apache" / "conf",
-                                flush_disk_type=args.flush_disk_type, broker_heap_mb=args.apache_heap_mb)
+        return targets.make(args.target, args.work.resolve(), bin_dir, install.cargo_target_dir() / "compat",
+                            flush_disk_type=args.flush_disk_type, apache_heap_mb=args.apache_heap_mb)
 
 
 def main():

@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import remoting
+from . import install, remoting
 
 CLUSTER = "DefaultCluster"
 BROKER_NAME = "broker-a"
@@ -274,3 +274,17 @@ class ApacheTarget(_Target):
         ]))
         self.broker = _Server("apache-broker", self._java("org.apache.rocketmq.broker.BrokerStartup", config, self.broker_heap_mb),
                               self.work_dir / "broker.log", cwd=self.work_dir)
+
+
+def make(target_name, cluster_dir, bin_dir, work_root, flush_disk_type="ASYNC_FLUSH", apache_heap_mb=512):
+    """The cluster `target_name` names, not started: RingMQ from `bin_dir`, or Apache RocketMQ
+    with its jars resolved into `work_root`."""
+    if target_name == "ringmq":
+        for binary in ("ringmq-broker", "ringmq-namesrv"):
+            if not (Path(bin_dir) / binary).exists():
+                raise TargetError(f"{Path(bin_dir) / binary} is missing: "
+                                  "cargo build --release -p ringmq-broker -p ringmq-namesrv")
+        return RingmqTarget(cluster_dir, bin_dir, flush_disk_type=flush_disk_type)
+    lib = install.apache_server(work_root)
+    return ApacheTarget(cluster_dir, lib, install.COMPAT_DIR / "apache" / "conf",
+                        flush_disk_type=flush_disk_type, broker_heap_mb=apache_heap_mb)
