@@ -272,12 +272,7 @@ final class ConsumerScenarios {
         Ctx.waitUntil("the clock passing the boundary", 2_000, () -> System.currentTimeMillis() > boundary + 50);
         send(producer, Msgs.make(topic, count, count, "TagA"));
 
-        DefaultLitePullConsumer consumer = new DefaultLitePullConsumer(ctx.group("consumer"));
-        consumer.setNamesrvAddr(ctx.namesrv);
-        consumer.setInstanceName(ctx.scenario);
-        consumer.setAutoCommit(false);
-        consumer.start();
-        ctx.onClose(consumer::shutdown);
+        DefaultLitePullConsumer consumer = ctx.litePullConsumer();
         Collection<MessageQueue> queues = consumer.fetchMessageQueues(topic);
         MessageQueue queue = queues.iterator().next();
         consumer.assign(queues);
@@ -334,12 +329,7 @@ final class ConsumerScenarios {
         int count = 20;
         send(ctx.producer(), Msgs.make(topic, 0, count, "TagA"));
 
-        DefaultLitePullConsumer consumer = new DefaultLitePullConsumer(ctx.group("consumer"));
-        consumer.setNamesrvAddr(ctx.namesrv);
-        consumer.setInstanceName(ctx.scenario);
-        consumer.setAutoCommit(false);
-        consumer.start();
-        ctx.onClose(consumer::shutdown);
+        DefaultLitePullConsumer consumer = ctx.litePullConsumer();
         Collection<MessageQueue> queues = consumer.fetchMessageQueues(topic);
         Ctx.check(queues.size() == 1, "fetchMessageQueues gave %d queues, the topic has 1", queues.size());
         MessageQueue queue = queues.iterator().next();

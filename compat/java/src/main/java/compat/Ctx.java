@@ -10,6 +10,7 @@ import java.util.ArrayDeque;
 import java.util.Collections;
 import java.util.Deque;
 import org.apache.rocketmq.client.ClientConfig;
+import org.apache.rocketmq.client.consumer.DefaultLitePullConsumer;
 import org.apache.rocketmq.client.consumer.DefaultMQPushConsumer;
 import org.apache.rocketmq.client.consumer.listener.MessageListener;
 import org.apache.rocketmq.client.consumer.listener.MessageListenerConcurrently;
@@ -203,6 +204,17 @@ final class Ctx implements AutoCloseable {
         producer.start();
         onClose(producer::shutdown);
         return producer;
+    }
+
+    /** A started lite pull consumer of this scenario's group that commits nothing by itself. */
+    DefaultLitePullConsumer litePullConsumer() throws Exception {
+        DefaultLitePullConsumer consumer = new DefaultLitePullConsumer(group("consumer"));
+        consumer.setNamesrvAddr(namesrv);
+        consumer.setInstanceName(nextInstance());
+        consumer.setAutoCommit(false);
+        consumer.start();
+        onClose(consumer::shutdown);
+        return consumer;
     }
 
     /** A push consumer from the first offset, not started: the scenario subscribes and starts it. */
