@@ -5,7 +5,9 @@
   compat/run.py diff [--only NAME,...] [--markdown FILE]          run both targets, list differences
 
 `run` exits non-zero when a scenario expected to pass fails, when one expected to fail passes,
-or when the cluster itself cannot be started. See compat/README.md.
+or when the cluster itself cannot be started; `diff` also when a scenario that passed on both
+targets observed something different on each without a `differs` reason (or has a reason and no
+difference left). See compat/README.md.
 """
 
 import argparse
@@ -34,7 +36,8 @@ def load_specs(only):
         if set(xfail_saw) - set(xfail):
             raise SystemExit(f"scenarios.toml: {entry['name']} says what its failure shows but not why it fails")
         specs.append(scenario.Spec(entry["name"], entry["runner"], float(entry.get("timeout_s", 60)),
-                                   entry["summary"], xfail, entry.get("jvm_args", []), xfail_saw))
+                                   entry["summary"], xfail, entry.get("jvm_args", []), xfail_saw,
+                                   entry.get("differs", "")))
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise SystemExit("scenarios.toml names a scenario twice")
@@ -162,8 +165,11 @@ def main():
             # Every target's summary is printed, also when an earlier one failed.
             oks = [print_summary(name, specs, results[name]) for name in TARGET_NAMES]
             ok = all(oks)
-            table = diff.compare(specs, results["ringmq"], results["apache"])
+            table, problems = diff.compare(specs, results["ringmq"], results["apache"])
             print("\n" + table)
+            for problem in problems:
+                print(f"DIFF   {problem}")
+            ok = ok and not problems
             if args.markdown:
                 args.markdown.write_text(table + "\n")
     except (install.InstallError, targets.TargetError, Interrupted) as error:

@@ -30,18 +30,28 @@ def differences(ringmq_result, apache_result):
 
 
 def compare(specs, ringmq_results, apache_results):
+    """Returns (Markdown text, problems). A problem is a difference nothing explains (the scenario
+    passed on both targets and scenarios.toml gives no `differs` reason), or a `differs` reason
+    with no difference left to explain."""
     rows = ["| Scenario | RingMQ | Apache RocketMQ | Observations compared | Differences |",
             "| --- | --- | --- | --- | --- |"]
     details = []
+    problems = []
     for spec in specs:
         mine, theirs = ringmq_results[spec.name], apache_results[spec.name]
         found = differences(mine, theirs)
         compared = len(set(mine.observations) | set(theirs.observations))
-        rows.append(f"| {spec.name} | {mine.outcome(spec, 'ringmq')} | {theirs.outcome(spec, 'apache')} "
-                    f"| {compared} | {len(found) or 'none'} |")
-        for key, ours, apache in found:
-            details.append(f"- `{spec.name}` `{key}`: RingMQ `{ours}`, Apache `{apache}`")
+        ours, apaches = mine.outcome(spec, "ringmq"), theirs.outcome(spec, "apache")
+        rows.append(f"| {spec.name} | {ours} | {apaches} | {compared} | {len(found) or 'none'} |")
+        for key, ours_value, apache_value in found:
+            details.append(f"- `{spec.name}` `{key}`: RingMQ `{ours_value}`, Apache `{apache_value}`")
+        both_passed = ours == "PASS" and apaches == "PASS"
+        if both_passed and found and not spec.differs:
+            problems.append(f"{spec.name}: passed on both, but observed differently ({', '.join(k for k, _, _ in found)}); "
+                            "fix the difference or explain it with `differs` in scenarios.toml")
+        if both_passed and spec.differs and not found:
+            problems.append(f"{spec.name}: no difference left, remove `differs` from scenarios.toml")
     text = "\n".join(rows)
     if details:
         text += "\n\nDifferences:\n\n" + "\n".join(details)
-    return text
+    return text, problems

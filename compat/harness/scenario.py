@@ -40,6 +40,8 @@ class Spec:
     # Expected failure on a target: target name -> text its failure reason must contain, so that
     # an expected failure for another cause is not mistaken for the known one.
     xfail_saw: dict = field(default_factory=dict)
+    # Why the scenario, passing on both targets, observes something different on each.
+    differs: str = ""
 
 
 @dataclass
