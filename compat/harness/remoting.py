@@ -6,6 +6,7 @@ with the serialize type in the high byte, a JSON header, then the body (docs/pro
 """
 
 import json
+import re
 import socket
 import struct
 
@@ -56,45 +57,38 @@ def registered_brokers(namesrv_addr):
     if code != SUCCESS:
         raise RemotingError(f"GET_BROKER_CLUSTER_INFO answered {code}: {remark}")
     # fastjson writes integer map keys unquoted ({0:"addr"}); quote them so json can read it.
-    text = body.decode()
-    text = _quote_integer_keys(text)
-    info = json.loads(text)
+    info = json.loads(_quote_integer_keys(body.decode()))
     return {
         name: {int(k): v for k, v in data.get("brokerAddrs", {}).items()}
         for name, data in info.get("brokerAddrTable", {}).items()
     }
 
 
+# A bare integer object key right after `{` or `,`: fastjson writes map keys of integer type so.
+_BARE_INTEGER_KEY = re.compile(r"\s*(-?\d+)\s*:")
+
+
 def _quote_integer_keys(text):
+    """`text` with every bare integer object key quoted; strings are left alone."""
     out = []
-    in_string = False
-    escaped = False
+    in_string = escaped = False
     i = 0
     while i < len(text):
         ch = text[i]
+        out.append(ch)
+        i += 1
         if in_string:
-            out.append(ch)
             if escaped:
                 escaped = False
             elif ch == "\\":
                 escaped = True
             elif ch == '"':
                 in_string = False
-            i += 1
-            continue
-        if ch == '"':
+        elif ch == '"':
             in_string = True
-            out.append(ch)
-            i += 1
-            continue
-        if ch in "{," and i + 1 < len(text):
-            j = i + 1
-            while j < len(text) and text[j].isdigit() or (j < len(text) and text[j] == "-" and j == i + 1):
-                j += 1
-            if j > i + 1 and j < len(text) and text[j] == ":":
-                out.append(ch + '"' + text[i + 1 : j] + '"')
-                i = j
-                continue
-        out.append(ch)
-        i += 1
+        elif ch in "{,":
+            key = _BARE_INTEGER_KEY.match(text, i)
+            if key:
+                out.append(f'"{key.group(1)}":')
+                i = key.end()
     return "".join(out)
