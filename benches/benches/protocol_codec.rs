@@ -8,7 +8,9 @@ use std::hint::black_box;
 use bytes::BytesMut;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use ringmq_benches::fixtures;
-use ringmq_protocol::header::{PullMessageResponseHeader, SendMessageRequestHeader};
+use ringmq_protocol::header::{
+    PullMessageResponseHeader, SendMessageRequestHeader, SendMessageResponseHeader,
+};
 use ringmq_protocol::message::RecordIter;
 use ringmq_protocol::{
     CommandHead, FrameCodec, RequestCode, ResponseCode, SerializeType, encode_frame,
@@ -168,5 +170,89 @@ fn pull_response(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, send_v2, pull_response);
+/// A SEND_MESSAGE_V2 header as a Java 4.9.8 producer sends it: fastjson's key order, every ext
+/// value a string, and the properties string with its `\u0001`/`\u0002` separators escaped.
+const JAVA_SEND_V2_HEADER: &str = concat!(
+    r#"{"code":310,"extFields":{"a":"please_rename_unique_group_name","b":"TopicTest","#,
+    r#""c":"TBW102","d":"4","e":"3","f":"0","g":"1700000000000","h":"0","#,
+    r#""i":"KEYS\u0001OrderID188\u0002UNIQ_KEY\u00017F0000014E2418B4AAC2519B5F2A0000\u0002"#,
+    r#"WAIT\u0001true\u0002TAGS\u0001TagA\u0002","j":"0","k":"false","m":"false","n":"broker-a"},"#,
+    r#""flag":0,"language":"JAVA","opaque":42,"serializeTypeCurrentRPC":"JSON","version":409}"#
+);
+
+/// The JSON header alone: decoding a Java producer's send header and encoding the broker's send
+/// response header (no body, so the header codec is all that is measured).
+fn json_header(c: &mut Criterion) {
+    let codec = FrameCodec::default();
+    let mut group = c.benchmark_group("json_header");
+    group.throughput(Throughput::Elements(1));
+
+    let mut frame = BytesMut::new();
+    frame.extend_from_slice(&((4 + JAVA_SEND_V2_HEADER.len()) as u32).to_be_bytes());
+    frame.extend_from_slice(&(JAVA_SEND_V2_HEADER.len() as u32).to_be_bytes());
+    frame.extend_from_slice(JAVA_SEND_V2_HEADER.as_bytes());
+    let frame = frame.freeze();
+    let command = codec
+        .decode(&mut BytesMut::from(&frame[..]))
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| unreachable!());
+    let decoded =
+        SendMessageRequestHeader::from_command(&command).unwrap_or_else(|_| unreachable!());
+    assert_eq!(
+        decoded.properties.map(|text| text.matches('\u{1}').count()),
+        Some(4)
+    );
+    // The receive buffer is reused as a connection's is: once the previous command is dropped,
+    // appending the next frame reuses its allocation, so the loop measures the decode alone.
+    group.bench_function("decode/java_send_v2", |b| {
+        let mut buffer = BytesMut::with_capacity(frame.len());
+        b.iter(|| {
+            buffer.extend_from_slice(black_box(&frame));
+            let command = codec
+                .decode(&mut buffer)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| unreachable!());
+            black_box(&command);
+        });
+    });
+    group.bench_function("decode_typed/java_send_v2", |b| {
+        let mut buffer = BytesMut::with_capacity(frame.len());
+        b.iter(|| {
+            buffer.extend_from_slice(black_box(&frame));
+            let command = codec
+                .decode(&mut buffer)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| unreachable!());
+            let header =
+                SendMessageRequestHeader::from_command(&command).unwrap_or_else(|_| unreachable!());
+            black_box((header.queue_id, header.properties));
+        });
+    });
+
+    // What the broker answers a successful send (broker/src/handler/send.rs).
+    let request = ringmq_protocol::Command::request(RequestCode::SendMessageV2, 42);
+    let head = CommandHead::response_to(&request, ResponseCode::Success);
+    let header = SendMessageResponseHeader {
+        msg_id: "0A00000A00002A9F00000000001F4000",
+        queue_id: 3,
+        queue_offset: 1_234_567,
+        transaction_id: None,
+        msg_region: Some("DefaultRegion"),
+        trace_on: Some("true"),
+    };
+    group.bench_function("encode/send_response", |b| {
+        let mut out = BytesMut::with_capacity(512);
+        b.iter(|| {
+            out.clear();
+            encode_frame_head(black_box(&head), black_box(&header), 0, &mut out);
+            black_box(out.len());
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, send_v2, pull_response, json_header);
 criterion_main!(benches);

@@ -165,7 +165,7 @@ impl Broker {
                 } else {
                     None
                 },
-                core: (shard_count <= cores).then_some(id % cores),
+                core: (shared.config.pin_shards && shard_count <= cores).then_some(id % cores),
                 replica_commands,
                 ready,
                 drained,

@@ -161,6 +161,12 @@ pub struct BrokerConfig {
     /// `commitLogWrites` (RingMQ): `ring` hands commit-log writes to io_uring (a kernel worker
     /// copies into the page cache), `inline` writes with `pwrite` on the shard thread.
     pub inline_writes: bool,
+    /// `pinShards` (RingMQ): pin shard *i* to core *i* when there are no more shards than
+    /// cores. On by default: a pinned shard keeps its core's caches and measured less CPU per
+    /// message than a floating one, even with the load generator on the same cores
+    /// (docs/benchmarks.md). Off lets the scheduler move shards away from cores that something
+    /// else keeps busy.
+    pub pin_shards: bool,
     /// `slaveTimeout` in ms (RingMQ reads `syncSlaveTimeout` too): how long a SYNC_MASTER send
     /// waits for a slave's acknowledgement before answering FLUSH_SLAVE_TIMEOUT.
     pub slave_timeout_ms: u64,
@@ -218,6 +224,7 @@ impl Default for BrokerConfig {
             long_polling: true,
             short_polling_ms: 1000,
             inline_writes: false,
+            pin_shards: true,
             slave_timeout_ms: 3000,
             ha_slave_fallbehind_max_bytes: 256 << 20,
             ha_heartbeat_interval_ms: 5000,
@@ -429,6 +436,7 @@ impl BrokerConfig {
                     parse_value("haReconnectInterval", value, "milliseconds")?;
             }
             "slaveReadEnable" => self.slave_read_enable = parse_bool("slaveReadEnable", value)?,
+            "pinShards" => self.pin_shards = parse_bool("pinShards", value)?,
             "slaveReadLagBytes" => {
                 self.slave_read_lag_bytes =
                     parse_value("slaveReadLagBytes", value, "a size in bytes")?;

@@ -9,7 +9,7 @@
 //! ```text
 //!  client ──► shard k (accepted the connection) ──route──► shard owning (topic, queue)
 //!                 ▲                                             │ store append / read
-//!                 └──────────── answer (Deliver) ◄──────────────┘
+//!                 └──────── answer (batched hand-off) ◄─────────┘
 //! ```
 //!
 //! Start one with [`Broker::start`]; the binary adds flags, `broker.conf` and signals.
@@ -33,7 +33,9 @@
 //!  ha::{master, slave} ──► shared, ha::{state, wire}
 //!  registration ─────────► rpc, shared
 //!  metadata ─────────────► shared, messages, topics, error           (topic table's writer)
-//!  shard::context ───────► shared, connection, offsets, messages, topics, longpoll, published
+//!  shard::context ───────► shared, connection, offsets, messages, topics, longpoll, published,
+//!                          handoff
+//!  handoff ──────────────► messages                                  (batched cross-shard sends)
 //!  shared ───────────────► messages, ha::{state, locator}, metrics, topics, clients,
 //!                          published, config                         (BrokerShared)
 //!  connection ───────────► messages                                  (per-connection state)
@@ -57,6 +59,7 @@ mod connection;
 mod error;
 mod ha;
 mod handler;
+mod handoff;
 mod longpoll;
 mod messages;
 mod metadata;

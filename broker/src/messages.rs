@@ -86,17 +86,28 @@ pub(crate) struct KeyQuery {
     pub max_messages: usize,
 }
 
+/// Requests and answers one shard gathered for another during one turn of its runtime
+/// (`crate::handoff`), handed over as one inbox message.
+#[derive(Debug, Default)]
+pub(crate) struct HandoffBatch {
+    /// Requests for queues (or messages) the receiving shard owns, read on the sender's
+    /// connections, in the order they were read.
+    pub requests: Vec<(Command, Origin)>,
+    /// Frames for the receiving shard's connections: (connection id, frame).
+    pub deliveries: Vec<(u64, Outbound)>,
+}
+
+impl HandoffBatch {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.requests.is_empty() && self.deliveries.is_empty()
+    }
+}
+
 /// What shards send each other.
-///
-/// Not boxed although `Request` is large (a decoded command keeps its header fields inline):
-/// moving ~600 bytes through the queue is cheaper than an allocation per forwarded request.
 #[derive(Debug)]
-#[allow(clippy::large_enum_variant)]
 pub(crate) enum ShardMessage {
-    /// A request for a queue (or message) this shard owns, read on another shard's connection.
-    Request { command: Command, origin: Origin },
-    /// A frame for one of this shard's connections.
-    Deliver { connection: u64, frame: Outbound },
+    /// Requests for this shard's queues and answers for its connections, from another shard.
+    Handoff(HandoffBatch),
     /// Send NOTIFY_CONSUMER_IDS_CHANGED for `group` on one of this shard's connections.
     Notify { connection: u64, group: String },
     /// QUERY_MESSAGE's search of the queues of `topic` this shard owns.

@@ -2,8 +2,9 @@
 //!
 //! A request that names a queue (send, pull, offsets) runs on the shard owning that queue; one
 //! naming a message by physical offset runs on the shard whose log holds it; everything else
-//! runs where it arrived. The reader forwards queue-bound requests inline, so a full inbox of
-//! the owner pauses the forwarding connection (backpressure) instead of growing a queue.
+//! runs where it arrived. Requests for another shard, and answers for connections another shard
+//! holds, go through the shard's batched hand-off (`crate::handoff`), whose bound pauses the
+//! readers that feed a slow owner (backpressure) instead of growing a queue.
 
 mod admin;
 mod client;
@@ -28,7 +29,7 @@ pub(crate) use admin::query_key_here;
 pub(crate) use send::append_owned;
 
 use crate::{
-    messages::{FrameKind, Origin, Outbound, ShardMessage},
+    messages::{FrameKind, Origin, Outbound},
     metrics::RequestKind,
     shard::context::ShardCtx,
     topics::owner_shard,
@@ -45,22 +46,70 @@ pub(crate) enum Handled {
     NoReply,
 }
 
-/// Routes a request read on this shard: forwards it to its owner, or runs it here.
-pub(crate) async fn dispatch(ctx: &Rc<ShardCtx>, command: Command, origin: Origin) {
+/// Routes a request read on this shard: hands it to its owner, or runs it here.
+pub(crate) fn dispatch(ctx: &Rc<ShardCtx>, command: Command, origin: Origin) {
     match owner(ctx, &command) {
-        Some(shard) if shard != ctx.id => forward(ctx, shard, command, origin).await,
-        _ => {
-            compio::runtime::spawn(run(Rc::clone(ctx), command, origin)).detach();
+        Some(shard) if shard != ctx.id => ctx.handoff.request(shard, command, origin),
+        _ => spawn_request(ctx, command, origin),
+    }
+}
+
+/// Runs a request on this shard in a task of its own.
+///
+/// Sends and pulls get tasks sized for their own handler: every request's task is allocated
+/// and its future moved into place, so a send must not carry the size of the largest handler.
+pub(crate) fn spawn_request(ctx: &Rc<ShardCtx>, command: Command, origin: Origin) {
+    let ctx = Rc::clone(ctx);
+    let task = match command.request_code() {
+        RequestCode::SendMessage | RequestCode::SendMessageV2 | RequestCode::SendBatchMessage => {
+            compio::runtime::spawn(async move {
+                let request = RequestInfo::of(&command);
+                let handled = send::send(&ctx, command, &origin).await;
+                answer(&ctx, &origin, request, handled);
+            })
+        }
+        RequestCode::PullMessage => compio::runtime::spawn(async move {
+            let request = RequestInfo::of(&command);
+            let handled = pull::pull(&ctx, &command, &origin).await;
+            answer(&ctx, &origin, request, handled);
+        }),
+        _ => compio::runtime::spawn(async move {
+            let request = RequestInfo::of(&command);
+            let handled = handle(&ctx, command, &origin).await;
+            answer(&ctx, &origin, request, handled);
+        }),
+    };
+    task.detach();
+}
+
+/// What the answer to a request needs from it once the handler has consumed it.
+#[derive(Debug, Clone, Copy)]
+struct RequestInfo {
+    oneway: bool,
+    kind: RequestKind,
+    opaque: i32,
+    serialize_type: ringmq_protocol::SerializeType,
+}
+
+impl RequestInfo {
+    fn of(command: &Command) -> Self {
+        Self {
+            oneway: command.is_oneway(),
+            kind: kind_of(command.request_code()),
+            opaque: command.opaque,
+            serialize_type: command.serialize_type,
         }
     }
 }
 
-/// Runs a request here and sends its answer back to its connection, on whichever shard.
-pub(crate) async fn run(ctx: Rc<ShardCtx>, command: Command, origin: Origin) {
-    let oneway = command.is_oneway();
-    let kind = kind_of(command.request_code());
-    let (opaque, serialize_type) = (command.opaque, command.serialize_type);
-    let handled = handle(&ctx, command, &origin).await;
+/// Counts a handled request and sends its answer back to its connection, on whichever shard.
+fn answer(ctx: &ShardCtx, origin: &Origin, request: RequestInfo, handled: Handled) {
+    let RequestInfo {
+        oneway,
+        kind,
+        opaque,
+        serialize_type,
+    } = request;
     let frame = match handled {
         Handled::Reply(frame) => frame,
         Handled::Forwarded => return,
@@ -102,34 +151,16 @@ pub(crate) async fn run(ctx: Rc<ShardCtx>, command: Command, origin: Origin) {
     if oneway {
         return;
     }
-    deliver(&ctx, &origin, frame).await;
+    deliver(ctx, origin, frame);
 }
 
 /// Sends an answer to the connection the request came from, on whichever shard that is.
-pub(crate) async fn deliver(ctx: &ShardCtx, origin: &Origin, frame: Outbound) {
+pub(crate) fn deliver(ctx: &ShardCtx, origin: &Origin, frame: Outbound) {
     if origin.channel.shard == ctx.id {
         ctx.deliver_local(origin.channel.connection, frame);
-    } else if let Some(inbox) = ctx.shared.inboxes.get(origin.channel.shard) {
-        let _ = inbox
-            .send_async(ShardMessage::Deliver {
-                connection: origin.channel.connection,
-                frame,
-            })
-            .await;
-    }
-}
-
-/// Hands a request to the shard that owns its queue.
-pub(crate) async fn forward(ctx: &ShardCtx, shard: usize, command: Command, origin: Origin) {
-    let Some(inbox) = ctx.shared.inboxes.get(shard) else {
-        return;
-    };
-    if inbox
-        .send_async(ShardMessage::Request { command, origin })
-        .await
-        .is_err()
-    {
-        tracing::debug!(shard, "owner shard stopped; request dropped");
+    } else {
+        ctx.handoff
+            .deliver(origin.channel.shard, origin.channel.connection, frame);
     }
 }
 
@@ -258,6 +289,9 @@ fn kind_of(code: RequestCode) -> RequestKind {
     }
 }
 
+/// Bytes reserved for an answer's frame head: covers a send answer's JSON header.
+const REPLY_HEAD_BYTES: usize = 384;
+
 /// An answer with header fields and a body copied into the frame.
 pub(crate) fn reply<E: EncodeExt>(
     command: &Command,
@@ -266,7 +300,10 @@ pub(crate) fn reply<E: EncodeExt>(
     ext: &E,
     body: &[u8],
 ) -> Handled {
-    let mut head = BytesMut::with_capacity(192 + body.len());
+    // Room for a JSON send answer (~300 bytes) without growing: a realloc per answer showed
+    // up in profiles.
+    let mut head =
+        BytesMut::with_capacity(REPLY_HEAD_BYTES + remark.map_or(0, str::len) + body.len());
     let mut response = CommandHead::response_to(command, code);
     response.remark = remark;
     encode_frame_head(&response, ext, body.len(), &mut head);

@@ -19,7 +19,7 @@ use ringmq_protocol::{
 };
 use ringmq_storage::{AppendResult, StoreError};
 
-use super::{Handled, bad_header, error, forward, reply};
+use super::{Handled, bad_header, error, reply};
 use crate::{
     config::BrokerRole,
     error::{AppendError, TopicEditError},
@@ -178,7 +178,7 @@ pub(super) async fn send(ctx: &Rc<ShardCtx>, mut command: Command, origin: &Orig
             };
             command.ext.insert(key, &queue_id.to_string());
         }
-        forward(ctx, owner, command, origin.clone()).await;
+        ctx.handoff.request(owner, command, origin.clone());
         return Handled::Forwarded;
     }
     store_send(ctx, &command, &header, queue_id, origin).await
@@ -323,7 +323,7 @@ async fn store_send(
             let mut code = ResponseCode::Success;
             if config.broker_role == BrokerRole::SyncMaster && waits_for_store(header) {
                 let end = appended.physical_offset + appended.record_bytes;
-                if let Err(slave_code) = wait_for_slave(ctx, end).await {
+                if let Err(slave_code) = Box::pin(wait_for_slave(ctx, end)).await {
                     ctx.metrics().slave_wait_failures_total.inc();
                     code = slave_code;
                 }

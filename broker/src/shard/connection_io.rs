@@ -107,7 +107,10 @@ async fn read_loop(ctx: &Rc<ShardCtx>, connection: &Rc<Connection>, mut stream: 
                 peer: connection.peer,
                 arrived: Instant::now(),
             };
-            handler::dispatch(ctx, command, origin).await;
+            while ctx.handoff.is_full() {
+                ctx.handoff.room().await;
+            }
+            handler::dispatch(ctx, command, origin);
         }
     }
 }
@@ -126,17 +129,22 @@ async fn write_loop(ctx: Rc<ShardCtx>, connection: Rc<Connection>, mut stream: T
         }
         connection.take_queued(&mut batch);
         let mut answered = 0;
+        let mut heads_left: usize = batch.iter().map(|frame| frame.head.len()).sum();
         let mut pending = BytesMut::new();
         for frame in batch.drain(..) {
             answered += usize::from(frame.kind.is_response());
-            // Coalesce small frames into one buffer; large bodies go as their own iovecs.
+            heads_left -= frame.head.len();
+            // Coalesce small frames into one buffer (grown at most once, to fit every head that
+            // follows); large bodies go as their own iovecs.
             if pending.is_empty() {
                 pending = frame.head;
+                pending.reserve(heads_left);
             } else {
                 pending.extend_from_slice(&frame.head);
             }
             if !frame.body.is_empty() {
-                iovecs.push(std::mem::take(&mut pending).freeze());
+                // `split` keeps the rest of the capacity for the heads that follow.
+                iovecs.push(pending.split().freeze());
                 iovecs.extend(frame.body);
             }
             if iovecs.len() >= MAX_IOVECS && !write(&mut stream, &mut iovecs, metrics).await {

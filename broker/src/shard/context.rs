@@ -23,6 +23,7 @@ use ringmq_storage::{
 use crate::{
     clients::SubscriptionTable,
     connection::Connection,
+    handoff::Handoff,
     longpoll::LongPoll,
     messages::{FrameKind, Outbound},
     metrics::ShardMetrics,
@@ -57,6 +58,8 @@ pub(crate) struct ShardCtx {
     stopping: Cell<bool>,
     /// SYNC_MASTER sends waiting for a slave to hold their bytes.
     pub slave_waiters: AckQueue,
+    /// Requests and answers gathered for other shards (`crate::handoff`).
+    pub handoff: Handoff,
 }
 
 impl std::fmt::Debug for ShardCtx {
@@ -79,6 +82,7 @@ impl ShardCtx {
             id,
             topics: LocalView::new(&shared.topics),
             subscriptions: LocalView::new(&shared.subscriptions),
+            handoff: Handoff::new(shared.shard_count()),
             shared,
             store,
             offsets: RefCell::new(offsets),

@@ -172,6 +172,11 @@ async fn serve(setup: ShardSetup) -> Result<(), ShardStartError> {
     }
     let persister =
         compio::runtime::spawn(persist_offsets_loop(Rc::clone(&ctx), offsets_path.clone()));
+    // Runs until Close (not in `tasks`, which Stop drops): draining needs the hand-offs.
+    let handoff = {
+        let ctx = Rc::clone(&ctx);
+        compio::runtime::spawn(async move { ctx.handoff.run(&ctx.shared.inboxes).await })
+    };
     if id == 0 {
         tasks.push(compio::runtime::spawn(client_scan_loop(Rc::clone(&ctx))));
     }
@@ -183,10 +188,14 @@ async fn serve(setup: ShardSetup) -> Result<(), ShardStartError> {
     let mut drain_watch = None;
     while let Ok(message) = inbox.recv_async().await {
         match message {
-            ShardMessage::Request { command, origin } => {
-                compio::runtime::spawn(handler::run(Rc::clone(&ctx), command, origin)).detach();
+            ShardMessage::Handoff(batch) => {
+                for (connection, frame) in batch.deliveries {
+                    ctx.deliver_local(connection, frame);
+                }
+                for (command, origin) in batch.requests {
+                    handler::spawn_request(&ctx, command, origin);
+                }
             }
-            ShardMessage::Deliver { connection, frame } => ctx.deliver_local(connection, frame),
             ShardMessage::Notify { connection, group } => {
                 ctx.notify_consumer_ids_changed(connection, &group);
             }
@@ -218,6 +227,7 @@ async fn serve(setup: ShardSetup) -> Result<(), ShardStartError> {
     }
     drop(drain_watch);
     drop(persister);
+    drop(handoff);
     if let Some(task) = metadata_task {
         drop(task);
     }

@@ -52,24 +52,25 @@ pub(super) fn decode(mut header: BytesMut) -> Result<(DecodedFields, ExtFields),
             scanner.skip_whitespace();
             scanner.expect(b':', "expected ':' after key")?;
             scanner.skip_whitespace();
-            match scanner.text(key) {
-                "code" => fields.code = scanner.int_field("code")?,
-                "version" => fields.version = scanner.int_field("version")?,
-                "opaque" => fields.opaque = scanner.int_field("opaque")?,
-                "flag" => fields.flag = scanner.int_field("flag")?,
-                "language" => {
+            match HeaderKey::of(scanner.slice(key)) {
+                HeaderKey::Code => fields.code = scanner.int_field("code")?,
+                HeaderKey::Version => fields.version = scanner.int_field("version")?,
+                HeaderKey::Opaque => fields.opaque = scanner.int_field("opaque")?,
+                HeaderKey::Flag => fields.flag = scanner.int_field("flag")?,
+                HeaderKey::Language => {
                     if let Some(name) = scanner.nullable_string()? {
                         fields.language = LanguageCode::from_name(scanner.text(name));
                     }
                 }
-                "remark" => {
+                HeaderKey::Remark => {
                     if let Some(remark) = scanner.nullable_string()? {
                         fields.remark = Some(scanner.text(remark).to_owned());
                     }
                 }
-                "extFields" => scanner.ext_fields(&mut ext)?,
-                // Informational only: the frame marker is authoritative (docs/protocol.md §2.1).
-                _ => scanner.skip_value(0)?,
+                HeaderKey::ExtFields => scanner.ext_fields(&mut ext)?,
+                // `serializeTypeCurrentRPC` is informational only: the frame marker is
+                // authoritative (docs/protocol.md §2.1).
+                HeaderKey::Other => scanner.skip_value(0)?,
             }
             scanner.skip_whitespace();
             match scanner.next_byte() {
@@ -85,6 +86,35 @@ pub(super) fn decode(mut header: BytesMut) -> Result<(DecodedFields, ExtFields),
     }
     ext.set_shared(header.freeze());
     Ok((fields, ext))
+}
+
+/// The top-level keys the decoder reads, matched on the key's (unescaped) bytes so that no key
+/// needs a UTF-8 check of its own.
+#[derive(Debug, Clone, Copy)]
+enum HeaderKey {
+    Code,
+    Version,
+    Opaque,
+    Flag,
+    Language,
+    Remark,
+    ExtFields,
+    Other,
+}
+
+impl HeaderKey {
+    fn of(key: &[u8]) -> Self {
+        match key {
+            b"code" => Self::Code,
+            b"version" => Self::Version,
+            b"opaque" => Self::Opaque,
+            b"flag" => Self::Flag,
+            b"language" => Self::Language,
+            b"remark" => Self::Remark,
+            b"extFields" => Self::ExtFields,
+            _ => Self::Other,
+        }
+    }
 }
 
 /// A decoded string or raw value: a span of the (possibly unescaped-in-place) header bytes.
@@ -110,7 +140,11 @@ struct Scanner<'a> {
 impl Scanner<'_> {
     fn text(&self, span: Span) -> &str {
         // Spans are valid UTF-8 (see the type doc); `unwrap_or_default` is unreachable.
-        std::str::from_utf8(&self.bytes[span.start..span.end]).unwrap_or_default()
+        std::str::from_utf8(self.slice(span)).unwrap_or_default()
+    }
+
+    fn slice(&self, span: Span) -> &[u8] {
+        &self.bytes[span.start..span.end]
     }
 
     fn error(&self, reason: &'static str) -> HeaderError {
@@ -162,38 +196,75 @@ impl Scanner<'_> {
     }
 
     /// Reads a string starting at its opening quote; escapes are resolved in place.
+    ///
+    /// Until the first escape the text already is where its span says, so the scanner only
+    /// looks for the end of the plain run ([`plain_run`], eight bytes at a time) and writes
+    /// nothing. Most strings (keys, topics, numbers sent as strings) end there; this part is
+    /// inlined into the loops that read keys and values, so the span stays in registers.
+    #[inline]
     fn string(&mut self) -> Result<Span, HeaderError> {
         self.expect(b'"', "expected string")?;
         let start = self.pos;
-        let mut write = start;
+        let end = start + plain_run(&self.bytes[start..]);
+        if self.bytes.get(end) == Some(&b'"') {
+            self.pos = end + 1;
+            return Ok(Span { start, end });
+        }
+        self.pos = end;
+        self.escaped_string(start)
+    }
+
+    /// The rest of [`Scanner::string`] once the plain run ends at something other than the
+    /// closing quote: an escape, a control character or the end of the header. After an escape
+    /// the unescaped text lags behind the read position, and each following plain run is moved
+    /// down with one `copy_within`.
+    #[inline(never)]
+    fn escaped_string(&mut self, start: usize) -> Result<Span, HeaderError> {
+        let mut write = self.pos;
         loop {
+            // `plain_run` stopped at a quote, a backslash, a control character or the end.
             match self.next_byte() {
                 Some(b'"') => return Ok(Span { start, end: write }),
-                Some(b'\\') => {
-                    let mut encoded = [0u8; 4];
-                    let escaped: &[u8] = match self.next_byte() {
-                        Some(b'"') => b"\"",
-                        Some(b'\\') => b"\\",
-                        Some(b'/') => b"/",
-                        Some(b'b') => b"\x08",
-                        Some(b'f') => b"\x0c",
-                        Some(b'n') => b"\n",
-                        Some(b'r') => b"\r",
-                        Some(b't') => b"\t",
-                        Some(b'u') => self.unicode_escape()?.encode_utf8(&mut encoded).as_bytes(),
-                        _ => return Err(self.error_before("invalid escape sequence")),
-                    };
-                    self.bytes[write..write + escaped.len()].copy_from_slice(escaped);
-                    write += escaped.len();
-                }
-                Some(0x00..=0x1F) => return Err(self.error_before("control character in string")),
-                Some(byte) => {
-                    self.bytes[write] = byte;
-                    write += 1;
-                }
+                Some(b'\\') => write = self.unescape(write)?,
+                Some(_) => return Err(self.error_before("control character in string")),
                 None => return Err(self.error("unterminated string")),
             }
+            let run_start = self.pos;
+            let run = plain_run(&self.bytes[run_start..]);
+            self.bytes.copy_within(run_start..run_start + run, write);
+            write += run;
+            self.pos += run;
         }
+    }
+
+    /// Resolves the escape after a backslash, writing its text at `write` (which is at or
+    /// before the backslash); returns the write position after it.
+    fn unescape(&mut self, write: usize) -> Result<usize, HeaderError> {
+        let byte = match self.next_byte() {
+            Some(b'"') => b'"',
+            Some(b'\\') => b'\\',
+            Some(b'/') => b'/',
+            Some(b'b') => 0x08,
+            Some(b'f') => 0x0C,
+            Some(b'n') => b'\n',
+            Some(b'r') => b'\r',
+            Some(b't') => b'\t',
+            Some(b'u') => {
+                let decoded = self.unicode_escape()?;
+                if decoded.is_ascii() {
+                    // The common case (`\u0001`, `\u0002` in every properties string).
+                    decoded as u8
+                } else {
+                    let mut encoded = [0u8; 4];
+                    let text = decoded.encode_utf8(&mut encoded).as_bytes();
+                    self.bytes[write..write + text.len()].copy_from_slice(text);
+                    return Ok(write + text.len());
+                }
+            }
+            _ => return Err(self.error_before("invalid escape sequence")),
+        };
+        self.bytes[write] = byte;
+        Ok(write + 1)
     }
 
     fn hex4(&mut self) -> Result<u32, HeaderError> {
@@ -203,9 +274,7 @@ impl Scanner<'_> {
             .ok_or_else(|| self.error("truncated \\u escape"))?;
         let mut value = 0;
         for &digit in digits {
-            let nibble = char::from(digit)
-                .to_digit(16)
-                .ok_or_else(|| self.error("invalid \\u escape"))?;
+            let nibble = hex_digit(digit).ok_or_else(|| self.error("invalid \\u escape"))?;
             value = value * 16 + nibble;
         }
         self.pos += 4;
@@ -294,6 +363,9 @@ impl Scanner<'_> {
             }
             _ => self.number()?,
         };
+        if let Some(value) = small_int(self.slice(span)) {
+            return Ok(value);
+        }
         self.text(span)
             .trim()
             .parse::<i32>()
@@ -324,6 +396,7 @@ impl Scanner<'_> {
     fn skip_string(&mut self) -> Result<(), HeaderError> {
         self.expect(b'"', "expected string")?;
         loop {
+            self.pos += plain_run(&self.bytes[self.pos..]);
             match self.next_byte() {
                 Some(b'"') => return Ok(()),
                 Some(b'\\') => match self.next_byte() {
@@ -331,8 +404,8 @@ impl Scanner<'_> {
                     Some(b'u') => drop(self.unicode_escape()?),
                     _ => return Err(self.error_before("invalid escape sequence")),
                 },
-                Some(0x00..=0x1F) => return Err(self.error_before("control character in string")),
-                Some(_) => {}
+                // `plain_run` stops only at a quote, a backslash or a control character.
+                Some(_) => return Err(self.error_before("control character in string")),
                 None => return Err(self.error("unterminated string")),
             }
         }
@@ -418,11 +491,101 @@ impl Scanner<'_> {
     }
 }
 
+/// The value of an ASCII hex digit.
+fn hex_digit(byte: u8) -> Option<u32> {
+    let value = match byte {
+        b'0'..=b'9' => byte - b'0',
+        b'a'..=b'f' => byte - b'a' + 10,
+        b'A'..=b'F' => byte - b'A' + 10,
+        _ => return None,
+    };
+    Some(u32::from(value))
+}
+
+/// Parses one to nine ASCII digits after an optional `-` without going through `str`: such text
+/// cannot overflow an `i32`, and this gives exactly what `str::parse::<i32>` gives for it.
+/// Anything else (a sign of `+`, padding, ten digits, a fraction) is `None`, and the caller takes
+/// the general path.
+fn small_int(text: &[u8]) -> Option<i32> {
+    let (negative, digits) = match text {
+        [b'-', digits @ ..] => (true, digits),
+        digits => (false, digits),
+    };
+    if digits.is_empty() || digits.len() > 9 {
+        return None;
+    }
+    let mut value = 0i32;
+    for &digit in digits {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        value = value * 10 + i32::from(digit - b'0');
+    }
+    Some(if negative { -value } else { value })
+}
+
+/// Bytes that end a run of literal text inside a JSON string: the closing quote, the start of
+/// an escape, and the control characters, which must be escaped (RFC 8259 §7). The encoder
+/// escapes exactly these bytes too.
+const fn is_special(byte: u8) -> bool {
+    matches!(byte, b'"' | b'\\' | 0x00..=0x1F)
+}
+
+const LOW_BITS: u64 = u64::from_le_bytes([0x01; 8]);
+const HIGH_BITS: u64 = u64::from_le_bytes([0x80; 8]);
+
+/// Marks, with its high bit, each byte of `word` (eight bytes read little-endian) that
+/// [`is_special`]; zero when there is none.
+///
+/// The usual SWAR tests: `x - 0x01..01 & !x & 0x80..80` marks the zero bytes of `x` (a quote or
+/// backslash after XOR with that byte), `x - 0x20..20 & !x & 0x80..80` the bytes below 0x20. A
+/// borrow can also mark a byte *above* a true match, never one below the lowest match, so the
+/// lowest mark is exact, which is all [`plain_run`] uses. Bytes of 0x80 and up (UTF-8) never
+/// match.
+const fn special_bytes(word: u64) -> u64 {
+    let quote = word ^ (LOW_BITS * b'"' as u64);
+    let backslash = word ^ (LOW_BITS * b'\\' as u64);
+    let quote_zero = quote.wrapping_sub(LOW_BITS) & !quote;
+    let backslash_zero = backslash.wrapping_sub(LOW_BITS) & !backslash;
+    let control = word.wrapping_sub(LOW_BITS * 0x20) & !word;
+    (quote_zero | backslash_zero | control) & HIGH_BITS
+}
+
+/// The length of the literal run at the start of `bytes`: the index of the first byte that
+/// [`is_special`], or the length when there is none. Tests eight bytes per step, which matters
+/// because every byte of every header string goes through here.
+#[inline]
+fn plain_run(bytes: &[u8]) -> usize {
+    let mut chunks = bytes.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in &mut chunks {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let special = special_bytes(u64::from_le_bytes(word));
+        if special != 0 {
+            return offset + (special.trailing_zeros() / 8) as usize;
+        }
+        offset += 8;
+    }
+    let tail = chunks.remainder();
+    offset
+        + tail
+            .iter()
+            .position(|&byte| is_special(byte))
+            .unwrap_or(tail.len())
+}
+
+/// Room reserved up front: the fixed text of a header is about 110 bytes and a typical response's
+/// ext fields (SEND: msgId, queueId, queueOffset, MSG_REGION, TRACE_ON) about 110 more, so one
+/// reservation covers the whole header and the writes below only check capacity.
+const TYPICAL_HEADER_BYTES: usize = 256;
+
 pub(super) fn encode<E: EncodeExt>(head: &CommandHead<'_>, ext: &E, out: &mut BytesMut) {
-    out.put_slice(b"{\"code\":");
-    put_int(out, i64::from(head.code));
+    out.reserve(TYPICAL_HEADER_BYTES + head.remark.map_or(0, str::len));
+    out.extend_from_slice(b"{\"code\":");
+    put_int(out, head.code);
     let ext_start = out.len();
-    out.put_slice(b",\"extFields\":{");
+    out.extend_from_slice(b",\"extFields\":{");
     let fields_start = out.len();
     ext.encode_ext(&mut JsonExtWriter { out, first: true });
     if out.len() == fields_start {
@@ -430,63 +593,105 @@ pub(super) fn encode<E: EncodeExt>(head: &CommandHead<'_>, ext: &E, out: &mut By
     } else {
         out.put_u8(b'}');
     }
-    out.put_slice(b",\"flag\":");
-    put_int(out, i64::from(head.flag));
-    out.put_slice(b",\"language\":\"");
-    out.put_slice(head.language.name().as_bytes());
-    out.put_slice(b"\",\"opaque\":");
-    put_int(out, i64::from(head.opaque));
+    out.extend_from_slice(b",\"flag\":");
+    put_int(out, head.flag);
+    out.extend_from_slice(b",\"language\":\"");
+    out.extend_from_slice(head.language.name().as_bytes());
+    out.extend_from_slice(b"\",\"opaque\":");
+    put_int(out, head.opaque);
     if let Some(remark) = head.remark {
-        out.put_slice(b",\"remark\":");
+        out.extend_from_slice(b",\"remark\":");
         put_string(out, remark);
     }
-    out.put_slice(b",\"serializeTypeCurrentRPC\":\"JSON\",\"version\":");
-    put_int(out, i64::from(head.version));
+    out.extend_from_slice(b",\"serializeTypeCurrentRPC\":\"JSON\",\"version\":");
+    put_int(out, head.version);
     out.put_u8(b'}');
 }
 
+/// Writes ext fields as members of the `extFields` object, which the caller opened.
 struct JsonExtWriter<'a> {
     out: &'a mut BytesMut,
     first: bool,
 }
 
-impl ExtWriter for JsonExtWriter<'_> {
-    fn put_str(&mut self, key: &str, value: &str) {
-        if !self.first {
-            self.out.put_u8(b',');
+impl JsonExtWriter<'_> {
+    /// Writes `"key":"` (with the separating comma unless it is the first member), leaving the
+    /// value's string open.
+    fn open_member(&mut self, key: &str) {
+        if self.first {
+            self.first = false;
+            self.out.put_u8(b'"');
+        } else {
+            self.out.extend_from_slice(b",\"");
         }
-        self.first = false;
-        put_string(self.out, key);
-        self.out.put_u8(b':');
-        put_string(self.out, value);
+        put_string_contents(self.out, key);
+        self.out.extend_from_slice(b"\":\"");
     }
 }
 
-fn put_int(out: &mut BytesMut, value: i64) {
-    out.put_slice(itoa::Buffer::new().format(value).as_bytes());
+impl ExtWriter for JsonExtWriter<'_> {
+    fn put_str(&mut self, key: &str, value: &str) {
+        self.open_member(key);
+        put_string_contents(self.out, value);
+        self.out.put_u8(b'"');
+    }
+
+    /// Formats the digits straight into the output: they never need escaping.
+    fn put_i64(&mut self, key: &str, value: i64) {
+        self.open_member(key);
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        self.out.put_u8(b'"');
+    }
+
+    fn put_bool(&mut self, key: &str, value: bool) {
+        self.open_member(key);
+        self.out
+            .extend_from_slice(if value { b"true\"" } else { b"false\"" });
+    }
+}
+
+fn put_int(out: &mut BytesMut, value: i32) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
 /// Writes `text` as a JSON string, escaping quotes, backslashes and control characters.
 pub(crate) fn put_string(out: &mut BytesMut, text: &str) {
     out.put_u8(b'"');
-    let bytes = text.as_bytes();
-    let mut run_start = 0;
-    for (index, &byte) in bytes.iter().enumerate() {
-        let escape: &[u8] = match byte {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0C => b"\\f",
-            0x00..=0x1F => b"",
-            _ => continue,
+    put_string_contents(out, text);
+    out.put_u8(b'"');
+}
+
+/// Writes `text` escaped, without the quotes. Text without special bytes (nearly all header text)
+/// is found with [`plain_run`] and copied in one piece; otherwise each plain run is copied whole
+/// and each special byte escaped.
+fn put_string_contents(out: &mut BytesMut, text: &str) {
+    let mut rest = text.as_bytes();
+    loop {
+        let run = plain_run(rest);
+        out.extend_from_slice(&rest[..run]);
+        let Some((&byte, after)) = rest[run..].split_first() else {
+            return;
         };
-        out.put_slice(&bytes[run_start..index]);
-        if escape.is_empty() {
+        put_escape(out, byte);
+        rest = after;
+    }
+}
+
+/// Writes the escape of one [`is_special`] byte: the short form where JSON has one, `\u00XX`
+/// otherwise.
+fn put_escape(out: &mut BytesMut, byte: u8) {
+    let escape: &[u8] = match byte {
+        b'"' => b"\\\"",
+        b'\\' => b"\\\\",
+        b'\n' => b"\\n",
+        b'\r' => b"\\r",
+        b'\t' => b"\\t",
+        0x08 => b"\\b",
+        0x0C => b"\\f",
+        _ => {
             const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.put_slice(&[
+            out.extend_from_slice(&[
                 b'\\',
                 b'u',
                 b'0',
@@ -494,11 +699,8 @@ pub(crate) fn put_string(out: &mut BytesMut, text: &str) {
                 HEX[usize::from(byte >> 4)],
                 HEX[usize::from(byte & 0xF)],
             ]);
-        } else {
-            out.put_slice(escape);
+            return;
         }
-        run_start = index + 1;
-    }
-    out.put_slice(&bytes[run_start..]);
-    out.put_u8(b'"');
+    };
+    out.extend_from_slice(escape);
 }
