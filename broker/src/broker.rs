@@ -15,7 +15,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use ringmq_storage::LogWatch;
 
 use crate::{
-    config::{BrokerConfig, BrokerRole},
+    config::{BrokerConfig, BrokerRole, default_shard_count},
     error::BrokerError,
     ha::{
         master::HaServer,
@@ -57,9 +57,8 @@ impl Broker {
         std::fs::create_dir_all(&config.store_dir).map_err(|e| {
             BrokerError::io(format!("cannot create {}", config.store_dir.display()), e)
         })?;
-        check_shard_count(&config.store_dir, config.shards)?;
-
-        let shard_count = config.shards;
+        let shard_count = resolve_shard_count(&config.store_dir, config.shards)?;
+        config.shards = Some(shard_count);
         let (port, listeners, ha_listener) = bind_listeners(config.listen_port, shard_count)?;
         config.listen_port = port;
         let store_host = SocketAddr::new(config.broker_ip, port);
@@ -323,9 +322,10 @@ fn namesrv_for(config: &BrokerConfig) -> Result<(Option<NameServer>, Vec<String>
     Ok((Some(embedded), vec![addr.to_string()]))
 }
 
-/// Records the shard count in a new store and refuses to open a store made with another count:
-/// which shard owns a queue (and holds its data) depends on it.
-fn check_shard_count(store_dir: &Path, shards: usize) -> Result<(), BrokerError> {
+/// The shard count to run with: the store's recorded count, which a configured count must match
+/// (which shard owns a queue, and holds its data, depends on it); for a new store the configured
+/// count or [`default_shard_count`], recorded before any shard data exists.
+fn resolve_shard_count(store_dir: &Path, configured: Option<usize>) -> Result<usize, BrokerError> {
     let path = store_dir.join("shards");
     match std::fs::read_to_string(&path) {
         Ok(text) => {
@@ -335,14 +335,16 @@ fn check_shard_count(store_dir: &Path, shards: usize) -> Result<(), BrokerError>
                     std::io::Error::other(text.trim().to_owned()),
                 )
             })?;
-            if recorded != shards {
-                return Err(BrokerError::ShardCountMismatch {
-                    dir: store_dir.to_path_buf(),
-                    recorded,
-                    configured: shards,
-                });
+            match configured {
+                Some(configured) if configured != recorded => {
+                    Err(BrokerError::ShardCountMismatch {
+                        dir: store_dir.to_path_buf(),
+                        recorded,
+                        configured,
+                    })
+                }
+                _ => Ok(recorded),
             }
-            Ok(())
         }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             let has_data = (0..1024).any(|id| shard::shard_dir(store_dir, id).exists());
@@ -352,10 +354,12 @@ fn check_shard_count(store_dir: &Path, shards: usize) -> Result<(), BrokerError>
                     err,
                 ));
             }
+            let shards = configured.unwrap_or_else(default_shard_count);
             // Atomic and durable (temporary `shards.tmp`, fsync, rename, directory fsync): a
             // crash leaves no file or the whole count, never a torn one.
             ringmq_common::fs::write_atomically(&path, format!("{shards}\n").as_bytes())
-                .map_err(|e| BrokerError::io(format!("cannot write {}", path.display()), e))
+                .map_err(|e| BrokerError::io(format!("cannot write {}", path.display()), e))?;
+            Ok(shards)
         }
         Err(err) => Err(BrokerError::io(
             format!("cannot read {}", path.display()),

@@ -133,8 +133,9 @@ pub struct BrokerConfig {
     pub retention_hours: u64,
     /// `diskMaxUsedSpaceRatio`: usage (percent) above which old segments are deleted early.
     pub high_watermark_percent: u8,
-    /// `shards` (RingMQ): threads, one per core by default.
-    pub shards: usize,
+    /// `shards` (RingMQ): shard threads. Unset: the count the store was created with, or for a
+    /// new store [`default_shard_count`]. A store keeps the count it was created with.
+    pub shards: Option<usize>,
     /// `ioDriver` (RingMQ): `auto`, `io-uring` or `poll`.
     pub io_driver: IoDriver,
     /// `metricsPort` (RingMQ): Prometheus endpoint port (0: any free port); absent: disabled.
@@ -193,6 +194,20 @@ pub struct BrokerConfig {
     pub metadata_sync_interval_ms: u64,
 }
 
+/// The shard count of a new store when `shards` is not set: half the cores this process may
+/// run on, at least one.
+///
+/// Measured (docs/benchmarks.md): a shard's messages cost as much CPU again in the kernel
+/// outside the shard thread (io_uring workers writing and syncing the commit log, network
+/// softirqs, wake-ups), and a shard on every core competes with that work and with the clients
+/// on the same cores. On two cores one shard spent the least CPU per message in every case
+/// (JSON and binary headers, SYNC_FLUSH and ASYNC_FLUSH) with the same or higher throughput;
+/// two shards spent a third to twice as much per message.
+pub fn default_shard_count() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    (cores / 2).max(1)
+}
+
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
@@ -213,7 +228,7 @@ impl Default for BrokerConfig {
             flush_interval_ms: 500,
             retention_hours: 72,
             high_watermark_percent: 85,
-            shards: std::thread::available_parallelism().map_or(1, usize::from),
+            shards: None,
             io_driver: IoDriver::Auto,
             metrics_port: None,
             embedded_namesrv_port: 9876,
@@ -363,7 +378,7 @@ impl BrokerConfig {
                 self.high_watermark_percent =
                     parse_value("diskMaxUsedSpaceRatio", value, "a percentage")?;
             }
-            "shards" => self.shards = parse_value("shards", value, "a positive integer")?,
+            "shards" => self.shards = Some(parse_value("shards", value, "a positive integer")?),
             "ioDriver" => {
                 self.io_driver = value.trim().parse().map_err(|()| ConfigError::Invalid {
                     key: "ioDriver",
@@ -582,8 +597,10 @@ impl BrokerConfig {
             }
             _ => {}
         }
-        if self.shards == 0 || self.shards > usize::from(ringmq_storage::MAX_SHARD) {
-            return invalid("shards", self.shards.to_string(), "1 to 32767");
+        if let Some(shards) = self.shards
+            && (shards == 0 || shards > usize::from(ringmq_storage::MAX_SHARD))
+        {
+            return invalid("shards", shards.to_string(), "1 to 32767");
         }
         if self.default_topic_queue_nums <= 0 {
             return invalid(

@@ -1,5 +1,6 @@
 //! Restarts on the same store: after SIGTERM everything is back; after SIGKILL under SYNC_FLUSH
-//! every acknowledged message is back; a different shard count is refused.
+//! every acknowledged message is back; a different shard count is refused, and a broker given
+//! none takes the count its store was created with.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
@@ -338,4 +339,33 @@ fn restart_with_another_shard_count_is_refused() {
     let records = broker.client().pull_all("Kept", 1, "*");
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].body, b"must survive the refused start");
+}
+
+#[test]
+fn restart_without_a_shard_count_takes_the_stores() {
+    // Three shards: not the default of any machine with fewer than six cores, so a broker that
+    // ignored the recorded count would look for queue 2 on the wrong shard.
+    let mut broker = BrokerProcess::start(BrokerOptions {
+        shards: Some(3),
+        ..BrokerOptions::default()
+    });
+    let mut client = broker.client();
+    client.create_topic("Kept", 3);
+    for queue in 0..3 {
+        client.send(&Message::new("Kept", queue, format!("queue {queue}")));
+    }
+    drop(client);
+    assert_eq!(broker.terminate().code(), Some(0));
+
+    let reopened = BrokerProcess::start(BrokerOptions {
+        store_dir: Some(broker.store_dir().to_path_buf()),
+        shards: None,
+        ..BrokerOptions::default()
+    });
+    let mut client = reopened.client();
+    for queue in 0..3 {
+        let records = client.pull_all("Kept", queue, "*");
+        assert_eq!(records.len(), 1, "queue {queue}");
+        assert_eq!(records[0].body, format!("queue {queue}").as_bytes());
+    }
 }

@@ -49,7 +49,8 @@ struct Args {
     /// Cluster name [brokerClusterName; default DefaultCluster].
     #[arg(long)]
     cluster: Option<String>,
-    /// Shards (threads, one per core) [shards; default: the number of cores]. Fixed for a store.
+    /// Shard threads [shards; default: the store's count, or half the cores for a new store].
+    /// Fixed for a store.
     #[arg(long)]
     shards: Option<usize>,
     /// auto, io-uring or poll (epoll) [ioDriver; default auto: io_uring where available].

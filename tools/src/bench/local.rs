@@ -52,7 +52,7 @@ mod imp {
                     .map_err(|error| anyhow!("configuring the in-process broker: {error}"))?;
             }
             if let Some(shards) = shards {
-                config.shards = shards;
+                config.shards = Some(shards);
             }
             let broker = Broker::start(config)
                 .map_err(|error| anyhow!("starting the in-process broker: {error}"))?;
