@@ -5,7 +5,7 @@
 #     sets $broker_pid and $addr (the client address), or prints the log and exits 1
 #   stop_broker
 #   stop_broker_quietly        (for an EXIT trap: never fails)
-# Needs $shards.
+# Uses $shards (empty: the broker's default).
 
 broker_pid=""
 
@@ -14,7 +14,7 @@ start_broker() {
   shift 4
   : >"$log_prefix.out"
   "$bin_dir/ringmq-broker" --store-dir "$store" --listen-port 0 --embedded-namesrv-port 0 \
-    --shards "$shards" --flush-disk-type "$mode" "$@" >"$log_prefix.out" 2>"$log_prefix.log" &
+    ${shards:+--shards "$shards"} --flush-disk-type "$mode" "$@" >"$log_prefix.out" 2>"$log_prefix.log" &
   broker_pid=$!
   for _ in $(seq 1 200); do
     addr=$(sed -n 's/^ringmq-broker listening on //p' "$log_prefix.out")
