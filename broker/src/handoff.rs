@@ -116,3 +116,113 @@ impl Handoff {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::{net::SocketAddr, time::Instant};
+
+    use bytes::BytesMut;
+    use ringmq_protocol::{Command, RequestCode, ResponseCode};
+
+    use super::*;
+    use crate::{clients::ChannelId, messages::FrameKind};
+
+    fn origin(connection: u64) -> Origin {
+        Origin {
+            channel: ChannelId {
+                shard: 0,
+                connection,
+            },
+            peer: SocketAddr::from(([127, 0, 0, 1], 4000)),
+            arrived: Instant::now(),
+        }
+    }
+
+    fn frame() -> Outbound {
+        Outbound {
+            head: BytesMut::new(),
+            body: Vec::new(),
+            kind: FrameKind::Response(ResponseCode::Success),
+        }
+    }
+
+    fn block_on<F: Future>(future: F) -> F::Output {
+        compio::runtime::Runtime::new().unwrap().block_on(future)
+    }
+
+    #[test]
+    fn one_message_per_destination_carries_everything_gathered_in_order() {
+        block_on(async {
+            let (senders, receivers): (Vec<_>, Vec<_>) =
+                (0..3).map(|_| flume::bounded::<ShardMessage>(8)).unzip();
+            let handoff = std::rc::Rc::new(Handoff::new(3));
+            for opaque in 0..5 {
+                handoff.request(
+                    1,
+                    Command::request(RequestCode::SendMessageV2, opaque),
+                    origin(7),
+                );
+            }
+            handoff.deliver(2, 9, frame());
+            handoff.deliver(1, 3, frame());
+            let sender = {
+                let handoff = std::rc::Rc::clone(&handoff);
+                compio::runtime::spawn(async move { handoff.run(&senders).await })
+            };
+
+            let Ok(ShardMessage::Handoff(to_one)) = receivers[1].recv_async().await else {
+                panic!("shard 1 got no hand-off");
+            };
+            let opaques: Vec<i32> = to_one.requests.iter().map(|(c, _)| c.opaque).collect();
+            assert_eq!(opaques, [0, 1, 2, 3, 4], "requests keep their order");
+            assert_eq!(to_one.deliveries.len(), 1);
+            assert_eq!(to_one.deliveries[0].0, 3);
+            let Ok(ShardMessage::Handoff(to_two)) = receivers[2].recv_async().await else {
+                panic!("shard 2 got no hand-off");
+            };
+            assert!(to_two.requests.is_empty());
+            assert_eq!(to_two.deliveries[0].0, 9);
+            assert!(
+                receivers[1].is_empty() && receivers[2].is_empty(),
+                "one message each"
+            );
+            assert!(
+                receivers[0].is_empty(),
+                "nothing for the sending shard itself"
+            );
+            drop(sender);
+        });
+    }
+
+    #[test]
+    fn readers_wait_for_room_once_the_bound_is_reached() {
+        block_on(async {
+            let (sender_end, receiver) = flume::bounded::<ShardMessage>(1);
+            let inboxes = vec![sender_end.clone(), sender_end];
+            let handoff = std::rc::Rc::new(Handoff::new(2));
+            for opaque in 0..MAX_QUEUED as i32 {
+                assert!(!handoff.is_full());
+                handoff.request(
+                    1,
+                    Command::request(RequestCode::PullMessage, opaque),
+                    origin(1),
+                );
+            }
+            assert!(handoff.is_full(), "full at the bound");
+            let room = handoff.room();
+            let sender = {
+                let handoff = std::rc::Rc::clone(&handoff);
+                compio::runtime::spawn(async move { handoff.run(&inboxes).await })
+            };
+            room.await;
+            assert!(!handoff.is_full(), "the sender took everything");
+            let Ok(ShardMessage::Handoff(batch)) = receiver.recv_async().await else {
+                panic!("no hand-off");
+            };
+            assert_eq!(batch.requests.len(), MAX_QUEUED);
+            drop(sender);
+        });
+    }
+}
