@@ -1,6 +1,6 @@
 //! Restarts on the same store: after SIGTERM everything is back; after SIGKILL under SYNC_FLUSH
 //! every acknowledged message is back; a different shard count is refused, and a broker given
-//! none takes the count its store was created with.
+//! none takes the count its store was created with (a new store: half the cores).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
@@ -368,4 +368,12 @@ fn restart_without_a_shard_count_takes_the_stores() {
         assert_eq!(records.len(), 1, "queue {queue}");
         assert_eq!(records[0].body, format!("queue {queue}").as_bytes());
     }
+}
+
+#[test]
+fn a_new_store_gets_half_the_cores_as_shards() {
+    let broker = BrokerProcess::start(BrokerOptions::default());
+    let recorded = std::fs::read_to_string(broker.store_dir().join("shards")).unwrap();
+    let cores = thread::available_parallelism().map_or(1, usize::from);
+    assert_eq!(recorded.trim(), (cores / 2).max(1).to_string());
 }
