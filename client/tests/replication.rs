@@ -4,7 +4,8 @@
 //!
 //! What is shown:
 //! - SYNC_MASTER: every acknowledged message survives a SIGKILL of the master and is consumed
-//!   from the slave, in order per queue, once each; without a slave the producer gets
+//!   from the slave, in order per queue, once each, also of a topic the slave's metadata sync
+//!   has not brought yet; without a slave the producer gets
 //!   SLAVE_NOT_AVAILABLE, and a frozen slave (SIGSTOP) gives FLUSH_SLAVE_TIMEOUT.
 //! - A slave killed mid-stream and restarted catches up; a restarted master is followed again;
 //!   a slave added to a master with data copies all of it, byte for byte (segment checksums).
@@ -87,9 +88,16 @@ fn master_with_topic(namesrv: &str, role: &str) -> BrokerProcess {
 }
 
 fn slave(namesrv: &str) -> BrokerProcess {
+    slave_with(namesrv, &[])
+}
+
+/// A slave with `extra` settings after the common ones (a later `--set` of a key wins).
+fn slave_with(namesrv: &str, extra: &[&str]) -> BrokerProcess {
+    let mut args = common_args("SLAVE", 1);
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
     BrokerProcess::start(BrokerOptions {
         shards: Some(SHARDS),
-        extra_args: common_args("SLAVE", 1),
+        extra_args: args,
         ..BrokerOptions::master("broker-a", namesrv)
     })
 }
@@ -234,8 +242,18 @@ fn queue(queue_id: i32) -> MessageQueue {
 /// passes. The slave may also hold messages whose sends were never acknowledged (the master died
 /// between replicating and answering), so a count of messages read is no stopping rule.
 fn consume_all(namesrv: &str, acked: &[Acked]) -> Vec<Acked> {
+    consume_topic(namesrv, TOPIC, acked)
+}
+
+/// [`consume_all`] of `topic`.
+fn consume_topic(namesrv: &str, topic: &str, acked: &[Acked]) -> Vec<Acked> {
     let consumer = pull_consumer(namesrv, "ha-consumer");
-    let queues: Vec<MessageQueue> = (0..QUEUES).map(queue).collect();
+    let queues: Vec<MessageQueue> = (0..QUEUES)
+        .map(|queue_id| MessageQueue {
+            topic: topic.to_owned(),
+            ..queue(queue_id)
+        })
+        .collect();
     consumer.assign(queues.clone()).wait().unwrap();
     for queue in &queues {
         consumer.seek(queue, 0).wait().unwrap();
@@ -426,6 +444,51 @@ fn sync_master_killed_loses_no_acknowledged_message() {
     let seen = consume_all(&ns, &acked);
     assert_all_delivered(&acked, &seen);
     drop(slave);
+}
+
+/// A topic the slave has not learned from the master's table yet (its metadata sync is 10
+/// minutes away) is still served from the replicated log the moment its sends are acknowledged:
+/// with the master killed right after, every acknowledged message is read from the slave.
+#[test]
+fn a_topic_newer_than_the_slaves_last_sync_is_read_from_the_slave() {
+    const FRESH: &str = "ha-fresh";
+    let _serial = serial();
+    let namesrv = NamesrvProcess::start();
+    let ns = namesrv.addr();
+    let mut master = master_with_topic(&ns, "SYNC_MASTER");
+    let slave = slave_with(&ns, &["--set", "metadataSyncInterval=600000"]);
+    wait_slave_connected(&master);
+    assert_slave_joined(&ns, &master, &slave);
+
+    create_topic(&master.addr(), FRESH, QUEUES).unwrap();
+    let producer = producer(&ns);
+    let acked: Vec<Acked> = (0..400)
+        .map(|index| {
+            let body = format!("fresh-{index}-{}", "z".repeat(500));
+            let result = producer
+                .send(Message::new(FRESH, body.clone()))
+                .wait()
+                .unwrap_or_else(|error| panic!("send fresh-{index}: {error}"));
+            assert_eq!(result.status, SendStatus::SendOk, "send fresh-{index}");
+            Acked {
+                queue_id: result.queue.queue_id,
+                queue_offset: result.queue_offset,
+                body,
+            }
+        })
+        .collect();
+    // The premise: the slave's topic table does not list the new topic.
+    let mut client = RemotingClient::connect(slave.addr());
+    let table = client.request(RequestCode::GetAllTopicConfig, (), &[]);
+    assert_eq!(table.code, ResponseCode::Success.as_i32());
+    assert!(
+        !String::from_utf8_lossy(&table.body).contains(FRESH),
+        "the slave already synced the new topic; the test shows nothing"
+    );
+
+    master.kill();
+    let seen = consume_topic(&ns, FRESH, &acked);
+    assert_all_delivered(&acked, &seen);
 }
 
 /// A NameServer, a SYNC_MASTER holding the test topic with a connected slave, and a producer.

@@ -19,6 +19,7 @@ use crate::{
     longpoll::Wake,
     messages::{FrameKind, Origin, Outbound},
     shard::context::ShardCtx,
+    topics::QueueLayout,
 };
 
 /// Most messages one pull returns (RocketMQ `maxTransferCountOnMessageInMemory`).
@@ -33,10 +34,7 @@ pub(super) async fn pull(ctx: &Rc<ShardCtx>, command: &Command, origin: &Origin)
         Ok(header) => header,
         Err(err) => return bad_header(command, &err),
     };
-    let Some(topic_config) = ctx
-        .topics
-        .with(&ctx.shared.topics, |t| t.layout(header.topic))
-    else {
+    let Some(topic_config) = readable_layout(ctx, header.topic, header.queue_id) else {
         return error(
             command,
             ResponseCode::TopicNotExist,
@@ -112,6 +110,29 @@ pub(super) async fn pull(ctx: &Rc<ShardCtx>, command: &Command, origin: &Origin)
         }
     }
     respond(ctx, command, header.queue_offset, result)
+}
+
+/// The layout a pull is checked against: the topic table's, or on a slave, for a queue its
+/// store holds but its table does not list yet, one readable layout that covers the queue.
+///
+/// A slave learns the master's topic table only at its next metadata sync, but every message it
+/// holds is one the master may already have acknowledged (SYNC_MASTER waits for exactly that):
+/// the replicated log itself proves the queue exists, so the slave serves it at once rather
+/// than answering TOPIC_NOT_EXIST until the sync (or, with the master dead, forever).
+fn readable_layout(ctx: &ShardCtx, topic: &str, queue_id: i32) -> Option<QueueLayout> {
+    let listed = ctx.topics.with(&ctx.shared.topics, |t| t.layout(topic));
+    let covers = listed.is_some_and(|layout| queue_id >= 0 && queue_id < layout.read_queue_nums);
+    if covers || ctx.shared.config.broker_role != BrokerRole::Slave {
+        return listed;
+    }
+    ctx.store
+        .queue_offsets(topic, queue_id)
+        .map(|_| QueueLayout {
+            perm: listed.map_or(perm::READ | perm::WRITE, |layout| layout.perm),
+            read_queue_nums: queue_id + 1,
+            write_queue_nums: queue_id + 1,
+        })
+        .or(listed)
 }
 
 /// The filter of this pull: its own expression, or the one its group registered by heartbeat.
