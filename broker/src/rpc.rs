@@ -73,6 +73,23 @@ impl RpcClient {
         self.connection.drop_kept();
         answer
     }
+
+    /// Whether the peer closed the connection (or it broke), seen without blocking and without
+    /// taking anything from it: a kept connection to a server that restarted shows up here,
+    /// before a request on it would fail.
+    pub(crate) fn peer_closed(&self) -> bool {
+        let stream = self.connection.stream();
+        if stream.set_nonblocking(true).is_err() {
+            return true;
+        }
+        let mut byte = [0u8; 1];
+        let closed = match stream.peek(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(err) => err.kind() != std::io::ErrorKind::WouldBlock,
+        };
+        stream.set_nonblocking(false).is_err() || closed
+    }
 }
 
 #[cfg(test)]
@@ -153,6 +170,22 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(2));
         drop(client);
         peer.join().unwrap();
+    }
+
+    #[test]
+    fn a_closed_peer_is_seen_without_a_request() {
+        let (addr, peer) = server(|_, _| {});
+        let mut client = RpcClient::connect(&addr, TIMEOUTS, 1 << 20).unwrap();
+        assert!(!client.peer_closed(), "an open, silent peer");
+        assert!(!client.peer_closed(), "asking twice changes nothing");
+        // The server ends its side once it reads the end of the client's.
+        client.connection.shutdown_write().unwrap();
+        peer.join().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !client.peer_closed() {
+            assert!(Instant::now() < deadline, "the close was never seen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]

@@ -20,9 +20,9 @@ use ringmq_protocol::{
 };
 use ringmq_testkit::{
     BrokerOptions, BrokerProcess, CLUSTER_NAME, DEADLINE, DEFAULT_BROKER_NAME, DEFAULT_TOPIC,
-    Message, PERM_RW, Pull, PullResult, Record, RemotingClient, SendCode, decode_records,
-    dlq_topic, expect_code, http_get, parse_metrics, parse_pull, retry_topic, wait_for_next_ms,
-    wait_until,
+    Message, NamesrvProcess, PERM_RW, Pull, PullResult, Record, RemotingClient, SendCode,
+    decode_records, dlq_topic, expect_code, http_get, parse_metrics, parse_pull, retry_topic,
+    wait_for_next_ms, wait_until,
 };
 
 /// Queues of TBW102, and the cap on the queues of a topic auto-created by a send.
@@ -1137,4 +1137,37 @@ fn a_broker_registers_with_an_external_nameserver() {
     wait_until("broker-b's topic to leave the NameServer", DEADLINE, || {
         namesrv.route("OnlyOnB").is_none()
     });
+}
+
+#[test]
+fn a_restarted_nameserver_has_the_brokers_routes_within_seconds() {
+    // The broker's own period is a minute: only noticing the lost NameServer brings the
+    // route back this soon.
+    let mut namesrv = NamesrvProcess::start();
+    let broker = BrokerProcess::start(BrokerOptions {
+        register_interval_ms: 60_000,
+        ..BrokerOptions::master("broker-r", &namesrv.addr())
+    });
+    broker.client().create_topic("Reregistered", 2);
+    let mut client = namesrv.client();
+    wait_until("the route before the restart", DEADLINE, || {
+        client.route("Reregistered")
+    });
+    drop(client);
+
+    namesrv.restart();
+    let restarted = Instant::now();
+    let mut client = namesrv.client();
+    let route = wait_until(
+        "the route after the restart",
+        Duration::from_secs(5),
+        || client.route("Reregistered"),
+    );
+    assert_route(
+        &route,
+        ("broker-r", CLUSTER_NAME, broker.socket_addr()),
+        2,
+        PERM_RW,
+    );
+    println!("route back {:?} after the restart", restarted.elapsed());
 }
