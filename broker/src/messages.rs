@@ -126,10 +126,17 @@ pub(crate) enum ShardMessage {
     CollectOffsets {
         reply: flume::Sender<ConsumerOffsetBody>,
     },
-    /// A slave's metadata sync: take the master's offsets of the queues this shard owns (all
-    /// shards get the same table); the number of offsets that changed is sent back.
+    /// A slave's metadata sync: the offsets consumers committed to this shard that the master
+    /// has not taken yet.
+    CollectSlaveCommits {
+        reply: flume::Sender<ConsumerOffsetBody>,
+    },
+    /// A slave's metadata sync: forget the commits the master took (`handed`), then take the
+    /// master's offsets of the queues this shard owns (all shards get the same tables); the
+    /// number of offsets that changed is sent back.
     ApplyMasterOffsets {
         offsets: Arc<ConsumerOffsetBody>,
+        handed: Arc<ConsumerOffsetBody>,
         reply: flume::Sender<usize>,
     },
     /// Quiesce: stop accepting and reading requests, report once the shard's connections have

@@ -1,6 +1,6 @@
 //! Consumer-offset rules that more than one part of the broker applies: which entries of an
-//! offset table a shard owns, and how a slave takes its master's offsets (docs/protocol.md
-//! §8.6). The handlers (GET_ALL_CONSUMER_OFFSET's answer) and the shard's run loop (a metadata
+//! offset table a shard owns, and how a slave takes its master's offsets and hands over the
+//! ones committed to it (docs/protocol.md §8.6). The handlers (GET_ALL_CONSUMER_OFFSET's answer) and the shard's run loop (a metadata
 //! sync's ApplyMasterOffsets) both come here, so neither reaches into the other.
 
 use ringmq_protocol::body::ConsumerOffsetTable as ConsumerOffsetBody;
@@ -9,26 +9,54 @@ use ringmq_storage::{io::Storage, metadata::ConsumerOffsetTable};
 use crate::topics::owner_shard;
 
 /// A slave's metadata sync on one shard: the master's committed offset replaces the shard's for
-/// every queue shard `shard` of `shards` owns; returns how many offsets changed.
+/// every queue shard `shard` of `shards` owns, except where `pending` holds a commit made to
+/// this slave that the master has not taken yet; returns how many offsets changed.
 ///
-/// Offsets the master lacks are kept: the master is the only writer of offsets, but a consumer
-/// may have committed to this slave while the master was down, and forgetting that commit would
-/// rewind the group. Only changed entries are committed, so an unchanged sync leaves the table
-/// as it was (and the caller's persister idle when this returns 0).
+/// A consumer may commit to a slave while its master is down. Such a commit is handed to the
+/// master (only forward) before the master's table is taken, so the master's offset is then at
+/// least as far; one made after the hand-over started is still pending and stays until the next
+/// round. Offsets the master lacks are kept too. Only changed entries are committed, so an
+/// unchanged sync leaves the table as it was (and the caller's persister idle when this
+/// returns 0).
 pub(crate) fn apply_master_offsets<S: Storage>(
     table: &mut ConsumerOffsetTable<S>,
     master: &ConsumerOffsetBody,
+    pending: &ConsumerOffsetTable<S>,
     shard: usize,
     shards: usize,
 ) -> usize {
     let mut changed = 0;
     for entry in owned_entries(master, shard, shards) {
+        if pending
+            .query(entry.group, entry.topic, entry.queue_id)
+            .is_some()
+        {
+            continue;
+        }
         if table.query(entry.group, entry.topic, entry.queue_id) != Some(entry.offset) {
             table.commit(entry.group, entry.topic, entry.queue_id, entry.offset);
             changed += 1;
         }
     }
     changed
+}
+
+/// Forgets the commits of `handed` (those the master took) that `pending` still holds with the
+/// same offset, among the queues shard `shard` of `shards` owns; returns how many it forgot.
+pub(crate) fn forget_handed<S: Storage>(
+    pending: &mut ConsumerOffsetTable<S>,
+    handed: &ConsumerOffsetBody,
+    shard: usize,
+    shards: usize,
+) -> usize {
+    owned_entries(handed, shard, shards)
+        .filter(|entry| pending.forget(entry.group, entry.topic, entry.queue_id, entry.offset))
+        .count()
+}
+
+/// Every committed offset of `table`, in key order: what a slave hands to its master.
+pub(crate) fn entries(table: &ConsumerOffsetBody) -> impl Iterator<Item = (&str, &str, i32, i64)> {
+    all_entries(table).map(|entry| (entry.group, entry.topic, entry.queue_id, entry.offset))
 }
 
 /// One committed offset of an offset table, its `"topic@group"` key split.
@@ -48,6 +76,12 @@ fn owned_entries(
     shard: usize,
     shards: usize,
 ) -> impl Iterator<Item = OffsetEntry<'_>> {
+    all_entries(table)
+        .filter(move |entry| owner_shard(entry.topic, entry.queue_id, shards) == shard)
+}
+
+/// Every entry of `table` whose key names a group.
+fn all_entries(table: &ConsumerOffsetBody) -> impl Iterator<Item = OffsetEntry<'_>> {
     table
         .offset_table
         .iter()
@@ -60,7 +94,6 @@ fn owned_entries(
                 offset,
             })
         })
-        .filter(move |entry| owner_shard(entry.topic, entry.queue_id, shards) == shard)
 }
 
 #[cfg(test)]

@@ -338,6 +338,7 @@ fn verify_consumer_offsets(client: &mut RemotingClient, topic: &str) {
             topic,
             queue_id: 0,
             commit_offset: 4,
+            only_forward: None,
         },
         &[],
     );

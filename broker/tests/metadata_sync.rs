@@ -1,8 +1,9 @@
 //! A slave copies its master's topic configs and consumer offsets (docs/protocol.md §8.6), against
 //! real `ringmq-broker` processes: what the master creates, deletes and commits reaches the
 //! slave; offsets only the slave has and its own TBW102 stay; while the master is down the slave
-//! keeps its tables and warns once; a slave started before its master syncs once the master
-//! appears. Nothing here needs master/slave log replication.
+//! keeps its tables and warns once; offsets committed to the slave meanwhile (across a slave
+//! restart) reach the returning master, only forward; a slave started before its master syncs
+//! once the master appears. Nothing here needs master/slave log replication.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{collections::BTreeMap, net::SocketAddr};
@@ -61,6 +62,7 @@ fn commit(broker: &str, group: &str, topic: &str, queue_id: i32, offset: i64) {
         topic,
         queue_id,
         commit_offset: offset,
+        only_forward: None,
     };
     RemotingClient::connect(broker).request_ok(RequestCode::UpdateConsumerOffset, header, &[]);
 }
@@ -159,8 +161,53 @@ fn a_slave_follows_its_masters_topics_and_offsets_and_keeps_them_while_it_is_dow
     assert!(topics(&slave_addr).contains_key("TBW102"));
     assert_eq!(offset(&slave_addr, "SlaveOnly", "Kept", 2), Some(42));
 
+    master_outage(&mut master, &mut slave);
+    let status = slave.terminate();
+    assert_eq!(status.code(), Some(0), "a slave stops cleanly: {status}");
+}
+
+/// `onlyForward` (RingMQ's UPDATE_CONSUMER_OFFSET field) never moves an offset back; without it
+/// a commit may (a consumer resetting its position).
+#[test]
+fn an_only_forward_commit_never_rewinds() {
+    let broker = BrokerProcess::start(BrokerOptions::default());
+    let addr = broker.addr();
+    let commit_forward = |offset: i64| {
+        let header = UpdateConsumerOffsetRequestHeader {
+            consumer_group: GROUP,
+            topic: "Fwd",
+            queue_id: 1,
+            commit_offset: offset,
+            only_forward: Some(true),
+        };
+        RemotingClient::connect(&addr).request_ok(RequestCode::UpdateConsumerOffset, header, &[]);
+    };
+    commit_forward(7);
+    assert_eq!(
+        offset(&addr, GROUP, "Fwd", 1),
+        Some(7),
+        "no offset yet: taken"
+    );
+    commit_forward(3);
+    assert_eq!(offset(&addr, GROUP, "Fwd", 1), Some(7), "backward: ignored");
+    commit_forward(9);
+    assert_eq!(offset(&addr, GROUP, "Fwd", 1), Some(9), "forward: taken");
+    commit(&addr, GROUP, "Fwd", 1, 2);
+    assert_eq!(
+        offset(&addr, GROUP, "Fwd", 1),
+        Some(2),
+        "a plain commit may go back"
+    );
+}
+
+/// The master of the first test goes away and returns: the slave keeps its tables meanwhile
+/// (and warns once), and what consumers committed to it reaches the returning master.
+fn master_outage(master: &mut BrokerProcess, slave: &mut BrokerProcess) {
+    let (master_addr, slave_addr) = (master.addr(), slave.addr());
     // The master goes away: the slave keeps what it has, and says so once, not every round.
-    master.kill();
+    // (Gracefully, so it saves its offsets: a SIGKILLed broker loses the commits of its last
+    // persist interval, 5 s, as Java's does.)
+    master.terminate();
     let metrics = slave.metrics_addr().unwrap();
     wait_until("several failed sync rounds", DEADLINE, || {
         (metric(metrics, "ringmq_metadata_syncs_failed_total")? >= 3.0).then_some(())
@@ -175,12 +222,53 @@ fn a_slave_follows_its_masters_topics_and_offsets_and_keeps_them_while_it_is_dow
     assert_eq!(offset(&slave_addr, GROUP, "Kept", 0), Some(20));
     assert_eq!(offset(&slave_addr, GROUP, "Kept", 3), Some(13));
 
+    // Consumers commit to the slave meanwhile: forward on queues 0 and 3, backward on 1. The
+    // slave restarts before the master returns and still has them.
+    commit(&slave_addr, GROUP, "Kept", 0, 30);
+    commit(&slave_addr, GROUP, "Kept", 3, 50);
+    commit(&slave_addr, GROUP, "Kept", 1, 5);
+    slave.restart();
+    assert_eq!(offset(&slave_addr, GROUP, "Kept", 0), Some(30));
+    wait_until("the restarted slave to miss its master", DEADLINE, || {
+        (slave.log().matches(SYNC_FAILED).count() == 2).then_some(())
+    });
+
+    // The master returns with its older offsets. The slave hands it what was committed here,
+    // only forward: the group never rewinds, on either broker.
     master.restart();
     wait_until("the sync to recover", DEADLINE, || {
         slave.log().contains(SYNC_BACK).then_some(())
     });
-    let status = slave.terminate();
-    assert_eq!(status.code(), Some(0), "a slave stops cleanly: {status}");
+    let expected = [(0, 30), (1, 11), (2, 12), (3, 50)];
+    wait_until(
+        "the master and the slave to agree on the newer offsets",
+        DEADLINE,
+        || {
+            expected
+                .iter()
+                .all(|&(q, o)| {
+                    offset(&master_addr, GROUP, "Kept", q) == Some(o)
+                        && offset(&slave_addr, GROUP, "Kept", q) == Some(o)
+                })
+                .then_some(())
+        },
+    );
+    assert_eq!(offset(&master_addr, "SlaveOnly", "Kept", 2), Some(42));
+    assert!(
+        slave
+            .log()
+            .contains("handed the offsets consumers committed here to the master"),
+        "{}",
+        slave.log()
+    );
+    // Handed over once: a commit the master takes later is not undone by a later round.
+    commit(&master_addr, GROUP, "Kept", 0, 31);
+    wait_until(
+        "the slave to take the master's newer commit",
+        DEADLINE,
+        || (offset(&slave_addr, GROUP, "Kept", 0) == Some(31)).then_some(()),
+    );
+    assert_eq!(offset(&master_addr, GROUP, "Kept", 0), Some(31));
 }
 
 #[test]

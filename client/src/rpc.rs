@@ -293,6 +293,7 @@ pub(crate) async fn update_consumer_offset(
         topic: &queue.topic,
         queue_id: queue.queue_id,
         commit_offset: offset,
+        only_forward: None,
     };
     call(
         ctx,

@@ -545,6 +545,32 @@ impl<S: Storage> ConsumerOffsetTable<S> {
         offset
     }
 
+    /// Forgets the entry of `group` on `topic`'s queue `queue_id` if it still holds `offset`;
+    /// returns whether it did. A slave forgets an offset it handed to its master this way, and
+    /// keeps one committed again since it took the value.
+    pub fn forget(&mut self, group: &str, topic: &str, queue_id: i32, offset: i64) -> bool {
+        let mut key = self.key_buffer.take();
+        build_key(&mut key, topic, group);
+        let mut forgotten = false;
+        if let Some(queues) = self.offsets.get_mut(key.as_str())
+            && queues.get(&queue_id) == Some(&offset)
+        {
+            queues.remove(&queue_id);
+            if queues.is_empty() {
+                self.offsets.remove(key.as_str());
+            }
+            self.dirty = true;
+            forgotten = true;
+        }
+        self.key_buffer.set(key);
+        forgotten
+    }
+
+    /// Whether the table holds no offset at all.
+    pub fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+
     /// Forgets every offset of `group` (DELETE_SUBSCRIPTIONGROUP); returns how many topics it had.
     pub fn remove_group(&mut self, group: &str) -> usize {
         let before = self.offsets.len();
@@ -765,6 +791,31 @@ mod tests {
             &image[METADATA_HEADER_BYTES..],
             br#"{"offsetTable":{"t1@g2":{"0":3}}}"#
         );
+    }
+
+    #[test]
+    fn forget_removes_an_offset_only_while_it_holds_the_value() {
+        let dir = tempfile::tempdir().unwrap();
+        run(async {
+            let mut table =
+                ConsumerOffsetTable::open(UringStorage::new(), dir.path().join("pending.json"))
+                    .await
+                    .unwrap();
+            table.commit("g", "t", 0, 5);
+            table.commit("g", "t", 1, 8);
+            table.persist().await.unwrap();
+            assert!(!table.forget("g", "t", 0, 4), "committed again since");
+            assert!(!table.forget("g", "t", 2, 5), "no such queue");
+            assert!(!table.forget("h", "t", 0, 5), "no such group");
+            assert!(!table.is_dirty());
+            assert!(table.forget("g", "t", 0, 5));
+            assert_eq!(table.query("g", "t", 0), None);
+            assert_eq!(table.query("g", "t", 1), Some(8));
+            assert!(table.is_dirty());
+            assert!(table.forget("g", "t", 1, 8));
+            assert!(table.is_empty());
+            assert_eq!(table.groups_of_topic("t"), Vec::<&str>::new());
+        });
     }
 
     #[test]

@@ -261,6 +261,7 @@ impl RemotingClient {
                 topic,
                 queue_id,
                 commit_offset: offset,
+                only_forward: None,
             },
             &[],
         );

@@ -5,8 +5,11 @@
 //! connection, and applies both:
 //! - topics: the slave's table becomes the master's, through the table's one writer on shard 0
 //!   and in one save (`crate::metadata`), so the routes the slave registers match the master's;
-//! - offsets: each shard takes the master's offset of every queue it owns; offsets only the
-//!   slave has stay (`crate::offsets::apply_master_offsets` says why).
+//! - offsets: first the offsets consumers committed to this slave (while the master was down)
+//!   go to the master, each only forward; then each shard takes the master's offset of every
+//!   queue it owns, and offsets only the slave has stay (`crate::offsets::apply_master_offsets`
+//!   says why). So a master that returns after an outage learns where its consumers got to,
+//!   and nothing rewinds a group.
 //!
 //! Both answers are fetched and checked before either is applied, so a bad answer changes
 //! nothing. A master that is down, refuses or answers garbage leaves the slave's tables as they
@@ -20,13 +23,14 @@
 //! handshake every 10 s. Java slaves also copy the delay offsets and subscription-group configs;
 //! RingMQ keeps neither table, so there is nothing to copy.
 
-use std::{fmt, io, sync::Arc, thread::JoinHandle, time::Duration};
+use std::{collections::BTreeMap, fmt, io, sync::Arc, thread::JoinHandle, time::Duration};
 
 use ringmq_protocol::{
     BodyError, RequestCode, ResponseCode,
     body::{
         self, ConsumerOffsetTable as ConsumerOffsetBody, TopicConfig, TopicConfigSerializeWrapper,
     },
+    header::UpdateConsumerOffsetRequestHeader,
     topic::{ShownTopic, TopicNameError, validate_topic},
 };
 use ringmq_storage::metadata::METADATA_PAYLOAD_BYTES_MAX;
@@ -36,6 +40,7 @@ use thiserror::Error;
 use crate::{
     messages::ShardMessage,
     metadata::{self, ReplaceError},
+    offsets,
     rpc::{RpcClient, RpcError, Timeouts},
     shared::BrokerShared,
 };
@@ -49,6 +54,8 @@ const TIMEOUTS: Timeouts = Timeouts {
 };
 /// The first round comes soon after start: the registration thread may already know the master.
 const FIRST_ROUND_DELAY: Duration = Duration::from_millis(100);
+/// How often to try again after a failed round (the master is down or restarting).
+const RETRY_WHILE_FAILING: Duration = Duration::from_secs(1);
 /// How often to look again while the master's address is unknown (it has not registered yet).
 const ADDRESS_POLL: Duration = Duration::from_millis(500);
 /// Longest wait for the topic writer or a shard to take or apply a sync.
@@ -121,6 +128,8 @@ enum SyncError {
     },
     #[error(transparent)]
     Topics(#[from] ReplaceError),
+    #[error("shard {0} did not give the offsets committed to it")]
+    CommitsNotCollected(usize),
     #[error("shard {0} did not take the master's offsets")]
     OffsetsNotTaken(usize),
     #[error("shard {0} did not apply the master's offsets")]
@@ -144,6 +153,8 @@ impl fmt::Display for Remark<'_> {
 struct Synced {
     topics: usize,
     offsets_changed: usize,
+    /// Offsets consumers committed to this slave that the master took.
+    handed: usize,
 }
 
 fn run(shared: &BrokerShared, stop: &flume::Receiver<()>) {
@@ -171,6 +182,13 @@ fn run(shared: &BrokerShared, stop: &flume::Receiver<()>) {
                     tracing::info!(%master, "metadata sync from the master works again");
                     failing = false;
                 }
+                if synced.handed > 0 {
+                    tracing::info!(
+                        %master,
+                        offsets = synced.handed,
+                        "handed the offsets consumers committed here to the master"
+                    );
+                }
                 tracing::debug!(
                     %master,
                     topics = synced.topics,
@@ -181,6 +199,9 @@ fn run(shared: &BrokerShared, stop: &flume::Receiver<()>) {
             Err(_) if shared.stopping() => return,
             Err(reason) => {
                 shared.metrics.metadata_syncs_failed_total.inc();
+                // A master that comes back should get the commits made here while it was
+                // away before consumers read its older offsets: look again soon.
+                wait = RETRY_WHILE_FAILING.min(interval);
                 if failing {
                     tracing::debug!(%master, %reason, "metadata sync failed again");
                 } else {
@@ -188,7 +209,7 @@ fn run(shared: &BrokerShared, stop: &flume::Receiver<()>) {
                         %master,
                         %reason,
                         "cannot sync topics and consumer offsets from the master; keeping the \
-                         current ones and retrying every {interval:?}"
+                         current ones and retrying every {wait:?}"
                     );
                     failing = true;
                 }
@@ -201,6 +222,7 @@ fn run(shared: &BrokerShared, stop: &flume::Receiver<()>) {
 fn sync_once(shared: &BrokerShared, master: &str) -> Result<Synced, SyncError> {
     let mut connection =
         RpcClient::connect(master, TIMEOUTS, MAX_ANSWER_BYTES).map_err(SyncError::Connect)?;
+    let handed = hand_over_commits(shared, &mut connection)?;
     let topics: TopicConfigSerializeWrapper = fetch(
         &mut connection,
         RequestCode::GetAllTopicConfig,
@@ -215,11 +237,60 @@ fn sync_once(shared: &BrokerShared, master: &str) -> Result<Synced, SyncError> {
     let configs = checked_topics(topics)?;
     let topic_count = configs.len();
     metadata::replace_all_blocking(shared, configs, APPLY_TIMEOUT)?;
-    let offsets_changed = apply_offsets(shared, offsets)?;
+    let handed_count = handed.offset_table.values().map(BTreeMap::len).sum();
+    let offsets_changed = apply_offsets(shared, offsets, handed)?;
     Ok(Synced {
         topics: topic_count,
         offsets_changed,
+        handed: handed_count,
     })
+}
+
+/// Hands the master every offset consumers committed to this slave that it has not taken yet,
+/// each as UPDATE_CONSUMER_OFFSET with `onlyForward` (a newer commit the master took meanwhile
+/// stays); returns what was handed over. A commit the master refuses is logged and counted as
+/// handed, so one bad entry cannot stop every later sync.
+fn hand_over_commits(
+    shared: &BrokerShared,
+    connection: &mut RpcClient,
+) -> Result<ConsumerOffsetBody, SyncError> {
+    let mut handed = ConsumerOffsetBody::default();
+    for (shard, inbox) in shared.inboxes.iter().enumerate() {
+        let (reply, answer) = flume::bounded(1);
+        inbox
+            .send_timeout(ShardMessage::CollectSlaveCommits { reply }, APPLY_TIMEOUT)
+            .map_err(|_| SyncError::CommitsNotCollected(shard))?;
+        let commits = answer
+            .recv_timeout(APPLY_TIMEOUT)
+            .map_err(|_| SyncError::CommitsNotCollected(shard))?;
+        for (key, queues) in commits.offset_table {
+            handed.offset_table.entry(key).or_default().extend(queues);
+        }
+    }
+    let code = RequestCode::UpdateConsumerOffset;
+    for (group, topic, queue_id, offset) in offsets::entries(&handed) {
+        let header = UpdateConsumerOffsetRequestHeader {
+            consumer_group: group,
+            topic,
+            queue_id,
+            commit_offset: offset,
+            only_forward: Some(true),
+        };
+        let answer = connection
+            .request(code, &header, &[])
+            .map_err(|source| SyncError::Rpc { code, source })?;
+        if answer.response_code() != ResponseCode::Success {
+            tracing::warn!(
+                group,
+                topic = %ShownTopic(topic),
+                queue_id,
+                offset,
+                code = %answer.response_code(),
+                "the master refused an offset committed here; dropped"
+            );
+        }
+    }
+    Ok(handed)
 }
 
 /// The master's topic configs, refused whole when one is not a valid topic (its key is not its
@@ -244,15 +315,21 @@ fn checked_topics(wrapper: TopicConfigSerializeWrapper) -> Result<Vec<TopicConfi
         .collect()
 }
 
-/// Hands the master's offsets to every shard (each takes the queues it owns) and waits for all;
-/// returns how many offsets changed.
-fn apply_offsets(shared: &BrokerShared, offsets: ConsumerOffsetBody) -> Result<usize, SyncError> {
+/// Hands the master's offsets, and the commits the master took, to every shard (each takes the
+/// queues it owns) and waits for all; returns how many offsets changed.
+fn apply_offsets(
+    shared: &BrokerShared,
+    offsets: ConsumerOffsetBody,
+    handed: ConsumerOffsetBody,
+) -> Result<usize, SyncError> {
     let offsets = Arc::new(offsets);
+    let handed = Arc::new(handed);
     let mut answers = Vec::with_capacity(shared.shard_count());
     for (shard, inbox) in shared.inboxes.iter().enumerate() {
         let (reply, answer) = flume::bounded(1);
         let message = ShardMessage::ApplyMasterOffsets {
             offsets: Arc::clone(&offsets),
+            handed: Arc::clone(&handed),
             reply,
         };
         inbox

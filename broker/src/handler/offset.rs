@@ -56,11 +56,12 @@ pub(super) fn update_consumer_offset(ctx: &ShardCtx, command: &Command) -> Handl
         Ok(header) => header,
         Err(err) => return bad_header(command, &err),
     };
-    ctx.commit_offset(
+    ctx.commit_client_offset(
         header.consumer_group,
         header.topic,
         header.queue_id,
         header.commit_offset,
+        header.only_forward == Some(true),
     );
     success(command)
 }

@@ -22,6 +22,7 @@ use ringmq_storage::{
 
 use crate::{
     clients::SubscriptionTable,
+    config::BrokerRole,
     connection::Connection,
     handoff::Handoff,
     longpoll::LongPoll,
@@ -47,6 +48,12 @@ pub(crate) struct ShardCtx {
     pub offsets: RefCell<ConsumerOffsetTable<UringStorage>>,
     /// `offsets` changed since the persister last saved it.
     offsets_dirty: Cell<bool>,
+    /// Offsets consumers committed to this shard while it serves as a slave, until its
+    /// metadata sync has handed them to the master (`crate::ha::metadata_sync`); saved beside
+    /// `offsets`, so a slave restarted while its master is down still hands them over.
+    pub slave_commits: RefCell<ConsumerOffsetTable<UringStorage>>,
+    /// `slave_commits` changed since the persister last saved it.
+    slave_commits_dirty: Cell<bool>,
     pub topics: LocalView<TopicSnapshot>,
     pub subscriptions: LocalView<SubscriptionTable>,
     pub connections: RefCell<HashMap<u64, Rc<Connection>>>,
@@ -77,6 +84,7 @@ impl ShardCtx {
         shared: Arc<BrokerShared>,
         store: MessageStore<UringStorage>,
         offsets: ConsumerOffsetTable<UringStorage>,
+        slave_commits: ConsumerOffsetTable<UringStorage>,
     ) -> Self {
         Self {
             id,
@@ -87,6 +95,8 @@ impl ShardCtx {
             store,
             offsets: RefCell::new(offsets),
             offsets_dirty: Cell::new(false),
+            slave_commits: RefCell::new(slave_commits),
+            slave_commits_dirty: Cell::new(false),
             connections: RefCell::new(HashMap::new()),
             next_connection: Cell::new(1),
             longpoll: LongPoll::default(),
@@ -136,6 +146,34 @@ impl ShardCtx {
         self.offsets_dirty.set(true);
     }
 
+    /// UPDATE_CONSUMER_OFFSET: commits `offset`, unless `only_forward` and the group's offset
+    /// is already there or beyond. On a slave the commit is also kept for the master.
+    pub(crate) fn commit_client_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: i32,
+        offset: i64,
+        only_forward: bool,
+    ) {
+        if only_forward
+            && self
+                .offsets
+                .borrow()
+                .query(group, topic, queue_id)
+                .is_some_and(|committed| committed >= offset)
+        {
+            return;
+        }
+        self.commit_offset(group, topic, queue_id, offset);
+        if self.shared.config.broker_role == BrokerRole::Slave {
+            self.slave_commits
+                .borrow_mut()
+                .commit(group, topic, queue_id, offset);
+            self.slave_commits_dirty.set(true);
+        }
+    }
+
     /// Whether the offsets changed since the last call (which clears the flag): the persister
     /// saves them then, and calls [`ShardCtx::mark_offsets_dirty`] when the save fails.
     pub(crate) fn take_offsets_dirty(&self) -> bool {
@@ -146,14 +184,34 @@ impl ShardCtx {
         self.offsets_dirty.set(true);
     }
 
-    /// A slave's metadata sync: takes the master's offsets of the queues this shard owns
-    /// (`crate::offsets::apply_master_offsets`); returns how many changed.
-    pub(crate) fn apply_master_offsets(&self, master: &ConsumerOffsetBody) -> usize {
+    /// [`ShardCtx::take_offsets_dirty`] of `slave_commits`.
+    pub(crate) fn take_slave_commits_dirty(&self) -> bool {
+        self.slave_commits_dirty.replace(false)
+    }
+
+    pub(crate) fn mark_slave_commits_dirty(&self) {
+        self.slave_commits_dirty.set(true);
+    }
+
+    /// A slave's metadata sync: forgets the commits in `handed` (the master took them), then
+    /// takes the master's offsets of the queues this shard owns, except those with a commit
+    /// still to hand over (`crate::offsets::apply_master_offsets`); returns how many changed.
+    pub(crate) fn apply_master_offsets(
+        &self,
+        master: &ConsumerOffsetBody,
+        handed: &ConsumerOffsetBody,
+    ) -> usize {
+        let shards = self.shared.shard_count();
+        let mut pending = self.slave_commits.borrow_mut();
+        if offsets::forget_handed(&mut pending, handed, self.id, shards) > 0 {
+            self.slave_commits_dirty.set(true);
+        }
         let changed = offsets::apply_master_offsets(
             &mut self.offsets.borrow_mut(),
             master,
+            &pending,
             self.id,
-            self.shared.shard_count(),
+            shards,
         );
         if changed > 0 {
             self.offsets_dirty.set(true);

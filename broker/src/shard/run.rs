@@ -31,6 +31,9 @@ use crate::{
 
 /// How often consumer offsets are saved (RocketMQ `flushConsumerOffsetInterval`: 5 s).
 const OFFSET_PERSIST_INTERVAL: Duration = Duration::from_secs(5);
+/// A shard's commits made while it serves as a slave, kept until the master takes them: the
+/// shape of `consumerOffset.json`.
+const SLAVE_COMMITS_FILE: &str = "slaveCommits.json";
 /// How often silent clients are looked for (RocketMQ: 10 s).
 const CLIENT_SCAN_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a graceful stop waits for in-flight requests.
@@ -141,6 +144,10 @@ async fn serve(setup: ShardSetup) -> Result<(), ShardStartError> {
     let offsets = ConsumerOffsetTable::open(UringStorage::new(), &offsets_path)
         .await
         .map_err(ShardStartError::LoadOffsets)?;
+    let slave_commits_path = shard_dir(&shared.config.store_dir, id).join(SLAVE_COMMITS_FILE);
+    let slave_commits = ConsumerOffsetTable::open(UringStorage::new(), &slave_commits_path)
+        .await
+        .map_err(ShardStartError::LoadOffsets)?;
     let mut metadata_task = None;
     if let Some(changes) = topic_changes {
         let table = metadata::open_topics(&shared).await?;
@@ -151,7 +158,7 @@ async fn serve(setup: ShardSetup) -> Result<(), ShardStartError> {
         )));
     }
     let mut tasks = Vec::new();
-    let ctx = Rc::new(ShardCtx::new(id, shared, store, offsets));
+    let ctx = Rc::new(ShardCtx::new(id, shared, store, offsets, slave_commits));
     if let Some(commands) = replica_commands {
         tasks.push(compio::runtime::spawn(shard_side::serve_replica(
             Rc::clone(&ctx),
@@ -170,8 +177,11 @@ async fn serve(setup: ShardSetup) -> Result<(), ShardStartError> {
             listener,
         )));
     }
-    let persister =
-        compio::runtime::spawn(persist_offsets_loop(Rc::clone(&ctx), offsets_path.clone()));
+    let persister = compio::runtime::spawn(persist_offsets_loop(
+        Rc::clone(&ctx),
+        offsets_path.clone(),
+        slave_commits_path.clone(),
+    ));
     // Runs until Close (not in `tasks`, which Stop drops): draining needs the hand-offs.
     let handoff = {
         let ctx = Rc::clone(&ctx);
@@ -211,8 +221,15 @@ async fn serve(setup: ShardSetup) -> Result<(), ShardStartError> {
             ShardMessage::CollectOffsets { reply } => {
                 let _ = reply.send(ctx.offsets.borrow().to_body());
             }
-            ShardMessage::ApplyMasterOffsets { offsets, reply } => {
-                let _ = reply.send(ctx.apply_master_offsets(&offsets));
+            ShardMessage::CollectSlaveCommits { reply } => {
+                let _ = reply.send(ctx.slave_commits.borrow().to_body());
+            }
+            ShardMessage::ApplyMasterOffsets {
+                offsets,
+                handed,
+                reply,
+            } => {
+                let _ = reply.send(ctx.apply_master_offsets(&offsets, &handed));
             }
             ShardMessage::Stop => {
                 ctx.begin_stop();
@@ -235,6 +252,13 @@ async fn serve(setup: ShardSetup) -> Result<(), ShardStartError> {
     let body = ctx.offsets.borrow().to_body();
     if let Err(err) = file.store(&body).await {
         tracing::error!(shard = id, %err, "cannot save consumer offsets at shutdown");
+    }
+    if ctx.take_slave_commits_dirty() {
+        let mut file = MetadataFile::new(UringStorage::new(), &slave_commits_path);
+        let body = ctx.slave_commits.borrow().to_body();
+        if let Err(err) = file.store(&body).await {
+            tracing::error!(shard = id, %err, "cannot save slave commits at shutdown");
+        }
     }
     if let Err(err) = ctx.store.clone().close().await {
         tracing::error!(shard = id, %err, "store did not close cleanly");
@@ -270,20 +294,31 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
     }
 }
 
-/// Saves the consumer offsets every 5 s when they changed. The file handle belongs to this
-/// task alone (the table's own handle is never used to save), and the table is only borrowed
-/// to snapshot it, never across the write.
-async fn persist_offsets_loop(ctx: Rc<ShardCtx>, path: PathBuf) {
-    let mut file = MetadataFile::new(UringStorage::new(), path);
+/// Saves the consumer offsets (and a slave's commits for its master) every 5 s when they
+/// changed. The file handles belong to this task alone (the tables' own handles are never used
+/// to save), and a table is only borrowed to snapshot it, never across the write.
+async fn persist_offsets_loop(
+    ctx: Rc<ShardCtx>,
+    offsets_path: PathBuf,
+    slave_commits_path: PathBuf,
+) {
+    let mut offsets_file = MetadataFile::new(UringStorage::new(), offsets_path);
+    let mut slave_commits_file = MetadataFile::new(UringStorage::new(), slave_commits_path);
     loop {
         compio::time::sleep(OFFSET_PERSIST_INTERVAL).await;
-        if !ctx.take_offsets_dirty() {
-            continue;
+        if ctx.take_offsets_dirty() {
+            let body = ctx.offsets.borrow().to_body();
+            if let Err(err) = offsets_file.store(&body).await {
+                ctx.mark_offsets_dirty();
+                tracing::error!(shard = ctx.id, %err, "cannot save consumer offsets; will retry");
+            }
         }
-        let body = ctx.offsets.borrow().to_body();
-        if let Err(err) = file.store(&body).await {
-            ctx.mark_offsets_dirty();
-            tracing::error!(shard = ctx.id, %err, "cannot save consumer offsets; will retry");
+        if ctx.take_slave_commits_dirty() {
+            let body = ctx.slave_commits.borrow().to_body();
+            if let Err(err) = slave_commits_file.store(&body).await {
+                ctx.mark_slave_commits_dirty();
+                tracing::error!(shard = ctx.id, %err, "cannot save slave commits; will retry");
+            }
         }
     }
 }

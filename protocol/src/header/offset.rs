@@ -21,6 +21,11 @@ ext_header! {
         queue_id: i32 = "queueId",
         /// The next offset to consume.
         commit_offset: i64 = "commitOffset",
+        /// RingMQ's: commit only if this moves the group's offset forward. A slave hands the
+        /// master offsets committed to it while the master was down this way, so a newer
+        /// commit the master took meanwhile is never undone. Brokers that do not know the key
+        /// ignore it.
+        only_forward: Option<bool> = "onlyForward",
     }
 }
 
