@@ -17,10 +17,15 @@ use crate::state::{BrokerId, Group};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Heartbeat {
     pub at: Instant,
-    /// How far the replica's log reaches (the sum of its shards' log ends): among equally
-    /// eligible candidates the one furthest ahead wins, so the least unacknowledged data is cut.
+    /// How long after `at` the broker counts as gone (its own `heartbeatTimeoutMills`, or the
+    /// controller's default).
+    pub timeout: Duration,
+    /// The last epoch the replica's log holds: among eligible candidates the highest wins.
+    pub epoch: u32,
+    /// How far the replica's log reaches (the sum of its shards' log ends): at equal epochs the
+    /// one furthest ahead wins, so the least unacknowledged data is cut.
     pub max_offset: u64,
-    /// Lower wins (RocketMQ's `brokerElectionPriority`).
+    /// Then the lowest wins (RocketMQ's `brokerElectionPriority`).
     pub election_priority: i32,
 }
 
@@ -41,9 +46,25 @@ impl Liveness {
         }
     }
 
+    /// The controller's default heartbeat timeout.
+    pub const fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub fn record(&mut self, broker_name: &str, broker_id: BrokerId, heartbeat: Heartbeat) {
         self.heartbeats
             .insert((broker_name.to_owned(), broker_id), heartbeat);
+    }
+
+    /// The broker's heartbeat connection closed: it counts as gone at once (a crashed process
+    /// is noticed without waiting for the timeout).
+    pub fn mark_gone(&mut self, broker_name: &str, broker_id: BrokerId) {
+        if let Some(heartbeat) = self
+            .heartbeats
+            .get_mut(&(broker_name.to_owned(), broker_id))
+        {
+            heartbeat.timeout = Duration::ZERO;
+        }
     }
 
     pub fn last(&self, broker_name: &str, broker_id: BrokerId) -> Option<&Heartbeat> {
@@ -53,7 +74,7 @@ impl Liveness {
     /// Whether the replica heartbeat within the timeout, or this controller is too new to know.
     pub fn is_alive(&self, broker_name: &str, broker_id: BrokerId, now: Instant) -> bool {
         match self.last(broker_name, broker_id) {
-            Some(heartbeat) => now.saturating_duration_since(heartbeat.at) < self.timeout,
+            Some(heartbeat) => now.saturating_duration_since(heartbeat.at) < heartbeat.timeout,
             None => now.saturating_duration_since(self.started) < self.timeout,
         }
     }
@@ -69,7 +90,8 @@ impl Liveness {
 
     /// The replica an election names: among live members of the sync state set (any live
     /// replica when the group was never elected, or with `unclean` when no member is alive),
-    /// the lowest election priority, then the furthest log, then the lowest id.
+    /// the highest epoch, then the furthest log, then the lowest election priority, then the
+    /// lowest id (RocketMQ's order, with a deterministic last tie-break).
     pub fn choose_master(&self, group: &Group, unclean: bool, now: Instant) -> Option<BrokerId> {
         let alive = |id: &BrokerId| self.is_alive(&group.broker_name, *id, now);
         let in_sync: Vec<BrokerId> = group.sync_state_set.iter().copied().filter(alive).collect();
@@ -81,8 +103,9 @@ impl Liveness {
         candidates.into_iter().min_by_key(|&id| {
             let heartbeat = self.last(&group.broker_name, id);
             (
-                heartbeat.map_or(i32::MAX, |h| h.election_priority),
+                std::cmp::Reverse(heartbeat.map_or(0, |h| h.epoch)),
                 std::cmp::Reverse(heartbeat.map_or(0, |h| h.max_offset)),
+                heartbeat.map_or(i32::MAX, |h| h.election_priority),
                 id,
             )
         })
@@ -119,6 +142,8 @@ mod tests {
             id,
             Heartbeat {
                 at,
+                timeout: TIMEOUT,
+                epoch: 1,
                 max_offset,
                 election_priority: priority,
             },
@@ -151,12 +176,35 @@ mod tests {
             Some(3),
             "furthest ahead"
         );
+        beat(&mut liveness, 3, now, 100, 0);
         beat(&mut liveness, 2, now, 100, -1);
         assert_eq!(
             liveness.choose_master(&g, false, now),
             Some(2),
-            "priority first"
+            "then priority"
         );
+        liveness.record(
+            "b",
+            3,
+            Heartbeat {
+                at: now,
+                timeout: TIMEOUT,
+                epoch: 2,
+                max_offset: 1,
+                election_priority: 5,
+            },
+        );
+        assert_eq!(
+            liveness.choose_master(&g, false, now),
+            Some(3),
+            "epoch first"
+        );
+        liveness.mark_gone("b", 3);
+        assert!(
+            !liveness.is_alive("b", 3, now),
+            "a closed connection is gone at once"
+        );
+        assert_eq!(liveness.choose_master(&g, false, now), Some(2));
     }
 
     #[test]

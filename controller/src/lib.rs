@@ -11,4 +11,6 @@
 //!   the heartbeats it receives.
 
 pub mod election;
+pub mod raft;
 pub mod state;
+pub mod wire;

@@ -136,6 +136,14 @@ code_enum! {
         QueryDataVersion = 322 => "QUERY_DATA_VERSION",
         AddWritePermOfBroker = 327 => "ADD_WRITE_PERM_OF_BROKER",
         BrokerHeartbeat = 904 => "BROKER_HEARTBEAT",
+        ControllerAlterSyncStateSet = 1001 => "CONTROLLER_ALTER_SYNC_STATE_SET",
+        ControllerElectMaster = 1002 => "CONTROLLER_ELECT_MASTER",
+        ControllerRegisterBroker = 1003 => "CONTROLLER_REGISTER_BROKER",
+        ControllerGetReplicaInfo = 1004 => "CONTROLLER_GET_REPLICA_INFO",
+        ControllerGetMetadataInfo = 1005 => "CONTROLLER_GET_METADATA_INFO",
+        ControllerGetSyncStateData = 1006 => "CONTROLLER_GET_SYNC_STATE_DATA",
+        GetBrokerEpochCache = 1007 => "GET_BROKER_EPOCH_CACHE",
+        NotifyBrokerRoleChanged = 1008 => "NOTIFY_BROKER_ROLE_CHANGED",
     }
 }
 
@@ -177,6 +185,20 @@ code_enum! {
         ConsumeMsgTimeout = 207 => "CONSUME_MSG_TIMEOUT",
         NoMessage = 208 => "NO_MESSAGE",
         FlowControl = 215 => "FLOW_CONTROL",
+        ControllerFencedMasterEpoch = 2000 => "CONTROLLER_FENCED_MASTER_EPOCH",
+        ControllerFencedSyncStateSetEpoch = 2001 => "CONTROLLER_FENCED_SYNC_STATE_SET_EPOCH",
+        ControllerInvalidMaster = 2002 => "CONTROLLER_INVALID_MASTER",
+        ControllerInvalidReplicas = 2003 => "CONTROLLER_INVALID_REPLICAS",
+        ControllerMasterNotAvailable = 2004 => "CONTROLLER_MASTER_NOT_AVAILABLE",
+        ControllerInvalidRequest = 2005 => "CONTROLLER_INVALID_REQUEST",
+        ControllerBrokerNotAlive = 2006 => "CONTROLLER_BROKER_NOT_ALIVE",
+        ControllerNotLeader = 2007 => "CONTROLLER_NOT_LEADER",
+        ControllerBrokerMetadataNotExist = 2008 => "CONTROLLER_BROKER_METADATA_NOT_EXIST",
+        ControllerBrokerNeedToBeRegistered = 2010 => "CONTROLLER_BROKER_NEED_TO_BE_REGISTERED",
+        ControllerMasterStillExist = 2011 => "CONTROLLER_MASTER_STILL_EXIST",
+        ControllerElectMasterFailed = 2012 => "CONTROLLER_ELECT_MASTER_FAILED",
+        ControllerAlterSyncStateSetFailed = 2013 => "CONTROLLER_ALTER_SYNC_STATE_SET_FAILED",
+        ControllerBrokerIdInvalid = 2014 => "CONTROLLER_BROKER_ID_INVALID",
     }
 }
 

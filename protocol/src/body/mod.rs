@@ -7,6 +7,7 @@
 //! quoting them and parsing again ([`decode`]).
 
 mod cluster;
+mod controller;
 mod heartbeat;
 mod lenient;
 mod misc;
@@ -14,6 +15,7 @@ mod register;
 mod route;
 
 pub use cluster::ClusterInfo;
+pub use controller::{BrokerReplicasInfo, ReplicaIdentity, ReplicasInfo, SyncStateSet};
 pub use heartbeat::{
     ConsumeFromWhere, ConsumeType, ConsumerData, HeartbeatData, MessageModel, ProducerData,
     SubscriptionData,

@@ -14,6 +14,7 @@
 
 mod admin;
 mod client;
+mod controller;
 mod namesrv;
 mod offset;
 mod pull;
@@ -22,6 +23,7 @@ mod transaction;
 
 pub use admin::*;
 pub use client::*;
+pub use controller::*;
 pub use namesrv::*;
 pub use offset::*;
 pub use pull::*;
