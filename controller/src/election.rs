@@ -228,7 +228,7 @@ mod tests {
         let start = Instant::now();
         let now = start + TIMEOUT * 3;
         let mut liveness = Liveness::new(TIMEOUT, start);
-        beat(&mut liveness, 1, now - TIMEOUT / 2, 0, 0);
+        beat(&mut liveness, 1, start + TIMEOUT * 5 / 2, 0, 0);
         beat(&mut liveness, 2, now, 0, 0);
         let g = group(&[1, 2], Some(1), &[1, 2]);
         assert!(!liveness.needs_election(&g, false, now));

@@ -11,6 +11,8 @@
 //!   the heartbeats it receives.
 
 pub mod election;
+pub mod node;
 pub mod raft;
+pub mod server;
 pub mod state;
 pub mod wire;

@@ -215,14 +215,15 @@ impl ControllerState {
                     broker_id: id,
                 });
             }
-            None => match group.replicas.iter().find(|(_, a)| a.as_str() == addr) {
-                Some((&id, _)) => id,
-                None => {
+            None => {
+                if let Some((&id, _)) = group.replicas.iter().find(|(_, a)| a.as_str() == addr) {
+                    id
+                } else {
                     let id = group.next_broker_id;
                     group.next_broker_id += 1;
                     id
                 }
-            },
+            }
         };
         // An address belongs to one replica: one that moved drops it from another id.
         group

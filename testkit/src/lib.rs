@@ -39,6 +39,7 @@
 mod binary;
 mod broker;
 mod cluster;
+mod controller;
 mod http;
 mod message;
 mod namesrv;
@@ -51,6 +52,7 @@ use std::time::{Duration, Instant};
 pub use binary::{REBUILD_ENV, binary, binary_of, fresh_binary};
 pub use broker::{BrokerOptions, BrokerProcess, DEFAULT_BROKER_NAME};
 pub use cluster::{CLUSTER_NAME, Cluster};
+pub use controller::{ControllerGroup, ControllerMember, ControllerOptions};
 pub use http::{http_get, parse_metrics};
 pub use message::{
     Message, PERM_RW, PRODUCER_GROUP, PULL_GROUP, Pull, PullResult, Record, SendCode, SendResult,

@@ -1,0 +1,109 @@
+//! `ringmq-controller`: elects each broker group's master from its in-sync replicas; one
+//! process of a group of 1 or 3 (or 5) that agree through Raft.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use ringmq_controller::{
+    node::{Controller, ControllerConfig},
+    server,
+};
+
+/// RingMQ controller (RocketMQ 5's controller mode): keeps each broker group's master, epoch and
+/// in-sync replicas, and elects a new master when one stops heartbeating.
+#[derive(Debug, Parser)]
+#[command(name = "ringmq-controller", version)]
+struct Args {
+    /// This controller's id (one of the `--peer` ids).
+    #[arg(long)]
+    id: u64,
+    /// Every controller of the group, this one included, as `id=host:port` (repeat the flag).
+    /// This controller listens on its own address.
+    #[arg(long = "peer", value_parser = parse_peer, required = true)]
+    peers: Vec<(u64, String)>,
+    /// Directory of the Raft log and snapshots.
+    #[arg(long, default_value = "./controller-data")]
+    dir: PathBuf,
+    /// How long a broker may go without a heartbeat when it does not say
+    /// (`controllerHeartBeatTimeoutMills`), in milliseconds.
+    #[arg(long, default_value_t = 1_500)]
+    heartbeat_timeout_ms: u64,
+    /// How often the leader looks for groups without a live master, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    scan_interval_ms: u64,
+    /// Raft's heartbeat between controllers, in milliseconds (a leader is replaced after 3 to 6
+    /// of these without one).
+    #[arg(long, default_value_t = 100)]
+    raft_heartbeat_ms: u64,
+    /// Elect a replica outside the in-sync set when no member is alive: acknowledged messages
+    /// may be lost (`enableElectUncleanMaster`).
+    #[arg(long)]
+    elect_unclean: bool,
+}
+
+fn parse_peer(text: &str) -> Result<(u64, String), String> {
+    let (id, addr) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text}: expected id=host:port"))?;
+    let id = id
+        .parse::<u64>()
+        .map_err(|err| format!("{text}: the id: {err}"))?;
+    if addr.rsplit_once(':').is_none() {
+        return Err(format!("{text}: expected id=host:port"));
+    }
+    Ok((id, addr.to_owned()))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    for (name, value) in [
+        ("--heartbeat-timeout-ms", args.heartbeat_timeout_ms),
+        ("--scan-interval-ms", args.scan_interval_ms),
+        ("--raft-heartbeat-ms", args.raft_heartbeat_ms),
+    ] {
+        anyhow::ensure!(value > 0, "{name} must be positive");
+    }
+    let mut peers = BTreeMap::new();
+    for (id, addr) in args.peers {
+        if peers.insert(id, addr).is_some() {
+            bail!("controller id {id} is given twice");
+        }
+    }
+    let Some(own) = peers.get(&args.id).cloned() else {
+        bail!("--id {} is not among the --peer ids", args.id);
+    };
+    let listener = tokio::net::TcpListener::bind(&own)
+        .await
+        .with_context(|| format!("cannot listen on {own}"))?;
+    let local = listener.local_addr()?;
+    let config = ControllerConfig {
+        heartbeat_timeout: Duration::from_millis(args.heartbeat_timeout_ms),
+        scan_interval: Duration::from_millis(args.scan_interval_ms),
+        raft_heartbeat: Duration::from_millis(args.raft_heartbeat_ms),
+        elect_unclean: args.elect_unclean,
+        ..ControllerConfig::new(args.id, peers, args.dir)
+    };
+    let controller = Controller::start(config).await?;
+    tokio::spawn(server::serve(std::sync::Arc::clone(&controller), listener));
+    tokio::spawn(std::sync::Arc::clone(&controller).watch_masters());
+    // Scripts and tests read the bound address.
+    println!("ringmq-controller listening on {local}");
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("stopping");
+    controller.shutdown().await;
+    Ok(())
+}
