@@ -510,3 +510,67 @@ fn three_controllers_survive_the_loss_of_one_and_stand_still_without_a_quorum() 
     group.restart(second_id);
     assert_eq!(replica_info(&group).1, 2);
 }
+
+/// `ringmq-admin controller ...` against a running controller.
+fn admin(group: &ControllerGroup, args: &[&str]) -> ringmq_testkit::Exited {
+    let mut command = std::process::Command::new(ringmq_testkit::binary("ringmq-admin"));
+    command
+        .arg("--json")
+        .arg("controller")
+        .args(args)
+        .args(["--controller", &group.addrs()]);
+    ringmq_testkit::run_to_exit(command, DEADLINE)
+}
+
+#[test]
+fn the_admin_tool_shows_the_groups_and_elects_a_designated_replica() {
+    let group = ControllerGroup::start(1, ControllerOptions::default());
+    let (_one, mut two) = two_replicas(&group);
+    two.heartbeat(50);
+    assert_eq!(
+        alter(&group, 1, 1, &[1, 2], 1).response_code(),
+        ResponseCode::Success
+    );
+
+    let status = admin(&group, &["status"]);
+    assert_eq!(status.code(), Some(0), "{}", status.stderr);
+    let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let broker = &json["replicasInfoTable"][GROUP];
+    assert_eq!(broker["masterBrokerId"], 1);
+    assert_eq!(broker["inSyncReplicas"].as_array().unwrap().len(), 2);
+
+    let metadata = admin(&group, &["metadata"]);
+    assert_eq!(metadata.code(), Some(0), "{}", metadata.stderr);
+    assert!(
+        metadata.stdout.contains("\"isLeader\":true"),
+        "{}",
+        metadata.stdout
+    );
+
+    // The operator moves mastership to replica 2 (alive and in sync).
+    two.heartbeat(50);
+    let elect = admin(
+        &group,
+        &["elect", "--broker-name", GROUP, "--broker-id", "2"],
+    );
+    assert_eq!(elect.code(), Some(0), "{}", elect.stderr);
+    let json: serde_json::Value = serde_json::from_str(&elect.stdout).unwrap();
+    assert_eq!(
+        (
+            json["masterBrokerId"].as_i64(),
+            json["masterEpoch"].as_i64()
+        ),
+        (Some(2), Some(2))
+    );
+    // A replica that is not in sync is refused, with exit code 1.
+    let refused = admin(
+        &group,
+        &["elect", "--broker-name", GROUP, "--broker-id", "1"],
+    );
+    assert_eq!(refused.code(), Some(1), "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains("CONTROLLER_ELECT_MASTER_FAILED"),
+        "{}",
+        refused.stderr
+    );
+}

@@ -7,6 +7,7 @@
 
 mod cluster;
 mod consumer;
+mod controller;
 mod message;
 pub mod output;
 mod smoke;
@@ -78,6 +79,9 @@ pub enum Command {
     /// Look messages up by offset id or key.
     #[command(subcommand)]
     Message(message::MessageCommand),
+    /// Broker groups' masters, epochs and in-sync replicas, as the controllers keep them.
+    #[command(subcommand)]
+    Controller(controller::ControllerCommand),
     /// Send one message and print where it was stored.
     Send(smoke::SendArgs),
     /// Print one message of a topic, then exit.
@@ -149,6 +153,10 @@ pub type Outcome = Result<Rendered, Failure>;
 /// Runs the command the command line names.
 pub fn run(cli: &Cli) -> Outcome {
     let timeout = Duration::from_millis(cli.timeout_ms);
+    // Controllers are reached directly, not through the NameServers.
+    if let Command::Controller(command) = &cli.command {
+        return controller::run(command, timeout);
+    }
     let config = ClientConfig::new(&cli.namesrv)
         .with_request_timeout(timeout)
         .with_connect_timeout(timeout)
@@ -163,6 +171,7 @@ pub fn run(cli: &Cli) -> Outcome {
         Command::Broker(command) => cluster::run_broker(&admin, command),
         Command::Consumer(command) => consumer::run(&admin, command),
         Command::Message(command) => message::run(&admin, command),
+        Command::Controller(command) => controller::run(command, timeout),
         Command::Send(args) => smoke::send(&admin, args, timeout),
         Command::Consume(args) => smoke::consume(&admin, args, timeout),
     };
