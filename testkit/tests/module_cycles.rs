@@ -12,8 +12,15 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// The library crates whose `src/` is checked.
-const CRATES: [&str; 7] = [
-    "common", "protocol", "storage", "broker", "namesrv", "client", "tools",
+const CRATES: [&str; 8] = [
+    "common",
+    "protocol",
+    "storage",
+    "broker",
+    "namesrv",
+    "controller",
+    "client",
+    "tools",
 ];
 
 type Module = Vec<String>;
