@@ -2,9 +2,11 @@
 //! before it proposes a [`Command::ElectMaster`](crate::state::Command::ElectMaster).
 //!
 //! Brokers heartbeat to every controller, so every controller (not only the Raft leader) knows
-//! who is alive and a new leader can act at once. A controller that has just started knows
-//! nothing yet: it counts every registered replica as alive until one heartbeat timeout has
-//! passed, so it never deposes a master it simply has not heard from.
+//! who is alive and a new leader can act at once. Only a replica with a fresh heartbeat is a
+//! candidate. A controller that has just become leader may not have heard from everyone yet:
+//! for one heartbeat timeout it presumes a sitting master it has no record of to be alive, so
+//! it never deposes a master it simply has not heard from (it never elects an unheard replica
+//! either).
 
 use std::{
     collections::HashMap,
@@ -27,13 +29,16 @@ pub struct Heartbeat {
     pub max_offset: u64,
     /// Then the lowest wins (RocketMQ's `brokerElectionPriority`).
     pub election_priority: i32,
+    /// The connection it arrived on: only that connection's close makes the broker gone.
+    pub connection: u64,
 }
 
 /// Heartbeats by (broker name, broker id), and the rule that makes a replica alive.
 #[derive(Debug)]
 pub struct Liveness {
     timeout: Duration,
-    started: Instant,
+    /// Since when a sitting master without a record is presumed alive.
+    grace_from: Instant,
     heartbeats: HashMap<(String, BrokerId), Heartbeat>,
 }
 
@@ -41,7 +46,7 @@ impl Liveness {
     pub fn new(timeout: Duration, now: Instant) -> Self {
         Self {
             timeout,
-            started: now,
+            grace_from: now,
             heartbeats: HashMap::new(),
         }
     }
@@ -56,36 +61,51 @@ impl Liveness {
             .insert((broker_name.to_owned(), broker_id), heartbeat);
     }
 
-    /// The broker's heartbeat connection closed: it counts as gone at once (a crashed process
-    /// is noticed without waiting for the timeout).
-    pub fn mark_gone(&mut self, broker_name: &str, broker_id: BrokerId) {
+    /// The connection `connection` that carried the broker's heartbeats closed: it counts as
+    /// gone at once (a crashed process is noticed without waiting for the timeout), unless its
+    /// latest heartbeat came over another connection (it reconnected).
+    pub fn mark_gone(&mut self, broker_name: &str, broker_id: BrokerId, connection: u64) {
         if let Some(heartbeat) = self
             .heartbeats
             .get_mut(&(broker_name.to_owned(), broker_id))
+            && heartbeat.connection == connection
         {
             heartbeat.timeout = Duration::ZERO;
         }
+    }
+
+    /// This controller just became leader: a sitting master it has no record of is presumed
+    /// alive for one more timeout.
+    pub fn restart_grace(&mut self, now: Instant) {
+        self.grace_from = now;
     }
 
     pub fn last(&self, broker_name: &str, broker_id: BrokerId) -> Option<&Heartbeat> {
         self.heartbeats.get(&(broker_name.to_owned(), broker_id))
     }
 
-    /// Whether the replica heartbeat within the timeout, or this controller is too new to know.
+    /// Whether the replica's last heartbeat is within its timeout.
     pub fn is_alive(&self, broker_name: &str, broker_id: BrokerId, now: Instant) -> bool {
-        match self.last(broker_name, broker_id) {
-            Some(heartbeat) => now.saturating_duration_since(heartbeat.at) < heartbeat.timeout,
-            None => now.saturating_duration_since(self.started) < self.timeout,
-        }
+        self.last(broker_name, broker_id).is_some_and(|heartbeat| {
+            now.saturating_duration_since(heartbeat.at) < heartbeat.timeout
+        })
     }
 
-    /// Whether `group` needs an election now: it has no live master, and either never had one
-    /// or has a live replica that could take over.
-    pub fn needs_election(&self, group: &Group, unclean: bool, now: Instant) -> bool {
-        let master_alive = group
+    /// Whether the group's master is alive, or presumed so (no record yet, within the grace
+    /// after this controller started leading).
+    pub fn master_alive(&self, group: &Group, now: Instant) -> bool {
+        group
             .master
-            .is_some_and(|id| self.is_alive(&group.broker_name, id, now));
-        !master_alive && self.choose_master(group, unclean, now).is_some()
+            .is_some_and(|id| match self.last(&group.broker_name, id) {
+                Some(_) => self.is_alive(&group.broker_name, id, now),
+                None => now.saturating_duration_since(self.grace_from) < self.timeout,
+            })
+    }
+
+    /// Whether `group` needs an election now: it has no live master, and a live replica could
+    /// take over.
+    pub fn needs_election(&self, group: &Group, unclean: bool, now: Instant) -> bool {
+        !self.master_alive(group, now) && self.choose_master(group, unclean, now).is_some()
     }
 
     /// The replica an election names: among live members of the sync state set (any live
@@ -146,18 +166,29 @@ mod tests {
                 epoch: 1,
                 max_offset,
                 election_priority: priority,
+                connection: id,
             },
         );
     }
 
     #[test]
-    fn a_new_controller_counts_everyone_alive_for_one_timeout() {
+    fn a_new_leader_presumes_only_the_sitting_master_alive_for_one_timeout() {
         let start = Instant::now();
-        let liveness = Liveness::new(TIMEOUT, start);
-        assert!(liveness.is_alive("b", 1, start + TIMEOUT / 2));
-        assert!(!liveness.is_alive("b", 1, start + TIMEOUT));
+        let mut liveness = Liveness::new(TIMEOUT, start);
         let g = group(&[1, 2], Some(1), &[1, 2]);
+        assert!(liveness.master_alive(&g, start + TIMEOUT / 2));
+        assert!(
+            !liveness.is_alive("b", 2, start),
+            "never heard: not a candidate"
+        );
         assert!(!liveness.needs_election(&g, false, start));
+        assert!(!liveness.master_alive(&g, start + TIMEOUT));
+        assert!(
+            !liveness.needs_election(&g, false, start + TIMEOUT),
+            "nobody to elect"
+        );
+        liveness.restart_grace(start + TIMEOUT);
+        assert!(liveness.master_alive(&g, start + TIMEOUT * 3 / 2));
     }
 
     #[test]
@@ -192,6 +223,7 @@ mod tests {
                 epoch: 2,
                 max_offset: 1,
                 election_priority: 5,
+                connection: 3,
             },
         );
         assert_eq!(
@@ -199,7 +231,12 @@ mod tests {
             Some(3),
             "epoch first"
         );
-        liveness.mark_gone("b", 3);
+        liveness.mark_gone("b", 3, 99);
+        assert!(
+            liveness.is_alive("b", 3, now),
+            "another connection's close changes nothing"
+        );
+        liveness.mark_gone("b", 3, 3);
         assert!(
             !liveness.is_alive("b", 3, now),
             "a closed connection is gone at once"

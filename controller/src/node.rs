@@ -15,7 +15,7 @@ use std::{
 
 use openraft::{
     BasicNode, ServerState,
-    error::{ClientWriteError, InitializeError, RaftError},
+    error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError},
 };
 use thiserror::Error;
 use tokio::sync::Notify;
@@ -29,6 +29,10 @@ use crate::{
     },
     state::{BrokerId, Command, ControllerState, Group, Outcome},
 };
+
+/// How long a proposal or a linearizable read may wait for a quorum.
+const QUORUM_WAIT: Duration = Duration::from_secs(5);
+const NO_QUORUM: &str = "no quorum of controllers answered in time";
 
 /// What a controller is told at start.
 #[derive(Debug, Clone)]
@@ -85,6 +89,8 @@ pub enum ControllerError {
 pub enum StartError {
     #[error("this controller's id {0} is not among its peers")]
     NotAPeer(NodeId),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: io::Error },
     #[error("opening the controller's store in {dir}: {source}")]
     Store { dir: PathBuf, source: io::Error },
     #[error("invalid Raft settings: {0}")]
@@ -136,6 +142,9 @@ impl Controller {
             election_timeout_max: heartbeat_ms * 6,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
             max_in_snapshot_log_to_keep: 100,
+            // Receiving, parsing and saving a snapshot of a large table takes longer than the
+            // default 200 ms; a follower that keeps timing out would never catch up.
+            install_snapshot_timeout: 5_000,
             ..Default::default()
         }
         .validate()
@@ -194,9 +203,13 @@ impl Controller {
         }
     }
 
-    /// Proposes `command` (leader only) and returns its outcome once committed and applied.
+    /// Proposes `command` (leader only) and returns its outcome once committed and applied,
+    /// within [`QUORUM_WAIT`] (a leader cut off from its quorum answers rather than hang).
     pub async fn propose(&self, command: Command) -> Result<Outcome, ControllerError> {
-        match self.raft.client_write(command).await {
+        let written = tokio::time::timeout(QUORUM_WAIT, self.raft.client_write(command))
+            .await
+            .map_err(|_| ControllerError::Unavailable(NO_QUORUM.into()))?;
+        match written {
             Ok(response) => response
                 .data
                 .0
@@ -215,9 +228,14 @@ impl Controller {
         &self,
         read: impl FnOnce(&ControllerState) -> T,
     ) -> Result<T, ControllerError> {
-        match self.raft.ensure_linearizable().await {
+        let confirmed = tokio::time::timeout(QUORUM_WAIT, self.raft.ensure_linearizable())
+            .await
+            .map_err(|_| ControllerError::Unavailable(NO_QUORUM.into()))?;
+        match confirmed {
             Ok(_) => Ok(self.machine.with_state(read).await),
-            Err(RaftError::APIError(_)) => Err(self.not_leader()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                Err(self.not_leader())
+            }
             Err(err) => Err(ControllerError::Unavailable(err.to_string())),
         }
     }
@@ -239,16 +257,24 @@ impl Controller {
         self.liveness().record(broker_name, broker_id, heartbeat);
     }
 
-    /// The broker's heartbeat connection closed: it is gone now; the leader looks at once.
-    pub fn connection_lost(&self, broker_name: &str, broker_id: BrokerId) {
-        self.liveness().mark_gone(broker_name, broker_id);
+    /// Connection `connection`, which carried the broker's heartbeats, closed: the broker is
+    /// gone now (unless it heartbeats over another one); the leader looks at once.
+    pub fn connection_lost(&self, broker_name: &str, broker_id: BrokerId, connection: u64) {
+        self.liveness()
+            .mark_gone(broker_name, broker_id, connection);
         self.rescan.notify_one();
     }
 
-    /// Whether a replica counts as alive here now.
+    /// Whether a replica's last heartbeat here is within its timeout.
     pub fn is_alive(&self, broker_name: &str, broker_id: BrokerId) -> bool {
         self.liveness()
             .is_alive(broker_name, broker_id, Instant::now())
+    }
+
+    /// Whether the group's master is alive (or presumed so right after this controller began
+    /// leading).
+    pub fn master_alive(&self, group: &Group) -> bool {
+        self.liveness().master_alive(group, Instant::now())
     }
 
     /// The default timeout a heartbeat without its own gets.
@@ -270,12 +296,19 @@ impl Controller {
     /// The leader's election watch: every `scan_interval` (or when woken), each group without a
     /// live master gets one elected from its live in-sync replicas. Runs until the process ends.
     pub async fn watch_masters(self: Arc<Self>) {
+        let mut leading = false;
         loop {
             tokio::select! {
                 () = tokio::time::sleep(self.config.scan_interval) => {}
                 () = self.rescan.notified() => {}
             }
-            if !self.leader().2 {
+            let now_leading = self.leader().2;
+            if now_leading && !leading {
+                // Heartbeats may not all have reached this controller yet.
+                self.liveness().restart_grace(Instant::now());
+            }
+            leading = now_leading;
+            if !leading {
                 continue;
             }
             let groups: Vec<Group> = self
@@ -292,34 +325,52 @@ impl Controller {
                         .flatten()
                 };
                 let Some(master) = choice else { continue };
-                self.elect(&group, master).await;
+                if let Err(err) = self.elect(&group, master).await {
+                    tracing::warn!(broker_name = %group.broker_name, %err, "election not committed");
+                }
             }
         }
     }
 
-    /// Proposes `master` for `group`, fenced by the epoch the choice was made at.
-    pub async fn elect(&self, group: &Group, master: BrokerId) -> Option<Outcome> {
+    /// Proposes `master` for `group`, fenced by both epochs the choice was made at; a choice
+    /// outside the sync state set is marked unclean (only this controller's policy allows it).
+    pub async fn elect(&self, group: &Group, master: BrokerId) -> Result<Outcome, ControllerError> {
         let command = Command::ElectMaster {
             broker_name: group.broker_name.clone(),
             master: Some(master),
             expected_epoch: group.master_epoch,
+            expected_sync_state_set_epoch: group.sync_state_set_epoch,
+            unclean: !group.never_elected() && !group.sync_state_set.contains(&master),
         };
-        match self.propose(command).await {
-            Ok(outcome) => {
-                if let Outcome::Elected { master_epoch, .. } = &outcome {
-                    tracing::info!(
-                        broker_name = %group.broker_name,
-                        master,
-                        previous = ?group.master,
-                        master_epoch,
-                        "master elected"
-                    );
-                }
-                Some(outcome)
+        let outcome = self.propose(command).await?;
+        match &outcome {
+            Outcome::Elected { master_epoch, .. } => tracing::info!(
+                broker_name = %group.broker_name,
+                master,
+                previous = ?group.master,
+                master_epoch,
+                "master elected"
+            ),
+            Outcome::Refused(refusal) => tracing::warn!(
+                broker_name = %group.broker_name,
+                master,
+                %refusal,
+                "election refused (the group moved on since it was decided)"
+            ),
+            _ => {}
+        }
+        Ok(outcome)
+    }
+
+    /// Returns once Raft has stopped by itself (a storage failure is fatal to it).
+    pub async fn stopped(&self) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if metrics.borrow().state == ServerState::Shutdown {
+                return;
             }
-            Err(err) => {
-                tracing::warn!(broker_name = %group.broker_name, %err, "election not committed");
-                None
+            if metrics.changed().await.is_err() {
+                return;
             }
         }
     }
@@ -327,5 +378,115 @@ impl Controller {
     /// Stops Raft.
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
+    }
+}
+
+/// Binds this controller's own peer address, starts it, its server and its election watch on
+/// the current tokio runtime; returns it with the address it listens on.
+pub async fn bind_and_start(
+    config: ControllerConfig,
+) -> Result<(Arc<Controller>, std::net::SocketAddr), StartError> {
+    let own = config
+        .peers
+        .get(&config.id)
+        .cloned()
+        .ok_or(StartError::NotAPeer(config.id))?;
+    let listener = tokio::net::TcpListener::bind(&own)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: own.clone(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: own.clone(),
+        source,
+    })?;
+    let controller = Controller::start(config).await?;
+    tokio::spawn(crate::server::serve(Arc::clone(&controller), listener));
+    tokio::spawn(Arc::clone(&controller).watch_masters());
+    Ok((controller, local))
+}
+
+/// A controller on a thread of its own (with its own small tokio runtime), for a process that
+/// is not on tokio: the NameServer embeds one this way.
+#[derive(Debug)]
+pub struct EmbeddedController {
+    local_addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EmbeddedController {
+    /// Starts the controller and returns once it listens (or failed to start).
+    pub fn start(config: ControllerConfig) -> Result<Self, StartError> {
+        let (ready, started) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("controller".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("controller-rt")
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(err) => {
+                        let _ = ready.send(Err(StartError::Raft(format!("no runtime: {err}"))));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match bind_and_start(config).await {
+                        Ok((controller, local)) => {
+                            let _ = ready.send(Ok(local));
+                            tokio::select! {
+                                _ = stopped => {}
+                                () = controller.stopped() => {
+                                    tracing::error!("the embedded controller's Raft stopped (its storage failed?); it no longer takes part in elections");
+                                }
+                            }
+                            controller.shutdown().await;
+                        }
+                        Err(err) => {
+                            let _ = ready.send(Err(err));
+                        }
+                    }
+                });
+            })
+            .map_err(|err| StartError::Raft(format!("no controller thread: {err}")))?;
+        let local_addr = started
+            .recv()
+            .map_err(|_| StartError::Raft("the controller thread ended while starting".into()))??;
+        Ok(Self {
+            local_addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Where it listens.
+    pub const fn local_addr(&self) -> std::net::SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops Raft and ends the thread.
+    pub fn stop(mut self) {
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for EmbeddedController {
+    fn drop(&mut self) {
+        self.shut_down();
     }
 }

@@ -10,7 +10,10 @@
 use std::{
     collections::{BTreeSet, HashSet},
     fmt::Write as _,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -77,10 +80,13 @@ impl Answer {
 
 /// Serves `listener` until the process ends.
 pub async fn serve(controller: Arc<Controller>, listener: TcpListener) {
+    // Connection ids, so a heartbeat record knows which connection's close ends it.
+    static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
-                tokio::spawn(connection(Arc::clone(&controller), stream));
+                let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(connection(Arc::clone(&controller), stream, id));
             }
             Err(err) => {
                 tracing::warn!(%err, "accept failed");
@@ -90,7 +96,7 @@ pub async fn serve(controller: Arc<Controller>, listener: TcpListener) {
     }
 }
 
-async fn connection(controller: Arc<Controller>, stream: TcpStream) {
+async fn connection(controller: Arc<Controller>, stream: TcpStream, id: u64) {
     let peer = stream.peer_addr().ok();
     let mut framed = FramedStream::new(stream);
     // The brokers that heartbeat over this connection: gone when it closes.
@@ -107,7 +113,7 @@ async fn connection(controller: Arc<Controller>, stream: TcpStream) {
         if command.is_response() {
             continue;
         }
-        let answer = handle(&controller, &command, &mut heartbeating).await;
+        let answer = handle(&controller, &command, id, &mut heartbeating).await;
         if command.is_oneway() {
             continue;
         }
@@ -121,18 +127,21 @@ async fn connection(controller: Arc<Controller>, stream: TcpStream) {
         }
     }
     for (broker_name, broker_id) in heartbeating {
-        controller.connection_lost(&broker_name, broker_id);
+        controller.connection_lost(&broker_name, broker_id, id);
     }
 }
 
 async fn handle(
     controller: &Controller,
     command: &Command,
+    connection: u64,
     heartbeating: &mut HashSet<(String, BrokerId)>,
 ) -> Answer {
     let code = command.request_code();
     let result = match code {
-        RequestCode::BrokerHeartbeat => heartbeat(controller, command, heartbeating).await,
+        RequestCode::BrokerHeartbeat => {
+            heartbeat(controller, command, connection, heartbeating).await
+        }
         RequestCode::ControllerGetMetadataInfo => Ok(metadata(controller)),
         RequestCode::ControllerRegisterBroker => register(controller, command).await,
         RequestCode::ControllerGetReplicaInfo => get_replica_info(controller, command).await,
@@ -202,6 +211,7 @@ fn refusal_code(refusal: &Refusal) -> ResponseCode {
         Refusal::FencedSyncStateSetEpoch { .. } => ResponseCode::ControllerFencedSyncStateSetEpoch,
         Refusal::NotMaster(_) => ResponseCode::ControllerInvalidMaster,
         Refusal::MasterNotInSet => ResponseCode::ControllerAlterSyncStateSetFailed,
+        Refusal::NotInSync(_) => ResponseCode::ControllerElectMasterFailed,
     }
 }
 
@@ -228,6 +238,7 @@ fn replica_info(group: &Group, broker_id: Option<BrokerId>) -> Answer {
 async fn heartbeat(
     controller: &Controller,
     command: &Command,
+    connection: u64,
     heartbeating: &mut HashSet<(String, BrokerId)>,
 ) -> Result<Answer, ControllerError> {
     let header: BrokerHeartbeatRequestHeader<'_> = match command.header() {
@@ -262,6 +273,7 @@ async fn heartbeat(
                 .and_then(|o| u64::try_from(o).ok())
                 .unwrap_or(0),
             election_priority: header.election_priority.unwrap_or(i32::MAX),
+            connection,
         },
     );
     heartbeating.insert((header.broker_name.to_owned(), id));
@@ -478,9 +490,7 @@ async fn elect(controller: &Controller, command: &Command) -> Result<Answer, Con
     } else {
         None
     };
-    let master_alive = group
-        .master
-        .is_some_and(|id| controller.is_alive(&group.broker_name, id));
+    let master_alive = controller.master_alive(&group);
     let choice = match designated {
         Some(id) if group.master == Some(id) && master_alive => None,
         Some(id) => {
@@ -512,16 +522,15 @@ async fn elect(controller: &Controller, command: &Command) -> Result<Answer, Con
         answer.code = ResponseCode::ControllerMasterStillExist;
         return Ok(answer);
     };
-    match controller.elect(&group, master).await {
-        Some(Outcome::Elected { .. }) => {}
-        Some(Outcome::Refused(refusal)) => {
+    match controller.elect(&group, master).await? {
+        Outcome::Elected { .. } => {}
+        Outcome::Refused(refusal) => {
             return Ok(Answer::error(refusal_code(&refusal), refusal.to_string()));
         }
-        _ => {
-            return Ok(Answer::error(
-                ResponseCode::ControllerElectMasterFailed,
-                "the election was not committed",
-            ));
+        other => {
+            return Err(ControllerError::Unavailable(format!(
+                "unexpected {other:?}"
+            )));
         }
     }
     get_replica_info_of(controller, header.broker_name).await

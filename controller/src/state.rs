@@ -86,11 +86,15 @@ pub enum Command {
     },
     /// The outcome of an election the leader ran: `master` becomes the group's master in a new
     /// epoch with a sync state set of itself alone, or, with `None`, the group has no master.
-    /// Refused when the group's master epoch moved since the leader looked (`expected_epoch`).
+    /// Refused when the group moved on since the leader looked (either epoch changed), and when
+    /// `master` is not in the sync state set, unless the group was never elected or the
+    /// election is `unclean` (an operator allowed it).
     ElectMaster {
         broker_name: String,
         master: Option<BrokerId>,
         expected_epoch: u32,
+        expected_sync_state_set_epoch: u32,
+        unclean: bool,
     },
     /// The master reports a new sync state set. Fenced by both epochs, so a deposed master or a
     /// stale report changes nothing.
@@ -145,6 +149,8 @@ pub enum Refusal {
     NotMaster(BrokerId),
     #[error("the sync state set must hold the master")]
     MasterNotInSet,
+    #[error("broker {0} is not in the sync state set")]
+    NotInSync(BrokerId),
 }
 
 /// Every group, by broker name (broker names are unique across clusters, as in RocketMQ).
@@ -172,7 +178,14 @@ impl ControllerState {
                 broker_name,
                 master,
                 expected_epoch,
-            } => self.elect(broker_name, *master, *expected_epoch),
+                expected_sync_state_set_epoch,
+                unclean,
+            } => self.elect(
+                broker_name,
+                *master,
+                (*expected_epoch, *expected_sync_state_set_epoch),
+                *unclean,
+            ),
             Command::AlterSyncStateSet {
                 broker_name,
                 master,
@@ -197,38 +210,38 @@ impl ControllerState {
         addr: &str,
         claimed: Option<BrokerId>,
     ) -> Result<Outcome, Refusal> {
+        if let Some(group) = self.groups.get(broker_name) {
+            if group.cluster_name != cluster_name {
+                return Err(Refusal::OtherCluster {
+                    broker_name: broker_name.to_owned(),
+                    cluster_name: group.cluster_name.clone(),
+                });
+            }
+        }
+        let known = |id| {
+            self.groups
+                .get(broker_name)
+                .is_some_and(|group| group.replicas.contains_key(&id))
+        };
+        if let Some(id) = claimed
+            && !known(id)
+        {
+            return Err(Refusal::NoSuchReplica {
+                broker_name: broker_name.to_owned(),
+                broker_id: id,
+            });
+        }
         let group = self
             .groups
             .entry(broker_name.to_owned())
             .or_insert_with(|| Group::new(cluster_name, broker_name));
-        if group.cluster_name != cluster_name {
-            return Err(Refusal::OtherCluster {
-                broker_name: broker_name.to_owned(),
-                cluster_name: group.cluster_name.clone(),
-            });
-        }
-        let broker_id = match claimed {
-            Some(id) if group.replicas.contains_key(&id) => id,
-            Some(id) => {
-                return Err(Refusal::NoSuchReplica {
-                    broker_name: broker_name.to_owned(),
-                    broker_id: id,
-                });
-            }
-            None => {
-                if let Some((&id, _)) = group.replicas.iter().find(|(_, a)| a.as_str() == addr) {
-                    id
-                } else {
-                    let id = group.next_broker_id;
-                    group.next_broker_id += 1;
-                    id
-                }
-            }
-        };
-        // An address belongs to one replica: one that moved drops it from another id.
-        group
-            .replicas
-            .retain(|&id, a| id == broker_id || a.as_str() != addr);
+        // Without a claimed id the broker is a new replica, even at a known address: a store
+        // that was wiped must not inherit an id that is in the sync state set.
+        let broker_id = claimed.unwrap_or_else(|| {
+            let id = group.next_broker_id;
+            group.next_broker_id += 1;
+            id
+        });
         group.replicas.insert(broker_id, addr.to_owned());
         Ok(Outcome::Registered { broker_id })
     }
@@ -237,7 +250,8 @@ impl ControllerState {
         &mut self,
         broker_name: &str,
         master: Option<BrokerId>,
-        expected_epoch: u32,
+        (expected_epoch, expected_set_epoch): (u32, u32),
+        unclean: bool,
     ) -> Result<Outcome, Refusal> {
         let group = self
             .groups
@@ -249,13 +263,22 @@ impl ControllerState {
                 current: group.master_epoch,
             });
         }
-        if let Some(id) = master
-            && !group.replicas.contains_key(&id)
-        {
-            return Err(Refusal::NoSuchReplica {
-                broker_name: broker_name.to_owned(),
-                broker_id: id,
+        if group.sync_state_set_epoch != expected_set_epoch {
+            return Err(Refusal::FencedSyncStateSetEpoch {
+                got: expected_set_epoch,
+                current: group.sync_state_set_epoch,
             });
+        }
+        if let Some(id) = master {
+            if !group.replicas.contains_key(&id) {
+                return Err(Refusal::NoSuchReplica {
+                    broker_name: broker_name.to_owned(),
+                    broker_id: id,
+                });
+            }
+            if !(group.never_elected() || unclean || group.sync_state_set.contains(&id)) {
+                return Err(Refusal::NotInSync(id));
+            }
         }
         match master {
             Some(id) => {
@@ -341,12 +364,15 @@ mod tests {
     }
 
     fn elect(state: &mut ControllerState, master: Option<BrokerId>) -> Outcome {
-        let expected_epoch = state.group("b").unwrap().master_epoch;
-        state.apply(&Command::ElectMaster {
+        let group = state.group("b").unwrap();
+        let command = Command::ElectMaster {
             broker_name: "b".into(),
             master,
-            expected_epoch,
-        })
+            expected_epoch: group.master_epoch,
+            expected_sync_state_set_epoch: group.sync_state_set_epoch,
+            unclean: false,
+        };
+        state.apply(&command)
     }
 
     fn alter(state: &mut ControllerState, master: BrokerId, set: &[BrokerId]) -> Outcome {
@@ -362,11 +388,13 @@ mod tests {
     }
 
     #[test]
-    fn registration_assigns_ids_once_per_address_and_keeps_claimed_ones() {
+    fn registration_assigns_new_ids_and_keeps_claimed_ones() {
         let mut state = ControllerState::default();
         assert_eq!(register(&mut state, "a:1"), 1);
         assert_eq!(register(&mut state, "a:2"), 2);
-        assert_eq!(register(&mut state, "a:1"), 1, "same address, same id");
+        // Without a claimed id a broker is new, even at a known address (its store may be
+        // empty): it must not inherit a place in the sync state set.
+        assert_eq!(register(&mut state, "a:1"), 3);
         // Replica 2 restarts on another address and claims its id.
         let moved = state.apply(&Command::Register {
             cluster_name: "c".into(),
@@ -376,7 +404,8 @@ mod tests {
         });
         assert_eq!(moved, Outcome::Registered { broker_id: 2 });
         assert_eq!(state.group("b").unwrap().replicas[&2], "a:9");
-        // A claimed id the group never gave is refused, and so is another cluster.
+        // A claimed id the group never gave is refused, and so is another cluster; a refused
+        // claim on an unknown group creates nothing.
         let before = state.clone();
         let bogus = state.apply(&Command::Register {
             cluster_name: "c".into(),
@@ -397,6 +426,16 @@ mod tests {
         assert!(matches!(
             other,
             Outcome::Refused(Refusal::OtherCluster { .. })
+        ));
+        let unknown = state.apply(&Command::Register {
+            cluster_name: "c".into(),
+            broker_name: "nobody".into(),
+            addr: "a:5".into(),
+            broker_id: Some(1),
+        });
+        assert!(matches!(
+            unknown,
+            Outcome::Refused(Refusal::NoSuchReplica { .. })
         ));
         assert_eq!(state, before, "refusals change nothing");
     }
@@ -455,13 +494,46 @@ mod tests {
             broker_name: "b".into(),
             master: Some(two),
             expected_epoch: 0,
+            expected_sync_state_set_epoch: 1,
+            unclean: false,
         };
         let before = state.clone();
         assert_eq!(
             state.apply(&stale),
             Outcome::Refused(Refusal::FencedMasterEpoch { got: 0, current: 1 })
         );
+        // The set changed since the leader looked: the choice may no longer be in sync.
+        let stale_set = Command::ElectMaster {
+            broker_name: "b".into(),
+            master: Some(two),
+            expected_epoch: 1,
+            expected_sync_state_set_epoch: 0,
+            unclean: false,
+        };
+        assert_eq!(
+            state.apply(&stale_set),
+            Outcome::Refused(Refusal::FencedSyncStateSetEpoch { got: 0, current: 1 })
+        );
+        // Outside the set: only an unclean election may name it.
+        assert_eq!(
+            elect(&mut state, Some(two)),
+            Outcome::Refused(Refusal::NotInSync(two))
+        );
         assert_eq!(state, before);
+        let unclean = Command::ElectMaster {
+            broker_name: "b".into(),
+            master: Some(two),
+            expected_epoch: 1,
+            expected_sync_state_set_epoch: 1,
+            unclean: true,
+        };
+        assert!(matches!(
+            state.apply(&unclean),
+            Outcome::Elected {
+                master: Some(2),
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -540,6 +612,8 @@ mod tests {
             broker_name: "b".into(),
             master: None,
             expected_epoch: 3,
+            expected_sync_state_set_epoch: 2,
+            unclean: true,
         };
         let json = serde_json::to_string(&command).unwrap();
         assert_eq!(serde_json::from_str::<Command>(&json).unwrap(), command);

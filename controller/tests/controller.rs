@@ -1,8 +1,8 @@
 //! The controller as real `ringmq-controller` processes on loopback, driven the way brokers and
 //! tools drive it (remoting requests): registration, heartbeats, sync-state-set changes,
 //! elections when a master's connection closes or it falls silent, the Raft group surviving
-//! the loss of one controller of three and standing still without a quorum, and bad input
-//! refused while everything else is served.
+//! the loss of one controller of three and standing still without a quorum, bad input refused
+//! while everything else is served, the admin tool, and a controller embedded in a NameServer.
 //!
 //! Every wait is a condition with a deadline.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -21,7 +21,9 @@ use ringmq_protocol::{
         ElectMasterRequestHeader, GetReplicaInfoRequestHeader, ReplicaInfoResponseHeader,
     },
 };
-use ringmq_testkit::{ControllerGroup, ControllerOptions, RemotingClient, wait_until};
+use ringmq_testkit::{
+    ControllerGroup, ControllerOptions, NamesrvOptions, NamesrvProcess, RemotingClient, wait_until,
+};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 const CLUSTER: &str = "DefaultCluster";
@@ -288,7 +290,10 @@ fn nobody_outside_the_sync_state_set_is_elected() {
 
 /// Sync state set changes the controller must refuse, each with its code.
 fn refused_alters(group: &ControllerGroup, two: &mut Replica, client: &mut RemotingClient) {
-    // Alters: not the master, a stale master epoch, a stale set epoch, a dead member, garbage.
+    // 9 heartbeats but was never registered; 3 does neither.
+    let mut nine = Replica::new(group, 9, "127.0.0.1:10991");
+    // Alters: not the master, a stale master epoch, a stale set epoch, a silent member, an
+    // unregistered one, one without the master, garbage.
     let cases = [
         (2, 1, vec![2], 1, ResponseCode::ControllerInvalidMaster),
         (
@@ -310,6 +315,13 @@ fn refused_alters(group: &ControllerGroup, two: &mut Replica, client: &mut Remot
             1,
             vec![1, 2, 3],
             1,
+            ResponseCode::ControllerBrokerNotAlive,
+        ),
+        (
+            1,
+            1,
+            vec![1, 2, 9],
+            1,
             ResponseCode::ControllerInvalidReplicas,
         ),
         (
@@ -322,6 +334,7 @@ fn refused_alters(group: &ControllerGroup, two: &mut Replica, client: &mut Remot
     ];
     for (master, master_epoch, set, set_epoch, code) in cases {
         two.heartbeat(50);
+        nine.heartbeat(0);
         let answer = alter(group, master, master_epoch, &set, set_epoch);
         assert_eq!(
             answer.response_code(),
@@ -573,4 +586,107 @@ fn the_admin_tool_shows_the_groups_and_elects_a_designated_replica() {
         "{}",
         refused.stderr
     );
+}
+
+#[test]
+fn a_nameserver_runs_a_controller_in_its_process() {
+    let namesrv = NamesrvProcess::start_with(NamesrvOptions {
+        embedded_controller: true,
+        ..NamesrvOptions::default()
+    });
+    let controller = namesrv.controller_addr().expect("the embedded controller");
+    wait_until("the embedded controller leads", DEADLINE, || {
+        let mut client = RemotingClient::try_connect(controller).ok()?;
+        let answer = client
+            .try_request(RequestCode::ControllerGetMetadataInfo, (), &[])
+            .ok()?;
+        let header: ControllerMetadataResponseHeader<'_> = answer.header().ok()?;
+        header.is_leader.then_some(())
+    });
+    let mut client = RemotingClient::connect(controller);
+    let registered = client.request_ok(
+        RequestCode::ControllerRegisterBroker,
+        ControllerRegisterBrokerRequestHeader {
+            cluster_name: CLUSTER,
+            broker_name: GROUP,
+            broker_address: "127.0.0.1:10911",
+            broker_id: None,
+        },
+        &[],
+    );
+    let header: ReplicaInfoResponseHeader<'_> = registered.header().unwrap();
+    assert_eq!(header.broker_id, Some(1));
+    wait_until("the only replica elected", DEADLINE, || {
+        let answer = client.request(
+            RequestCode::BrokerHeartbeat,
+            BrokerHeartbeatRequestHeader {
+                cluster_name: CLUSTER,
+                broker_addr: "127.0.0.1:10911",
+                broker_name: GROUP,
+                broker_id: Some(1),
+                ..BrokerHeartbeatRequestHeader::default()
+            },
+            &[],
+        );
+        let header: ReplicaInfoResponseHeader<'_> = answer.header().ok()?;
+        (header.master_broker_id == Some(1)).then_some(())
+    });
+    // The NameServer itself still serves.
+    let answer = namesrv
+        .client()
+        .request(RequestCode::GetBrokerClusterInfo, (), &[]);
+    assert_eq!(answer.response_code(), ResponseCode::Success);
+}
+
+#[test]
+fn a_controller_restarted_from_its_files_has_the_same_table() {
+    let mut group = ControllerGroup::start(1, ControllerOptions::default());
+    let (_one, mut two) = two_replicas(&group);
+    two.heartbeat(50);
+    assert_eq!(
+        alter(&group, 1, 1, &[1, 2], 1).response_code(),
+        ResponseCode::Success
+    );
+    // Enough entries for a snapshot (every 500) and a purge of the log before it.
+    let mut client = RemotingClient::connect(leader(&group));
+    for port in 0..600 {
+        let addr = format!("127.0.0.2:{}", 20_000 + port);
+        client.request_ok(
+            RequestCode::ControllerRegisterBroker,
+            ControllerRegisterBrokerRequestHeader {
+                cluster_name: CLUSTER,
+                broker_name: "broker-many",
+                broker_address: &addr,
+                broker_id: None,
+            },
+            &[],
+        );
+    }
+    let dir = group.member(1).dir().to_owned();
+    assert!(
+        dir.join("raft-snapshot.json").exists(),
+        "a snapshot was taken"
+    );
+    let before = replica_info(&group);
+    group.restart(1);
+    assert_eq!(
+        replica_info(&group),
+        before,
+        "rebuilt from the snapshot and the log"
+    );
+    // And it goes on where it was: the next ids follow.
+    assert_eq!(register(&group, "127.0.0.1:10931"), 3);
+    let answer = call_leader(
+        &group,
+        RequestCode::ControllerRegisterBroker,
+        ControllerRegisterBrokerRequestHeader {
+            cluster_name: CLUSTER,
+            broker_name: "broker-many",
+            broker_address: "127.0.0.2:30000",
+            broker_id: None,
+        },
+        &[],
+    );
+    let header: ReplicaInfoResponseHeader<'_> = answer.header().unwrap();
+    assert_eq!(header.broker_id, Some(601));
 }

@@ -44,6 +44,13 @@ pub struct ControllerMember {
     dir: PathBuf,
 }
 
+impl ControllerMember {
+    /// Its store directory (Raft log and snapshots).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+}
+
 /// Controllers started together, each with its own store directory. Dropping it SIGKILLs
 /// them.
 #[derive(Debug)]

@@ -23,6 +23,9 @@ pub struct NamesrvOptions {
     /// Threads serving connections (one by default, to spare the cores); `None`: the
     /// NameServer's default.
     pub workers: Option<usize>,
+    /// Also run a one-member controller in the NameServer's process, on a free port
+    /// (`--enable-controller`).
+    pub embedded_controller: bool,
 }
 
 impl Default for NamesrvOptions {
@@ -32,6 +35,7 @@ impl Default for NamesrvOptions {
             scan_interval_ms: 200,
             broker_expiry_ms: 5_000,
             workers: Some(1),
+            embedded_controller: false,
         }
     }
 }
@@ -41,6 +45,8 @@ impl Default for NamesrvOptions {
 pub struct NamesrvProcess {
     process: ManagedChild,
     addr: SocketAddr,
+    /// The embedded controller's address, when it runs one.
+    controller: Option<SocketAddr>,
     options: NamesrvOptions,
     /// Holds the log file.
     dir: tempfile::TempDir,
@@ -58,10 +64,11 @@ impl NamesrvProcess {
             .prefix("ringmq-namesrv-")
             .tempdir()
             .expect("create a temporary directory");
-        let (process, addr) = spawn(&options, dir.path());
+        let (process, addr, controller) = spawn(&options, dir.path());
         Self {
             process,
             addr,
+            controller,
             options,
             dir,
         }
@@ -75,6 +82,12 @@ impl NamesrvProcess {
     /// The listening address.
     pub const fn socket_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The embedded controller's address, when [`NamesrvOptions::embedded_controller`] asked
+    /// for one.
+    pub const fn controller_addr(&self) -> Option<SocketAddr> {
+        self.controller
     }
 
     /// A client of this NameServer.
@@ -112,9 +125,10 @@ impl NamesrvProcess {
             listen: self.addr,
             ..self.options.clone()
         };
-        let (process, addr) = spawn(&options, self.dir.path());
+        let (process, addr, controller) = spawn(&options, self.dir.path());
         assert_eq!(addr, self.addr, "the restarted NameServer moved");
         self.process = process;
+        self.controller = controller;
     }
 
     /// Its log (stdout and stderr) so far.
@@ -123,7 +137,7 @@ impl NamesrvProcess {
     }
 }
 
-fn spawn(options: &NamesrvOptions, dir: &Path) -> (ManagedChild, SocketAddr) {
+fn spawn(options: &NamesrvOptions, dir: &Path) -> (ManagedChild, SocketAddr, Option<SocketAddr>) {
     let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed);
     let mut args = vec![
         "--listen".to_owned(),
@@ -136,18 +150,37 @@ fn spawn(options: &NamesrvOptions, dir: &Path) -> (ManagedChild, SocketAddr) {
     if let Some(workers) = options.workers {
         args.extend(["--workers".to_owned(), workers.to_string()]);
     }
+    let mut expected = vec!["ringmq-namesrv listening on"];
+    if options.embedded_controller {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port for the controller");
+        args.extend([
+            "--enable-controller".to_owned(),
+            "--controller-id".to_owned(),
+            "1".to_owned(),
+            "--controller-peer".to_owned(),
+            format!("1={port}"),
+            "--controller-dir".to_owned(),
+            dir.join("controller").display().to_string(),
+            "--controller-heartbeat-timeout-ms".to_owned(),
+            "1000".to_owned(),
+        ]);
+        expected.push("ringmq-controller listening on");
+    }
     let mut process = ManagedChild::spawn(
         &format!("ringmq-namesrv #{sequence}"),
         &binary("ringmq-namesrv"),
         &args,
         &dir.join("namesrv.log"),
     );
-    let lines = process.wait_for_lines(&["ringmq-namesrv listening on"]);
-    let addr = lines[0].parse().unwrap_or_else(|error| {
-        process.fail(&format!(
-            "printed an unparsable address {:?}: {error}",
-            lines[0]
-        ))
-    });
-    (process, addr)
+    let lines = process.wait_for_lines(&expected);
+    let mut parse = |line: &str| -> SocketAddr {
+        line.parse().unwrap_or_else(|error| {
+            process.fail(&format!("printed an unparsable address {line:?}: {error}"))
+        })
+    };
+    let addr = parse(&lines[0]);
+    let controller = lines.get(1).map(|line| parse(line));
+    (process, addr, controller)
 }

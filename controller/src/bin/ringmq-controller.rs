@@ -3,12 +3,9 @@
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
-use ringmq_controller::{
-    node::{Controller, ControllerConfig},
-    server,
-};
+use ringmq_controller::node::{ControllerConfig, bind_and_start};
 
 /// RingMQ controller (RocketMQ 5's controller mode): keeps each broker group's master, epoch and
 /// in-sync replicas, and elects a new master when one stops heartbeating.
@@ -79,13 +76,11 @@ async fn main() -> anyhow::Result<()> {
             bail!("controller id {id} is given twice");
         }
     }
-    let Some(own) = peers.get(&args.id).cloned() else {
-        bail!("--id {} is not among the --peer ids", args.id);
-    };
-    let listener = tokio::net::TcpListener::bind(&own)
-        .await
-        .with_context(|| format!("cannot listen on {own}"))?;
-    let local = listener.local_addr()?;
+    anyhow::ensure!(
+        peers.contains_key(&args.id),
+        "--id {} is not among the --peer ids",
+        args.id
+    );
     let config = ControllerConfig {
         heartbeat_timeout: Duration::from_millis(args.heartbeat_timeout_ms),
         scan_interval: Duration::from_millis(args.scan_interval_ms),
@@ -93,15 +88,16 @@ async fn main() -> anyhow::Result<()> {
         elect_unclean: args.elect_unclean,
         ..ControllerConfig::new(args.id, peers, args.dir)
     };
-    let controller = Controller::start(config).await?;
-    tokio::spawn(server::serve(std::sync::Arc::clone(&controller), listener));
-    tokio::spawn(std::sync::Arc::clone(&controller).watch_masters());
+    let (controller, local) = bind_and_start(config).await?;
     // Scripts and tests read the bound address.
     println!("ringmq-controller listening on {local}");
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = terminate.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+        () = controller.stopped() => {
+            bail!("Raft stopped by itself (its storage failed?); see the log above");
+        }
     }
     tracing::info!("stopping");
     controller.shutdown().await;

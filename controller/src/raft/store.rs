@@ -90,8 +90,10 @@ impl LogStore {
         })
     }
 
+    /// Writes the whole log file, durably. Called with the log's lock held (writes stay in
+    /// order); the fsyncs run without stalling the runtime's other tasks.
     fn save(&self, data: &LogData) -> io::Result<()> {
-        write_durably(&self.path, data)
+        tokio::task::block_in_place(|| write_durably(&self.path, data))
     }
 }
 
@@ -141,11 +143,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.data.lock().await.vote)
     }
 
+    /// Kept in memory and saved with the next vote or log write, not fsynced on its own: the
+    /// mark only spares a restart re-applying entries the leader will commit again anyway.
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StoreResult<()> {
-        let mut data = self.data.lock().await;
-        data.committed = committed;
-        self.save(&data)
-            .map_err(|err| StorageIOError::write_logs(&err).into())
+        self.data.lock().await.committed = committed;
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> StoreResult<Option<LogId<NodeId>>> {
@@ -249,7 +251,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             meta: meta.clone(),
             state: data.state.clone(),
         };
-        write_durably(&self.snapshot_path, &saved)
+        tokio::task::block_in_place(|| write_durably(&self.snapshot_path, &saved))
             .map_err(|err| StorageIOError::write_snapshot(Some(meta.signature()), &err))?;
         let bytes = serde_json::to_vec(&saved.state)
             .map_err(|err| StorageIOError::read_state_machine(&err))?;
@@ -315,9 +317,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             state,
         };
-        write_durably(&self.snapshot_path, &saved)
-            .map_err(|err| StorageIOError::write_snapshot(Some(meta.signature()), &err))?;
+        // The lock first: snapshots are built on another task, and the file must end up with
+        // whichever of the two the machine holds last.
         let mut data = self.data.write().await;
+        tokio::task::block_in_place(|| write_durably(&self.snapshot_path, &saved))
+            .map_err(|err| StorageIOError::write_snapshot(Some(meta.signature()), &err))?;
         data.state = saved.state.clone();
         data.last_applied = meta.last_log_id;
         data.membership = meta.last_membership.clone();

@@ -1,9 +1,10 @@
 //! `ringmq-namesrv`: the NameServer binary.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
+use ringmq_controller::node::{ControllerConfig, EmbeddedController};
 use ringmq_namesrv::{NameServer, NamesrvConfig};
 
 /// RocketMQ-compatible NameServer: brokers register their topics here, clients ask for routes.
@@ -22,6 +23,67 @@ struct Args {
     /// Threads serving connections.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Also run a controller in this process (RocketMQ's `enableControllerInNamesrv`); see
+    /// `ringmq-controller --help` for what the controller flags mean.
+    #[arg(long)]
+    enable_controller: bool,
+    /// The embedded controller's id among `--controller-peer`.
+    #[arg(long, requires = "enable_controller")]
+    controller_id: Option<u64>,
+    /// Every controller of the group as `id=host:port` (repeat); the embedded one listens on
+    /// its own.
+    #[arg(long = "controller-peer", value_parser = parse_peer, requires = "enable_controller")]
+    controller_peers: Vec<(u64, String)>,
+    /// Directory of the embedded controller's Raft log and snapshots.
+    #[arg(long, default_value = "./controller-data")]
+    controller_dir: PathBuf,
+    /// How long a broker may go without a heartbeat when it does not say, in milliseconds.
+    #[arg(long, default_value_t = 1_500)]
+    controller_heartbeat_timeout_ms: u64,
+}
+
+fn parse_peer(text: &str) -> Result<(u64, String), String> {
+    let (id, addr) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text}: expected id=host:port"))?;
+    let id = id
+        .parse::<u64>()
+        .map_err(|err| format!("{text}: the id: {err}"))?;
+    if addr.rsplit_once(':').is_none() {
+        return Err(format!("{text}: expected id=host:port"));
+    }
+    Ok((id, addr.to_owned()))
+}
+
+/// The embedded controller the flags ask for, started; `None` without `--enable-controller`.
+fn start_controller(args: &Args) -> anyhow::Result<Option<EmbeddedController>> {
+    if !args.enable_controller {
+        return Ok(None);
+    }
+    let id = args
+        .controller_id
+        .context("--enable-controller needs --controller-id")?;
+    anyhow::ensure!(
+        args.controller_heartbeat_timeout_ms > 0,
+        "--controller-heartbeat-timeout-ms must be positive"
+    );
+    let mut peers = BTreeMap::new();
+    for (peer, addr) in &args.controller_peers {
+        anyhow::ensure!(
+            peers.insert(*peer, addr.clone()).is_none(),
+            "controller id {peer} is given twice"
+        );
+    }
+    anyhow::ensure!(
+        peers.contains_key(&id),
+        "--controller-id {id} is not among the --controller-peer ids"
+    );
+    let config = ControllerConfig {
+        heartbeat_timeout: Duration::from_millis(args.controller_heartbeat_timeout_ms),
+        ..ControllerConfig::new(id, peers, args.controller_dir.clone())
+    };
+    let controller = EmbeddedController::start(config).context("cannot start the controller")?;
+    Ok(Some(controller))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,8 +114,12 @@ fn main() -> anyhow::Result<()> {
     };
     let server =
         NameServer::start(config).with_context(|| format!("cannot listen on {}", args.listen))?;
+    let controller = start_controller(&args)?;
     // Scripts and tests read the bound address (the real port when started on port 0).
     println!("ringmq-namesrv listening on {}", server.local_addr());
+    if let Some(controller) = &controller {
+        println!("ringmq-controller listening on {}", controller.local_addr());
+    }
     loop {
         std::thread::park();
     }
