@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use anyhow::bail;
 use clap::Parser;
-use ringmq_controller::node::{ControllerConfig, bind_and_start};
+use ringmq_controller::{node::ControllerConfig, service::bind_and_start};
 
 /// RingMQ controller (RocketMQ 5's controller mode): keeps each broker group's master, epoch and
 /// in-sync replicas, and elects a new master when one stops heartbeating.

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration}
 
 use anyhow::Context;
 use clap::Parser;
-use ringmq_controller::node::{ControllerConfig, EmbeddedController};
+use ringmq_controller::{node::ControllerConfig, service::EmbeddedController};
 use ringmq_namesrv::{NameServer, NamesrvConfig};
 
 /// RocketMQ-compatible NameServer: brokers register their topics here, clients ask for routes.
