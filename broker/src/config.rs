@@ -94,7 +94,30 @@ pub enum ConfigError {
     /// `--set` named a key RingMQ does not know (a typo would otherwise go unnoticed).
     #[error("unknown broker.conf key {0:?}")]
     UnknownKey(String),
+    /// A RocketMQ feature switched on that RingMQ does not have: refused rather than ignored,
+    /// since the broker would run without what the operator asked for.
+    #[error("{key}=true is not available: {why}")]
+    NotAvailable {
+        key: &'static str,
+        why: &'static str,
+    },
 }
+
+/// RocketMQ switches RingMQ refuses when on, with why (they are accepted when off).
+const UNAVAILABLE_SWITCHES: [(&str, &str); 3] = [
+    (
+        "enableControllerMode",
+        "brokers cannot follow a controller yet; roles come from brokerRole (docs/operations.md §13)",
+    ),
+    (
+        "enableDLegerCommitLog",
+        "RingMQ replicates master to slave, not through a DLedger log (docs/operations.md §7)",
+    ),
+    (
+        "aclEnable",
+        "RingMQ has no ACL; keep its ports on a trusted network",
+    ),
+];
 
 /// Everything the broker is configured with. Field docs name the `broker.conf` key.
 #[derive(Debug, Clone, PartialEq)]
@@ -326,6 +349,12 @@ impl BrokerConfig {
     /// Sets one `broker.conf` key; false when the key is not one of ours.
     #[allow(clippy::too_many_lines)] // one flat table of broker.conf keys
     pub fn set(&mut self, key: &str, value: &str) -> Result<bool, ConfigError> {
+        if let Some(&(key, why)) = UNAVAILABLE_SWITCHES.iter().find(|(k, _)| *k == key) {
+            if parse_bool(key, value)? {
+                return Err(ConfigError::NotAvailable { key, why });
+            }
+            return Ok(true);
+        }
         match key {
             "brokerClusterName" => value.trim().clone_into(&mut self.cluster_name),
             "brokerName" => value.trim().clone_into(&mut self.broker_name),
@@ -677,6 +706,19 @@ mod tests {
         assert_eq!(config.listen_port, 30911);
         assert_eq!(config.broker_role, BrokerRole::SyncMaster);
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn switches_for_features_ringmq_lacks_are_refused_when_on() {
+        for key in ["enableControllerMode", "enableDLegerCommitLog", "aclEnable"] {
+            let refused = BrokerConfig::from_properties(&format!("{key}=true\n")).unwrap_err();
+            assert!(
+                matches!(refused, ConfigError::NotAvailable { key: k, .. } if k == key),
+                "{refused}"
+            );
+            let (_, unknown) = BrokerConfig::from_properties(&format!("{key}=false\n")).unwrap();
+            assert!(unknown.is_empty(), "off is fine: {unknown:?}");
+        }
     }
 
     #[test]
