@@ -5,7 +5,9 @@
 //! it has applied it) and metadata (1005); registration (1003), replica info (1004), sync state
 //! set changes (1001), elections (1002) and sync state data (1006) are the leader's, and other
 //! controllers answer CONTROLLER_NOT_LEADER naming the leader. A broker whose heartbeat
-//! connection closes counts as gone at once.
+//! connection closes counts as gone at once. Heartbeats and metadata are answered in order on
+//! the connection's task; every other request runs on its own task (it may wait seconds for a
+//! quorum) and answers when done, matched by `opaque`.
 
 use std::{
     collections::{BTreeSet, HashSet},
@@ -29,14 +31,17 @@ use ringmq_protocol::{
     },
 };
 use serde::{Serialize, de::DeserializeOwned};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    net::{TcpListener, TcpStream, tcp::OwnedWriteHalf},
+    sync::Mutex,
+};
 
 use crate::{
     election::Heartbeat,
     node::{Controller, ControllerError},
     raft::network::{RAFT_APPEND_ENTRIES, RAFT_INSTALL_SNAPSHOT, RAFT_VOTE},
     state::{BrokerId, Command as StateCommand, Group, Outcome, Refusal},
-    wire::FramedStream,
+    wire::{self, FrameWriter},
 };
 
 /// An answer before it is framed.
@@ -98,11 +103,12 @@ pub async fn serve(controller: Arc<Controller>, listener: TcpListener) {
 
 async fn connection(controller: Arc<Controller>, stream: TcpStream, id: u64) {
     let peer = stream.peer_addr().ok();
-    let mut framed = FramedStream::new(stream);
+    let (mut reader, writer) = wire::split(stream);
+    let writer = Arc::new(Mutex::new(writer));
     // The brokers that heartbeat over this connection: gone when it closes.
     let mut heartbeating: HashSet<(String, BrokerId)> = HashSet::new();
     loop {
-        let command = match framed.read().await {
+        let command = match reader.read().await {
             Ok(Some(command)) => command,
             Ok(None) => break,
             Err(err) => {
@@ -113,21 +119,54 @@ async fn connection(controller: Arc<Controller>, stream: TcpStream, id: u64) {
         if command.is_response() {
             continue;
         }
-        let answer = handle(&controller, &command, id, &mut heartbeating).await;
-        if command.is_oneway() {
+        // Heartbeats and metadata are answered in order, at once; anything that may wait for
+        // a quorum runs on its own task, so it never delays the heartbeats behind it.
+        if matches!(
+            command.request_code(),
+            RequestCode::BrokerHeartbeat | RequestCode::ControllerGetMetadataInfo
+        ) {
+            let answer = handle(&controller, &command, id, &mut heartbeating).await;
+            if !respond(&writer, &command, &answer).await {
+                break;
+            }
             continue;
         }
-        let head = CommandHead {
-            remark: answer.remark.as_deref(),
-            ..CommandHead::response_to(&command, answer.code)
-        };
-        if let Err(err) = framed.write(&head, &answer.ext, &answer.body).await {
-            tracing::debug!(?peer, %err, "answer not written");
-            break;
-        }
+        let controller = Arc::clone(&controller);
+        let writer = Arc::clone(&writer);
+        tokio::spawn(async move {
+            let answer = handle(&controller, &command, id, &mut HashSet::new()).await;
+            respond(&writer, &command, &answer).await;
+        });
     }
     for (broker_name, broker_id) in heartbeating {
         controller.connection_lost(&broker_name, broker_id, id);
+    }
+}
+
+/// Writes `answer` to `command` unless it was oneway; false when the connection failed.
+async fn respond(
+    writer: &Mutex<FrameWriter<OwnedWriteHalf>>,
+    command: &Command,
+    answer: &Answer,
+) -> bool {
+    if command.is_oneway() {
+        return true;
+    }
+    let head = CommandHead {
+        remark: answer.remark.as_deref(),
+        ..CommandHead::response_to(command, answer.code)
+    };
+    match writer
+        .lock()
+        .await
+        .write(&head, &answer.ext, &answer.body)
+        .await
+    {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::debug!(%err, "answer not written");
+            false
+        }
     }
 }
 
