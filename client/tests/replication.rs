@@ -199,11 +199,16 @@ struct Acked {
 
 /// Sends `count` 1 KiB-ish messages from one thread; returns those acknowledged SEND_OK.
 fn send_some(producer: &Producer, prefix: &str, count: usize) -> Vec<Acked> {
+    send_some_to(producer, TOPIC, prefix, count)
+}
+
+/// [`send_some`] to `topic`.
+fn send_some_to(producer: &Producer, topic: &str, prefix: &str, count: usize) -> Vec<Acked> {
     (0..count)
         .map(|index| {
             let body = format!("{prefix}-{index}-{}", "x".repeat(900));
             let result = producer
-                .send(Message::new(TOPIC, body.clone()))
+                .send(Message::new(topic, body.clone()))
                 .wait()
                 .unwrap_or_else(|error| panic!("send {prefix}-{index}: {error}"));
             assert_eq!(result.status, SendStatus::SendOk, "send {prefix}-{index}");
@@ -462,21 +467,7 @@ fn a_topic_newer_than_the_slaves_last_sync_is_read_from_the_slave() {
 
     create_topic(&master.addr(), FRESH, QUEUES).unwrap();
     let producer = producer(&ns);
-    let acked: Vec<Acked> = (0..400)
-        .map(|index| {
-            let body = format!("fresh-{index}-{}", "z".repeat(500));
-            let result = producer
-                .send(Message::new(FRESH, body.clone()))
-                .wait()
-                .unwrap_or_else(|error| panic!("send fresh-{index}: {error}"));
-            assert_eq!(result.status, SendStatus::SendOk, "send fresh-{index}");
-            Acked {
-                queue_id: result.queue.queue_id,
-                queue_offset: result.queue_offset,
-                body,
-            }
-        })
-        .collect();
+    let acked = send_some_to(&producer, FRESH, "fresh", 400);
     // The premise: the slave's topic table does not list the new topic.
     let mut client = RemotingClient::connect(slave.addr());
     let table = client.request(RequestCode::GetAllTopicConfig, (), &[]);

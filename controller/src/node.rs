@@ -73,6 +73,37 @@ impl ControllerConfig {
     }
 }
 
+/// Parses one `--peer` flag: `id=host:port`.
+pub fn parse_peer(text: &str) -> Result<(NodeId, String), String> {
+    let (id, addr) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text}: expected id=host:port"))?;
+    let id = id
+        .parse::<NodeId>()
+        .map_err(|err| format!("{text}: the id: {err}"))?;
+    if addr.rsplit_once(':').is_none() {
+        return Err(format!("{text}: expected id=host:port"));
+    }
+    Ok((id, addr.to_owned()))
+}
+
+/// The peers of `--peer` flags, checked: no id twice, and `own` among them.
+pub fn peer_table(
+    own: NodeId,
+    peers: &[(NodeId, String)],
+) -> Result<BTreeMap<NodeId, String>, String> {
+    let mut table = BTreeMap::new();
+    for (id, addr) in peers {
+        if table.insert(*id, addr.clone()).is_some() {
+            return Err(format!("controller id {id} is given twice"));
+        }
+    }
+    if !table.contains_key(&own) {
+        return Err(format!("controller id {own} is not among the peers"));
+    }
+    Ok(table)
+}
+
 /// Why a request could not be served here.
 #[derive(Debug, Error)]
 pub enum ControllerError {

@@ -18,17 +18,14 @@ pub const MAX_FRAME_BYTES: usize = 64 << 20;
 /// One connection, framed: both directions on one task (a client's request and its answer).
 #[derive(Debug)]
 pub struct FramedStream {
-    reader: FrameReader<TcpStream>,
-    writer: FrameWriter<()>,
+    reader: FrameReader<OwnedReadHalf>,
+    writer: FrameWriter<OwnedWriteHalf>,
 }
 
 impl FramedStream {
     pub fn new(stream: TcpStream) -> Self {
-        let _ = stream.set_nodelay(true);
-        Self {
-            reader: FrameReader::new(stream),
-            writer: FrameWriter::new(()),
-        }
+        let (reader, writer) = split(stream);
+        Self { reader, writer }
     }
 
     /// The next frame, or `None` when the peer closed between frames.
@@ -43,8 +40,7 @@ impl FramedStream {
         ext: &impl EncodeExt,
         body: &[u8],
     ) -> std::io::Result<()> {
-        self.writer.encode(head, ext, body);
-        self.reader.io.write_all(&self.writer.buffer).await
+        self.writer.write(head, ext, body).await
     }
 }
 
@@ -102,7 +98,7 @@ pub struct FrameWriter<W> {
     buffer: BytesMut,
 }
 
-impl<W> FrameWriter<W> {
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     fn new(io: W) -> Self {
         Self {
             io,
@@ -110,13 +106,6 @@ impl<W> FrameWriter<W> {
         }
     }
 
-    fn encode(&mut self, head: &CommandHead<'_>, ext: &impl EncodeExt, body: &[u8]) {
-        self.buffer.clear();
-        encode_frame(head, ext, body, &mut self.buffer);
-    }
-}
-
-impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Writes one frame.
     pub async fn write(
         &mut self,
@@ -124,7 +113,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         ext: &impl EncodeExt,
         body: &[u8],
     ) -> std::io::Result<()> {
-        self.encode(head, ext, body);
+        self.buffer.clear();
+        encode_frame(head, ext, body, &mut self.buffer);
         self.io.write_all(&self.buffer).await
     }
 }

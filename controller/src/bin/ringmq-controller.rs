@@ -1,11 +1,14 @@
 //! `ringmq-controller`: elects each broker group's master from its in-sync replicas; one
 //! process of a group of 1 or 3 (or 5) that agree through Raft.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::bail;
 use clap::Parser;
-use ringmq_controller::{node::ControllerConfig, service::bind_and_start};
+use ringmq_controller::{
+    node::{ControllerConfig, parse_peer, peer_table},
+    service::bind_and_start,
+};
 
 /// RingMQ controller (RocketMQ 5's controller mode): keeps each broker group's master, epoch and
 /// in-sync replicas, and elects a new master when one stops heartbeating.
@@ -39,19 +42,6 @@ struct Args {
     elect_unclean: bool,
 }
 
-fn parse_peer(text: &str) -> Result<(u64, String), String> {
-    let (id, addr) = text
-        .split_once('=')
-        .ok_or_else(|| format!("{text}: expected id=host:port"))?;
-    let id = id
-        .parse::<u64>()
-        .map_err(|err| format!("{text}: the id: {err}"))?;
-    if addr.rsplit_once(':').is_none() {
-        return Err(format!("{text}: expected id=host:port"));
-    }
-    Ok((id, addr.to_owned()))
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -70,17 +60,7 @@ async fn main() -> anyhow::Result<()> {
     ] {
         anyhow::ensure!(value > 0, "{name} must be positive");
     }
-    let mut peers = BTreeMap::new();
-    for (id, addr) in args.peers {
-        if peers.insert(id, addr).is_some() {
-            bail!("controller id {id} is given twice");
-        }
-    }
-    anyhow::ensure!(
-        peers.contains_key(&args.id),
-        "--id {} is not among the --peer ids",
-        args.id
-    );
+    let peers = peer_table(args.id, &args.peers).map_err(anyhow::Error::msg)?;
     let config = ControllerConfig {
         heartbeat_timeout: Duration::from_millis(args.heartbeat_timeout_ms),
         scan_interval: Duration::from_millis(args.scan_interval_ms),

@@ -1,10 +1,13 @@
 //! `ringmq-namesrv`: the NameServer binary.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
-use ringmq_controller::{node::ControllerConfig, service::EmbeddedController};
+use ringmq_controller::{
+    node::{ControllerConfig, parse_peer, peer_table},
+    service::EmbeddedController,
+};
 use ringmq_namesrv::{NameServer, NamesrvConfig};
 
 /// RocketMQ-compatible NameServer: brokers register their topics here, clients ask for routes.
@@ -42,19 +45,6 @@ struct Args {
     controller_heartbeat_timeout_ms: u64,
 }
 
-fn parse_peer(text: &str) -> Result<(u64, String), String> {
-    let (id, addr) = text
-        .split_once('=')
-        .ok_or_else(|| format!("{text}: expected id=host:port"))?;
-    let id = id
-        .parse::<u64>()
-        .map_err(|err| format!("{text}: the id: {err}"))?;
-    if addr.rsplit_once(':').is_none() {
-        return Err(format!("{text}: expected id=host:port"));
-    }
-    Ok((id, addr.to_owned()))
-}
-
 /// The embedded controller the flags ask for, started; `None` without `--enable-controller`.
 fn start_controller(args: &Args) -> anyhow::Result<Option<EmbeddedController>> {
     if !args.enable_controller {
@@ -67,17 +57,7 @@ fn start_controller(args: &Args) -> anyhow::Result<Option<EmbeddedController>> {
         args.controller_heartbeat_timeout_ms > 0,
         "--controller-heartbeat-timeout-ms must be positive"
     );
-    let mut peers = BTreeMap::new();
-    for (peer, addr) in &args.controller_peers {
-        anyhow::ensure!(
-            peers.insert(*peer, addr.clone()).is_none(),
-            "controller id {peer} is given twice"
-        );
-    }
-    anyhow::ensure!(
-        peers.contains_key(&id),
-        "--controller-id {id} is not among the --controller-peer ids"
-    );
+    let peers = peer_table(id, &args.controller_peers).map_err(anyhow::Error::msg)?;
     let config = ControllerConfig {
         heartbeat_timeout: Duration::from_millis(args.controller_heartbeat_timeout_ms),
         ..ControllerConfig::new(id, peers, args.controller_dir.clone())
