@@ -5,7 +5,8 @@
 //! What is shown:
 //! - SYNC_MASTER: every acknowledged message survives a SIGKILL of the master and is consumed
 //!   from the slave, in order per queue, once each, also of a topic the slave's metadata sync
-//!   has not brought yet; without a slave the producer gets
+//!   has not brought yet, and at 20 kill moments from right after a topic's creation to
+//!   thousands of messages in; without a slave the producer gets
 //!   SLAVE_NOT_AVAILABLE, and a frozen slave (SIGSTOP) gives FLUSH_SLAVE_TIMEOUT.
 //! - A slave killed mid-stream and restarted catches up; a restarted master is followed again;
 //!   a slave added to a master with data copies all of it, byte for byte (segment checksums).
@@ -221,6 +222,43 @@ fn send_some_to(producer: &Producer, topic: &str, prefix: &str, count: usize) ->
         .collect()
 }
 
+/// `count` threads sending 1 KiB-ish messages to `topic` until `stop` is set, a send fails or is
+/// answered without a slave's copy (the master is gone), or 20,000 each; each returns what was
+/// acknowledged SEND_OK.
+fn start_senders(
+    producer: &Producer,
+    topic: &str,
+    count: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<thread::JoinHandle<Vec<Acked>>> {
+    (0..count)
+        .map(|sender| {
+            let producer = producer.clone();
+            let stop = Arc::clone(stop);
+            let topic = topic.to_owned();
+            thread::spawn(move || {
+                let mut acked = Vec::new();
+                let started = Instant::now();
+                for index in 0..20_000 {
+                    if stop.load(Ordering::SeqCst) || started.elapsed() > DEADLINE {
+                        break;
+                    }
+                    let body = format!("s{sender}-{index}-{}", "y".repeat(900));
+                    match producer.send(Message::new(&topic, body.clone())).wait() {
+                        Ok(result) if result.status == SendStatus::SendOk => acked.push(Acked {
+                            queue_id: result.queue.queue_id,
+                            queue_offset: result.queue_offset,
+                            body,
+                        }),
+                        Ok(_) | Err(_) => break,
+                    }
+                }
+                acked
+            })
+        })
+        .collect()
+}
+
 fn pull_consumer(namesrv: &str, group: &str) -> PullConsumer {
     PullConsumer::builder(namesrv, group)
         .config(
@@ -384,32 +422,7 @@ fn sync_master_killed_loses_no_acknowledged_message() {
         body: "before-any-slave".to_owned(),
     }];
     let stop = Arc::new(AtomicBool::new(false));
-    let senders: Vec<_> = (0..4)
-        .map(|sender| {
-            let producer = producer.clone();
-            let stop = Arc::clone(&stop);
-            thread::spawn(move || {
-                let mut acked = Vec::new();
-                let started = Instant::now();
-                for index in 0..20_000 {
-                    if stop.load(Ordering::SeqCst) || started.elapsed() > DEADLINE {
-                        break;
-                    }
-                    let body = format!("s{sender}-{index}-{}", "y".repeat(900));
-                    match producer.send(Message::new(TOPIC, body.clone())).wait() {
-                        Ok(result) if result.status == SendStatus::SendOk => acked.push(Acked {
-                            queue_id: result.queue.queue_id,
-                            queue_offset: result.queue_offset,
-                            body,
-                        }),
-                        // The master is gone (or a send was answered without a slave's ack).
-                        Ok(_) | Err(_) => break,
-                    }
-                }
-                acked
-            })
-        })
-        .collect();
+    let senders = start_senders(&producer, TOPIC, 4, &stop);
     wait_until("the master took 3000 messages", DEADLINE, || {
         let info = runtime_info(&master.addr());
         let stored: u64 = info.get("msgPutTotalTodayNow")?.parse().ok()?;
@@ -480,6 +493,50 @@ fn a_topic_newer_than_the_slaves_last_sync_is_read_from_the_slave() {
     master.kill();
     let seen = consume_topic(&ns, FRESH, &acked);
     assert_all_delivered(&acked, &seen);
+}
+
+/// The master is SIGKILLed at 20 moments under load, each in a new group and right after a new
+/// topic is created: from before the first send to thousands of messages in. Every time, every
+/// acknowledged message is read from the slave at its acknowledged offset, once.
+#[test]
+fn master_killed_at_20_moments_loses_no_acknowledged_message() {
+    const TRIALS: u64 = 20;
+    let _serial = serial();
+    // Spread over 0..2000 stored messages, in a scrambled order (7 is prime to 20), without
+    // randomness a failure could not be replayed from.
+    let kill_after = |trial: u64| (trial * 7) % TRIALS * 100;
+    for trial in 0..TRIALS {
+        let namesrv = NamesrvProcess::start();
+        let ns = namesrv.addr();
+        let mut master = master(&ns, "SYNC_MASTER");
+        let slave = slave_with(&ns, &["--set", "metadataSyncInterval=600000"]);
+        wait_slave_connected(&master);
+        let topic = format!("ha-trial-{trial}");
+        create_topic(&master.addr(), &topic, QUEUES).unwrap();
+        let producer = producer(&ns);
+        let stop = Arc::new(AtomicBool::new(false));
+        let senders = start_senders(&producer, &topic, 2, &stop);
+        let threshold = kill_after(trial);
+        wait_until("the master stored enough", DEADLINE, || {
+            let info = runtime_info(&master.addr());
+            let stored: u64 = info.get("msgPutTotalTodayNow")?.parse().ok()?;
+            (stored >= threshold).then_some(())
+        });
+        master.kill();
+        stop.store(true, Ordering::SeqCst);
+        let acked: Vec<Acked> = senders
+            .into_iter()
+            .flat_map(|sender| sender.join().unwrap())
+            .collect();
+        producer.shutdown();
+        let seen = consume_topic(&ns, &topic, &acked);
+        assert_all_delivered(&acked, &seen);
+        println!(
+            "trial {trial}: killed after {threshold} stored, {} acknowledged, all read from the slave",
+            acked.len()
+        );
+        drop(slave);
+    }
 }
 
 /// A NameServer, a SYNC_MASTER holding the test topic with a connected slave, and a producer.
