@@ -111,6 +111,66 @@ mod tests {
         }
     }
 
+    /// An empty offset table in memory (nothing is saved in these tests).
+    fn empty_table() -> ConsumerOffsetTable<ringmq_storage::io::MemStorage> {
+        compio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(ConsumerOffsetTable::open(
+                ringmq_storage::io::MemStorage::new(),
+                "/offsets.json",
+            ))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_slave_takes_the_masters_offsets_except_pending_and_its_own() {
+        let mut offsets = empty_table();
+        offsets.commit("billing", "Orders", 0, 4);
+        offsets.commit("billing", "Orders", 1, 30);
+        offsets.commit("only-here", "Orders", 2, 8);
+        let mut pending = empty_table();
+        pending.commit("billing", "Orders", 1, 30);
+        let master = table(&[("Orders@billing", &[(0, 10), (1, 20)])]);
+
+        // Queue 1 has a commit the master has not taken: the master's older 20 must not win.
+        assert_eq!(
+            apply_master_offsets(&mut offsets, &master, &pending, 0, 1),
+            1
+        );
+        assert_eq!(offsets.query("billing", "Orders", 0), Some(10));
+        assert_eq!(offsets.query("billing", "Orders", 1), Some(30));
+        assert_eq!(offsets.query("only-here", "Orders", 2), Some(8));
+
+        // The master took 30; a commit of 31 arrived meanwhile and stays pending.
+        pending.commit("billing", "Orders", 1, 31);
+        let handed = table(&[("Orders@billing", &[(1, 30)])]);
+        assert_eq!(forget_handed(&mut pending, &handed, 0, 1), 0);
+        assert_eq!(pending.query("billing", "Orders", 1), Some(31));
+        // Once the handed value is the pending one, it is forgotten and the master's applies.
+        let handed = table(&[("Orders@billing", &[(1, 31)])]);
+        assert_eq!(forget_handed(&mut pending, &handed, 0, 1), 1);
+        assert!(pending.is_empty());
+        let master = table(&[("Orders@billing", &[(0, 10), (1, 31)])]);
+        offsets.commit("billing", "Orders", 1, 31);
+        assert_eq!(
+            apply_master_offsets(&mut offsets, &master, &pending, 0, 1),
+            0
+        );
+        // Only the queues a shard owns are touched.
+        let shards = 4;
+        let owner = owner_shard("Orders", 0, shards);
+        let other = (owner + 1) % shards;
+        let master = table(&[("Orders@billing", &[(0, 99)])]);
+        assert_eq!(
+            apply_master_offsets(&mut offsets, &master, &pending, other, shards),
+            0
+        );
+        assert_eq!(
+            apply_master_offsets(&mut offsets, &master, &pending, owner, shards),
+            1
+        );
+    }
+
     #[test]
     fn every_entry_goes_to_exactly_its_owner_shard() {
         let master = table(&[
