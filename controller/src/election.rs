@@ -51,11 +51,6 @@ impl Liveness {
         }
     }
 
-    /// The controller's default heartbeat timeout.
-    pub const fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     pub fn record(&mut self, broker_name: &str, broker_id: BrokerId, heartbeat: Heartbeat) {
         self.heartbeats
             .insert((broker_name.to_owned(), broker_id), heartbeat);

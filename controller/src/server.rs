@@ -572,14 +572,7 @@ async fn elect(controller: &Controller, command: &Command) -> Result<Answer, Con
             )));
         }
     }
-    get_replica_info_of(controller, header.broker_name).await
-}
-
-async fn get_replica_info_of(
-    controller: &Controller,
-    broker_name: &str,
-) -> Result<Answer, ControllerError> {
-    replica_info_request(controller, broker_name).await
+    replica_info_request(controller, header.broker_name).await
 }
 
 /// CONTROLLER_GET_SYNC_STATE_DATA: the body names the broker groups (empty: all of them).

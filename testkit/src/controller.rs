@@ -167,22 +167,4 @@ impl ControllerGroup {
         self.kill(id);
         self.spawn(index);
     }
-
-    /// Whether controller `id` runs.
-    pub fn is_running(&mut self, id: u64) -> bool {
-        let index = self.index(id);
-        self.members[index]
-            .process
-            .as_mut()
-            .is_some_and(ManagedChild::is_running)
-    }
-
-    /// Controller `id`'s log so far.
-    pub fn log(&self, id: u64) -> String {
-        self.member(id)
-            .process
-            .as_ref()
-            .map(ManagedChild::log)
-            .unwrap_or_default()
-    }
 }

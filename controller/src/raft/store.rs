@@ -225,11 +225,6 @@ impl StateMachine {
         })
     }
 
-    /// A copy of the table as applied so far.
-    pub async fn state(&self) -> ControllerState {
-        self.data.read().await.state.clone()
-    }
-
     /// Reads the table without copying it.
     pub async fn with_state<T>(&self, read: impl FnOnce(&ControllerState) -> T) -> T {
         read(&self.data.read().await.state)
